@@ -1,0 +1,192 @@
+"""MetaLM: named bidirectional encoders dock, through connectors, into the causal interface decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoders import Encoder, apply_freeze, build_encoder, encoder_spec
+from metalm.config import EncoderConfig, MetaLMConfig
+from metalm.connectors import build_connector
+from metalm.decoder import Decoder
+from metalm.docking import Dock, docked_mask, scatter_docked
+from metalm.io import atomic_write_dir, atomic_write_text, save_safetensors_atomic
+from metalm.semicausal import IGNORE_INDEX, semicausal_labels
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class MetaLMOutput:
+    logits: torch.Tensor  # (B, T, vocab)
+    loss: torch.Tensor | None = None  # mean cross-entropy over the semi-causal targets
+    labels: torch.Tensor | None = None  # the labels actually trained on (docked positions and padding ignored)
+    n_targets: int = 0
+
+
+class MetaLM(nn.Module):
+    """Decoder + encoders + connectors. ``forward(input_ids, docks, labels)`` applies the semi-causal objective."""
+
+    def __init__(self, config: MetaLMConfig, encoders: dict[str, Encoder] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.decoder = Decoder(config.decoder)
+        self.encoders = nn.ModuleDict()
+        self.connectors = nn.ModuleDict()
+        given = encoders or {}
+        unknown = set(given) - set(config.encoders)
+        if unknown:
+            raise ValueError(f"encoders {sorted(unknown)} are not in the config's encoders {sorted(config.encoders)}")
+        for name, ec in config.encoders.items():
+            enc = given[name] if name in given else build_encoder(ec.kind, **ec.kwargs)
+            self.encoders[name] = enc
+            self.connectors[name] = build_connector(ec.connector, enc.output_dim, config.decoder.dim)
+        self.apply_freeze()
+
+    def apply_freeze(self) -> None:
+        """Apply each encoder's freeze policy from the config (decoder and connectors stay trainable)."""
+        for name, ec in self.config.encoders.items():
+            apply_freeze(self.encoders[name], ec.freeze)
+
+    @classmethod
+    def from_preset(cls, name: str, **decoder_overrides) -> MetaLM:
+        """Build a named preset (``tiny``, ``language-xl``, ``vl-medium``) with random weights."""
+        from metalm.presets import get_preset
+
+        return cls(get_preset(name, **decoder_overrides))
+
+    def embed_inputs(self, input_ids: torch.Tensor, docks: list[Dock] | None = None) -> torch.Tensor:
+        """Decoder input embeddings with every dock's encoder vectors written over their placeholder positions."""
+        embeds = self.decoder.embed(input_ids)
+        if not docks:
+            return embeds
+        b, t = input_ids.shape
+        claimed = 0
+        for dock in docks:
+            if dock.encoder not in self.encoders:
+                raise ValueError(f"dock names encoder {dock.encoder!r}; this model has {sorted(self.encoders)}")
+            out = self.encoders[dock.encoder](dock.inputs)
+            vectors, mask = self.connectors[dock.encoder](out.hidden_states, out.mask)
+            embeds = scatter_docked(embeds, dock, vectors, mask)
+            claimed += int((dock.positions >= 0).sum())
+        if claimed != int(docked_mask(docks, b, t, input_ids.device).sum()):
+            raise ValueError("two docked segments claim the same decoder position; each position takes one vector")
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        docks: list[Dock] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> MetaLMOutput:
+        """Logits, and with ``labels`` (aligned to ``input_ids``) the semi-causal loss: docked positions are never
+        targets, whatever ``labels`` holds there, so no prediction can target a token its input has seen."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; expected (batch, seq)")
+        embeds = self.embed_inputs(input_ids, docks)
+        logits = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask).logits
+        if labels is None:
+            return MetaLMOutput(logits)
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels have shape {tuple(labels.shape)}; expected {tuple(input_ids.shape)}")
+        docked = docked_mask(docks or [], *input_ids.shape, input_ids.device)
+        labels = semicausal_labels(labels, docked, attention_mask)
+        targets = labels[:, 1:]
+        n = int((targets != IGNORE_INDEX).sum())
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum",
+        ) / max(n, 1)  # fmt: skip
+        return MetaLMOutput(logits, loss, labels, n)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        docks: list[Dock] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Continue ``input_ids`` (with docked encoder vectors in the prompt); see ``metalm.generation.generate``."""
+        from metalm.generation import generate
+
+        embeds = self.embed_inputs(input_ids, docks)
+        return generate(self.decoder, input_ids, inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+    def portable_config(self) -> MetaLMConfig:
+        """The config with each encoder described by its architecture alone, so loading needs no original files."""
+        encoders = {}
+        for name, ec in self.config.encoders.items():
+            spec = dict(encoder_spec(self.encoders[name]))
+            encoders[name] = EncoderConfig(spec.pop("kind"), spec, ec.freeze, ec.connector)
+        return dataclasses.replace(self.config, encoders=encoders)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config.json and model.safetensors into ``path``, atomically (the old directory stays until done)."""
+        config = self.portable_config()
+        state = self.state_dict()
+        if self.config.decoder.tie_embeddings:
+            state.pop("decoder.lm_head.weight")
+
+        def write(tmp: Path) -> None:
+            atomic_write_text(tmp / CONFIG_NAME, json.dumps(config.to_dict(), indent=2))
+            save_safetensors_atomic(state, tmp / WEIGHTS_NAME, metadata={"format": "pt", "model_type": "metalm"})
+
+        atomic_write_dir(path, write)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MetaLM:
+        """Load a directory written by ``save_pretrained``; errors name the file and what was expected."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from metalm.hf import read_json
+
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"{path}: not a directory; expected a MetaLM checkpoint ({CONFIG_NAME} + {WEIGHTS_NAME})"
+            )
+        data = read_json(path / CONFIG_NAME, "MetaLM config written by save_pretrained")
+        if data.get("model_type") != "metalm":
+            raise ValueError(f"{path / CONFIG_NAME}: model_type is {data.get('model_type')!r}; expected 'metalm'")
+        config = MetaLMConfig.from_dict(data, str(path / CONFIG_NAME))
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: missing; expected the model weights (safetensors)")
+        try:
+            state = load_file(str(weights), device=str(map_location))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{weights}: not a readable safetensors file ({err})") from err
+        model = cls(config)
+        load_state(model, state, weights)
+        return model.eval()
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def load_state(model: MetaLM, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights into ``model``, checking names and shapes first so a mismatch names the tensor."""
+    expected = model.state_dict()
+    if model.config.decoder.tie_embeddings:
+        expected.pop("decoder.lm_head.weight")
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{source}: weights do not match the config: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(
+                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}; the config expects "
+                f"{tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state, strict=False)

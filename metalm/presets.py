@@ -1,0 +1,72 @@
+"""Named model presets: ``tiny`` trains on a laptop CPU in minutes; the others are the paper's shapes.
+
+Big presets are meant to be built on the meta device for parameter counts without allocating memory::
+
+    with torch.device("meta"):
+        model = MetaLM(get_preset("language-xl"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from metalm.config import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLMConfig
+
+
+def tiny(**overrides) -> MetaLMConfig:
+    """4-layer 256-wide decoder, a 4-layer ViT on 32x32 images (8x8 patches) and a 2-layer text encoder that
+    shares the decoder's tokenizer."""
+    decoder = _decoder(dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=256, positions="sinusoidal"),
+                       overrides)  # fmt: skip
+    vision = EncoderConfig(
+        kind="timm",
+        kwargs=dict(model_name="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=128, depth=4, num_heads=4),
+        connector=ConnectorConfig(kind="mlp", layers=3),
+    )
+    text = EncoderConfig(
+        kind="native_text",
+        kwargs=dict(vocab_size=decoder.vocab_size, dim=128, n_layers=2, n_heads=4, max_len=decoder.max_seq_len),
+        connector=ConnectorConfig(kind="linear"),
+    )
+    return MetaLMConfig(decoder=decoder, encoders={"vision": vision, "text": text})
+
+
+def language_xl(**overrides) -> MetaLMConfig:
+    """The paper's language MetaLM: a 24-layer 2048-hidden decoder and a 24-layer 1024-hidden text encoder whose
+    last two layers are trained, docked through a linear connector."""
+    decoder = _decoder(dict(vocab_size=64000, dim=2048, n_layers=24, n_heads=32, max_seq_len=2048,
+                            positions="sinusoidal"), overrides)  # fmt: skip
+    text = EncoderConfig(
+        kind="native_text",
+        kwargs=dict(vocab_size=decoder.vocab_size, dim=1024, n_layers=24, n_heads=16, max_len=decoder.max_seq_len),
+        freeze="all_but_last_2",
+        connector=ConnectorConfig(kind="linear"),
+    )
+    return MetaLMConfig(decoder=decoder, encoders={"text": text})
+
+
+def vl_medium(**overrides) -> MetaLMConfig:
+    """The paper's vision-language MetaLM: a 24-layer 1024-hidden decoder and a ViT-B/16 through a 3-layer MLP."""
+    decoder = _decoder(dict(vocab_size=64000, dim=1024, n_layers=24, n_heads=16, max_seq_len=2048,
+                            positions="sinusoidal"), overrides)  # fmt: skip
+    vision = EncoderConfig(
+        kind="open_clip", kwargs=dict(model_name="ViT-B-16"), connector=ConnectorConfig(kind="mlp", layers=3)
+    )
+    return MetaLMConfig(decoder=decoder, encoders={"vision": vision})
+
+
+def _decoder(defaults: dict, overrides: dict) -> DecoderConfig:
+    try:
+        return DecoderConfig(**{**defaults, **overrides})
+    except TypeError as err:
+        raise ValueError(f"bad decoder override ({err})") from err
+
+
+PRESETS: dict[str, Callable[..., MetaLMConfig]] = {"tiny": tiny, "language-xl": language_xl, "vl-medium": vl_medium}
+
+
+def get_preset(name: str, **decoder_overrides) -> MetaLMConfig:
+    """The named preset's config, with optional decoder fields replaced (e.g. ``vocab_size`` from a tokenizer)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)}")
+    return PRESETS[name](**decoder_overrides)
