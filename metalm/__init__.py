@@ -2,5 +2,17 @@
 
 from metalm.config import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLMConfig
 from metalm.decoder import Decoder, DecoderOutput
+from metalm.docking import Dock
+from metalm.model import MetaLM, MetaLMOutput
 
-__all__ = ["ConnectorConfig", "Decoder", "DecoderConfig", "DecoderOutput", "EncoderConfig", "MetaLMConfig"]
+__all__ = [
+    "ConnectorConfig",
+    "Decoder",
+    "DecoderConfig",
+    "DecoderOutput",
+    "Dock",
+    "EncoderConfig",
+    "MetaLM",
+    "MetaLMConfig",
+    "MetaLMOutput",
+]

@@ -104,7 +104,7 @@ def _gpt2_to_ours(sd: dict[str, torch.Tensor], cfg: DecoderConfig) -> dict[str, 
             out[o + f"norm2.{name}"] = sd[h + f"ln_2.{name}"]
         for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
                              ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):  # fmt: skip
-            out[o + ours + ".weight"] = sd[h + theirs + ".weight"].t()  # Conv1D stores (in, out)
+            out[o + ours + ".weight"] = sd[h + theirs + ".weight"].t().contiguous()  # Conv1D stores (in, out)
             out[o + ours + ".bias"] = sd[h + theirs + ".bias"]
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
