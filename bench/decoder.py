@@ -1,7 +1,8 @@
 """Training-step throughput of our decoder vs transformers' GPT-2 of the same size, in one process.
 
 Both models hold the same weights (ours is loaded from the GPT-2 checkpoint with ``Decoder.from_hf``) and run the
-same step: forward, cross-entropy, backward, AdamW. Steps alternate between the two so drift in machine speed
+same step: forward, cross-entropy (each library's own training loss: our fused chunked one, transformers'
+``labels=`` path), backward, AdamW. Steps alternate between the two so drift in machine speed
 hits both alike. Achieved FLOP/s is reported as a fraction of a large fp32 matmul's FLOP/s measured in the same
 run. Results go to ``bench/results/decoder.{json,md}``.
 
@@ -19,9 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from metalm import Decoder
+from metalm.loss import fused_linear_cross_entropy
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,12 +44,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def make_step(model: torch.nn.Module, ids: torch.Tensor):
+def make_step(model: torch.nn.Module, ids: torch.Tensor, loss_fn):
+    """One training step with the model's own loss path: ``loss_fn(model, ids) -> loss``."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> float:
-        logits = model(ids).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        loss = loss_fn(model, ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -82,7 +83,14 @@ def main() -> None:
         ours = Decoder.from_hf(tmp)
     hf, ours = hf.to(device).train(), ours.to(device).train()
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), device=device)
-    steps = {"metalm": make_step(ours, ids), "transformers-gpt2": make_step(hf, ids)}
+    steps = {
+        "metalm": make_step(
+            ours,
+            ids,
+            lambda m, x: fused_linear_cross_entropy(m(x, compute_logits=False).hidden_states, m.lm_head.weight, x)[0],
+        ),
+        "transformers-gpt2": make_step(hf, ids, lambda m, x: m(x, labels=x).loss),
+    }
     first_loss = {name: step() for name, step in steps.items()}  # warm-up 1, and both start from the same loss
     for step in steps.values():
         step()

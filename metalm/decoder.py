@@ -21,7 +21,7 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class DecoderOutput:
-    logits: torch.Tensor  # (B, T, vocab)
+    logits: torch.Tensor | None  # (B, T, vocab); None when compute_logits=False
     hidden_states: torch.Tensor  # (B, T, dim), after the final norm
     past_key_values: KVCache | None = None
 
@@ -179,9 +179,11 @@ class Decoder(nn.Module):
         position_ids: torch.Tensor | None = None,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        compute_logits: bool = True,
     ) -> DecoderOutput:
         """Logits for every position. ``attention_mask`` ``(B, past + T)`` marks real tokens (1) and padding (0);
-        without ``position_ids`` positions count real tokens only, so left padding works as in transformers."""
+        without ``position_ids`` positions count real tokens only, so left padding works as in transformers.
+        ``compute_logits=False`` skips the output projection (for the fused loss in ``metalm.loss``)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (B, T) or inputs_embeds (B, T, dim)")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
@@ -215,7 +217,8 @@ class Decoder(nn.Module):
             x, present = block(x, rotary, key_mask, past_key_values[i] if past_key_values else None)
             presents.append(present)
         x = self.norm(x)
-        return DecoderOutput(self.lm_head(x), x, presents if use_cache else None)
+        logits = self.lm_head(x) if compute_logits else None
+        return DecoderOutput(logits, x, presents if use_cache else None)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from encoders import Encoder, apply_freeze, build_encoder, encoder_spec
@@ -17,7 +16,8 @@ from metalm.connectors import build_connector
 from metalm.decoder import Decoder
 from metalm.docking import Dock, docked_mask, scatter_docked
 from metalm.io import atomic_write_dir, atomic_write_text, save_safetensors_atomic
-from metalm.semicausal import IGNORE_INDEX, semicausal_labels
+from metalm.loss import causal_lm_loss, fused_linear_cross_entropy
+from metalm.semicausal import semicausal_labels
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -25,7 +25,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 @dataclass
 class MetaLMOutput:
-    logits: torch.Tensor  # (B, T, vocab)
+    logits: torch.Tensor | None  # (B, T, vocab); None for a training forward (see MetaLM.forward)
     loss: torch.Tensor | None = None  # mean cross-entropy over the semi-causal targets
     labels: torch.Tensor | None = None  # the labels actually trained on (docked positions and padding ignored)
     n_targets: int = 0
@@ -86,25 +86,30 @@ class MetaLM(nn.Module):
         docks: list[Dock] | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        return_logits: bool | None = None,
     ) -> MetaLMOutput:
         """Logits, and with ``labels`` (aligned to ``input_ids``) the semi-causal loss: docked positions are never
-        targets, whatever ``labels`` holds there, so no prediction can target a token its input has seen."""
+        targets, whatever ``labels`` holds there, so no prediction can target a token its input has seen.
+
+        With labels the loss is computed by the fused chunked cross-entropy and no logits are returned unless
+        ``return_logits=True`` (then the loss comes from the full logits; the value is the same)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; expected (batch, seq)")
         embeds = self.embed_inputs(input_ids, docks)
-        logits = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask).logits
+        if return_logits is None:
+            return_logits = labels is None
+        out = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, compute_logits=return_logits)
+        logits = out.logits
         if labels is None:
             return MetaLMOutput(logits)
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels have shape {tuple(labels.shape)}; expected {tuple(input_ids.shape)}")
         docked = docked_mask(docks or [], *input_ids.shape, input_ids.device)
         labels = semicausal_labels(labels, docked, attention_mask)
-        targets = labels[:, 1:]
-        n = int((targets != IGNORE_INDEX).sum())
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="sum",
-        ) / max(n, 1)  # fmt: skip
+        if return_logits:
+            loss, n = causal_lm_loss(logits, labels)
+        else:
+            loss, n = fused_linear_cross_entropy(out.hidden_states, self.decoder.lm_head.weight, labels)
         return MetaLMOutput(logits, loss, labels, n)
 
     @torch.no_grad()

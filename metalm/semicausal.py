@@ -12,7 +12,7 @@ import random
 
 import torch
 
-IGNORE_INDEX = -100
+from metalm.loss import IGNORE_INDEX
 
 
 def semicausal_labels(
@@ -25,11 +25,6 @@ def semicausal_labels(
     if attention_mask is not None:
         labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
     return labels
-
-
-def loss_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Boolean ``(B, T-1)``: True where the logits at position t are trained to predict ``labels[t+1]``."""
-    return labels[:, 1:] != IGNORE_INDEX
 
 
 def scaled_span_lengths(seq_len: int, min_len: int = 64, max_len: int = 128, ref_len: int = 2048) -> tuple[int, int]:

@@ -57,7 +57,7 @@ def docks_for(ids: torch.Tensor, spans: list[tuple[int, int]], image_at: int | N
 def check_no_leak(model: MetaLM, ids: torch.Tensor, spans, image_at) -> int:
     """For every loss-counted target x_t, replacing x_t in the input leaves the logits predicting it unchanged."""
     with torch.no_grad():
-        out = model(ids, docks_for(ids, spans, image_at), labels=ids)
+        out = model(ids, docks_for(ids, spans, image_at), labels=ids, return_logits=True)
         counted = (out.labels[0, 1:] != IGNORE_INDEX).nonzero()[:, 0] + 1
         for t in counted.tolist():
             changed = ids.clone()
@@ -102,7 +102,7 @@ def test_token_after_a_span_is_trained_from_the_spans_last_position(model):
     ids = random_ids(1, 20, 4)
     s, e = 6, 12
     docks = docks_for(ids, [(s, e)], None)
-    out = model(ids, docks, labels=ids)
+    out = model(ids, docks, labels=ids, return_logits=True)
     assert out.labels[0, e] == ids[0, e]
     assert (out.labels[0, s:e] == IGNORE_INDEX).all()
     assert out.n_targets == 19 - (e - s)
