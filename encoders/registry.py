@@ -29,6 +29,6 @@ def encoder_spec(encoder: Encoder) -> dict[str, Any]:
     """JSON-able ``{"kind": ..., **kwargs}`` such that ``build_encoder(**spec)`` rebuilds the same architecture with
     random weights and without the original files (load the saved state dict into it)."""
     for kind, cls in ENCODER_KINDS.items():
-        if type(encoder) is cls:
+        if isinstance(encoder, cls):  # FSDP2 swaps in a subclass, so not `type(...) is`
             return {"kind": kind, **encoder.extra_state()}
     raise ValueError(f"{type(encoder).__name__} is not a registered encoder class ({', '.join(ENCODER_KINDS)})")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from metalm.attention import attend, resolve_backend
 from metalm.config import DecoderConfig
@@ -149,6 +150,7 @@ class Decoder(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        self.activation_checkpointing = False  # recompute each block in backward to save memory (training only)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections, scaled as in GPT-2
@@ -213,8 +215,13 @@ class Decoder(nn.Module):
         x = self.drop(x)
         key_mask = attention_mask.bool() if attention_mask is not None else None
         presents: KVCache = []
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and not use_cache
         for i, block in enumerate(self.blocks):
-            x, present = block(x, rotary, key_mask, past_key_values[i] if past_key_values else None)
+            past = past_key_values[i] if past_key_values else None
+            if recompute:
+                x, present = checkpoint(block, x, rotary, key_mask, past, use_reentrant=False)
+            else:
+                x, present = block(x, rotary, key_mask, past)
             presents.append(present)
         x = self.norm(x)
         logits = self.lm_head(x) if compute_logits else None

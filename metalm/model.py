@@ -136,16 +136,8 @@ class MetaLM(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json and model.safetensors into ``path``, atomically (the old directory stays until done)."""
-        config = self.portable_config()
-        state = self.state_dict()
-        if self.config.decoder.tie_embeddings:
-            state.pop("decoder.lm_head.weight")
-
-        def write(tmp: Path) -> None:
-            atomic_write_text(tmp / CONFIG_NAME, json.dumps(config.to_dict(), indent=2))
-            save_safetensors_atomic(state, tmp / WEIGHTS_NAME, metadata={"format": "pt", "model_type": "metalm"})
-
-        atomic_write_dir(path, write)
+        config, state = self.portable_config(), self.state_dict()
+        atomic_write_dir(path, lambda tmp: write_pretrained(tmp, config, state))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MetaLM:
@@ -177,6 +169,14 @@ class MetaLM(nn.Module):
 
     def num_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def write_pretrained(path: Path, config: MetaLMConfig, state: dict[str, torch.Tensor]) -> None:
+    """Write config.json and model.safetensors (tied output weights stored once) into an existing directory."""
+    if config.decoder.tie_embeddings:
+        state = {k: v for k, v in state.items() if k != "decoder.lm_head.weight"}
+    atomic_write_text(path / CONFIG_NAME, json.dumps(config.to_dict(), indent=2))
+    save_safetensors_atomic(state, path / WEIGHTS_NAME, metadata={"format": "pt", "model_type": "metalm"})
 
 
 def load_state(model: MetaLM, state: dict[str, torch.Tensor], source: Path) -> None:

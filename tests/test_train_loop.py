@@ -1,0 +1,141 @@
+"""The shared training loop: exact resume, SIGTERM, NaN handling, checkpoints, schedule and the config CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from synthetic import small_model, stream
+
+from metalm import MetaLM
+from train.config import TrainConfig, parse_config
+from train.loop import latest_checkpoint, lr_at, train
+
+
+def cfg_for(tmp_path, **kw) -> TrainConfig:
+    base = dict(out=str(tmp_path), max_steps=6, batch_size=4, grad_accum=2, seq_len=32, lr=3e-3, warmup_steps=2,
+                ckpt_every=100, log_every=1, eval_every=0, peak_flops=1e11)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(model: MetaLM) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_loss_goes_down_and_final_checkpoint_loads(tmp_path):
+    model = small_model()
+    result = train(cfg_for(tmp_path, max_steps=12), model, _repeat_first)
+    assert result.losses[-1] < result.losses[0] - 0.3  # memorising one batch
+    loaded = MetaLM.from_pretrained(tmp_path / "final")
+    for k, v in weights(model).items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert all(0 < r["mfu"] and r["tokens_per_s"] > 0 for r in rows)
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "config.json").read_text())["max_steps"] == 12
+
+
+def _repeat_first(skip):
+    batch = next(stream(0))
+    while True:
+        yield batch
+
+
+def _interrupting(skip, at: int):
+    """The stream, sending this process SIGTERM when micro-batch ``at`` is handed out."""
+    for i, batch in enumerate(stream(skip), start=skip):
+        if i == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path, dropout):
+    full_model = small_model(dropout=dropout)
+    full = train(cfg_for(tmp_path / "full"), full_model, stream)
+
+    first_model = small_model(dropout=dropout)
+    first = train(cfg_for(tmp_path / "cut"), first_model, lambda skip: _interrupting(skip, at=5))
+    assert first.stopped_by_signal and first.step == 3  # micro-batch 5 belongs to step 3 (2 per step)
+    assert latest_checkpoint(cfg_for(tmp_path / "cut")).name == "step_0000003"
+    assert not (tmp_path / "cut" / "final").exists()
+
+    resumed_model = small_model(seed=123, dropout=dropout)  # different init: everything must come from the checkpoint
+    resumed = train(cfg_for(tmp_path / "cut", resume=True), resumed_model, stream)
+    assert resumed.step == 6
+    assert first.losses + resumed.losses == full.losses
+    for k, v in weights(full_model).items():
+        assert torch.equal(resumed_model.state_dict()[k], v), k
+
+
+def test_checkpoints_rotate_and_latest_points_at_the_newest(tmp_path):
+    cfg = cfg_for(tmp_path, max_steps=5, ckpt_every=1, keep_last=2, grad_accum=1)
+    train(cfg, small_model(), stream)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert names == ["step_0000004", "step_0000005"]
+    assert latest_checkpoint(cfg).name == "step_0000005"
+    files = sorted(p.name for p in latest_checkpoint(cfg).iterdir())
+    assert files == ["config.json", "model.safetensors", "train_config.json", "trainer_state.pt"]
+
+
+def _poison(steps: set[int]):
+    """A stream whose micro-batches at the given indices carry a NaN image, so their loss is NaN."""
+
+    def gen(skip):
+        for i, batch in enumerate(stream(skip), start=skip):
+            if i in steps:
+                batch.docks[0].inputs["pixel_values"][0, 0, 0, 0] = float("nan")
+            yield batch
+
+    return gen
+
+
+def test_a_nan_step_is_skipped_and_counted(tmp_path):
+    model = small_model()
+    result = train(cfg_for(tmp_path, grad_accum=1), model, _poison({2}))
+    assert result.nan_steps == 1 and result.step == 6
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(torch.tensor(x)) for i, x in enumerate(result.losses) if i != 2)
+
+
+def test_too_many_nan_steps_stop_with_a_clear_message(tmp_path):
+    model = small_model()
+    with pytest.raises(RuntimeError, match="3 consecutive steps had a NaN or inf loss"):
+        train(cfg_for(tmp_path, grad_accum=1, max_nan_steps=3), model, _poison(set(range(100))))
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1, schedule="cosine")
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    cfg.schedule = "linear"
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(35, cfg) == pytest.approx(0.1 + 0.9 * 0.75)
+
+
+def test_config_cli_yaml_and_errors(tmp_path, capsys):
+    cfg = parse_config(["--max_steps", "7", "--resume", "--model", "{n_layers: 2}"])
+    assert cfg.max_steps == 7 and cfg.resume is True and cfg.model == {"n_layers": 2}
+    (tmp_path / "run.yaml").write_text("lr: 0.01\nseq_len: 128\n")
+    cfg = parse_config(["--config", str(tmp_path / "run.yaml"), "--seq_len", "64"])
+    assert cfg.lr == 0.01 and cfg.seq_len == 64  # flags win over the file
+    (tmp_path / "bad.yaml").write_text("lr: 0.01\nlearning_rate: 3\n")
+    with pytest.raises(ValueError, match="bad.yaml: unknown config fields \\['learning_rate'\\]"):
+        parse_config(["--config", str(tmp_path / "bad.yaml")])
+    with pytest.raises(ValueError, match="schedule = 'step'"):
+        parse_config(["--schedule", "step"])
+    with pytest.raises(SystemExit):
+        parse_config(["--max_steps", "many"])
+    assert "expected int" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    help_text = capsys.readouterr().out
+    for name in ("--span_ratio", "--grad_accum", "--activation_checkpointing", "--dist"):
+        assert name in help_text

@@ -1,0 +1,1 @@
+"""Training entry points (pretrain, finetune, instruct) on one shared loop."""

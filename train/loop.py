@@ -1,0 +1,449 @@
+"""The one training loop that pretraining, finetuning and instruction tuning share.
+
+It runs single-process or under torchrun (DDP, or FSDP2 for models that do not fit one device), with bf16
+autocast on CUDA and fp32 on CPU, gradient accumulation and clipping, AdamW with decay / no-decay groups and a
+warm-up + cosine / linear schedule. Checkpoints hold safetensors weights plus the training state (optimizer, step,
+data position, RNG) and are written atomically; ``--resume`` continues exactly where the run stopped. SIGTERM /
+SIGINT save a checkpoint and exit cleanly; NaN / inf losses skip the step and stop the run after too many in a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from tqdm import tqdm
+
+from metalm.io import atomic_write_dir, atomic_write_text
+from metalm.model import MetaLM, write_pretrained
+from train.config import TrainConfig
+
+log = logging.getLogger("metalm.train")
+STATE_NAME = "trainer_state.pt"
+
+
+@dataclass
+class Env:
+    """Where this process runs: rank, world size and device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_env() -> Env:
+    """Read torchrun's variables; start the process group (NCCL on CUDA, gloo on CPU) when there are several."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Env(rank, world, local, device)
+
+
+def all_reduce_max(value: float, env: Env) -> float:
+    """The largest of one number across processes (how ranks agree to stop or skip together)."""
+    if env.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_sum(values: list[float], env: Env) -> list[float]:
+    if env.world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def wrap_model(model: MetaLM, cfg: TrainConfig, env: Env) -> torch.nn.Module:
+    """DDP or FSDP2 under torchrun; the model itself when single-process. Optional activation checkpointing."""
+    model.decoder.activation_checkpointing = cfg.activation_checkpointing
+    model.to(env.device)
+    wrapped: torch.nn.Module = model
+    if env.world_size > 1 and cfg.dist == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if _bf16(cfg, env) else None
+        kw = {"mp_policy": mp} if mp else {}
+        for block in model.decoder.blocks:
+            fully_shard(block, **kw)
+        for enc in model.encoders.values():
+            fully_shard(enc, **kw)
+        fully_shard(model, **kw)
+    elif env.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [env.local_rank] if env.device.type == "cuda" else None
+        # a batch may leave an encoder unused (e.g. no image in it), so DDP must look for unused parameters
+        wrapped = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def _bf16(cfg: TrainConfig, env: Env) -> bool:
+    if cfg.precision == "bf16":
+        return True
+    return cfg.precision == "auto" and env.device.type == "cuda"
+
+
+def make_optimizer(model: MetaLM, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; matrices (and embeddings) are decayed, biases and norm gains are not. Fused where supported."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type in ("cuda", "cpu") and not any(isinstance(p, torch.distributed.tensor.DTensor) for p in decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine or linear decay to ``lr * min_lr_ratio`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+
+def measure_peak_flops(device: torch.device, bf16: bool) -> float:
+    """FLOP/s of a large matmul in the training precision: the denominator of MFU."""
+    n = 2048 if device.type == "cpu" else 8192
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, reps = time.perf_counter(), 3
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_root(cfg: TrainConfig) -> Path:
+    return Path(cfg.out) / "checkpoints"
+
+
+def latest_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The checkpoint named by ``checkpoints/latest``, written only after that checkpoint was complete."""
+    pointer = checkpoint_root(cfg) / "latest"
+    if not pointer.is_file():
+        return None
+    path = checkpoint_root(cfg) / pointer.read_text().strip()
+    if not (path / STATE_NAME).is_file():
+        raise FileNotFoundError(f"{pointer} names {path}, which holds no {STATE_NAME}; the run directory is damaged")
+    return path
+
+
+def save_checkpoint(
+    path: Path,
+    model: MetaLM,
+    wrapped: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    cfg: TrainConfig,
+    env: Env,
+    save_extra: Callable[[Path], None] | None,
+) -> None:
+    """Gather full weights (and optimizer state) on rank 0 and write them atomically as one directory."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(wrapped, options=opts)
+    optim = get_optimizer_state_dict(wrapped, optimizer, options=opts) if optimizer is not None else None
+    if env.main:
+
+        def write(tmp: Path) -> None:
+            write_pretrained(tmp, model.portable_config(), weights)
+            atomic_write_text(tmp / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+            if save_extra is not None:
+                save_extra(tmp)
+            if optim is not None:
+                torch.save({**state, "optimizer": optim, "rng": rng_state()}, tmp / STATE_NAME)
+
+        atomic_write_dir(path, write)
+    if env.world_size > 1:
+        dist.barrier()
+
+
+def load_checkpoint(path: Path, wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights, optimizer state and RNG from ``path``; returns the saved step and data position."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "model.safetensors"))
+    state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
+    opts = StateDictOptions(full_state_dict=True)
+    model = wrapped.module if hasattr(wrapped, "module") else wrapped
+    if getattr(model, "config", None) is not None and model.config.decoder.tie_embeddings:
+        weights["decoder.lm_head.weight"] = weights["decoder.tok_emb.weight"]
+    set_model_state_dict(wrapped, weights, options=opts)
+    set_optimizer_state_dict(wrapped, optimizer, state["optimizer"], options=opts)
+    set_rng_state(state["rng"])
+    return state
+
+
+def prune_checkpoints(cfg: TrainConfig) -> None:
+    root = checkpoint_root(cfg)
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in steps[: -cfg.keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class StopRequested:
+    """Set by SIGTERM / SIGINT; the loop checks it between steps, saves and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        self.signal = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        old = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float]
+    stopped_by_signal: bool = False
+    nan_steps: int = 0
+    final_dir: Path | None = None
+    metrics: list[dict] = field(default_factory=list)
+
+
+class Metrics:
+    """JSONL (and TensorBoard where it is installed) on rank 0."""
+
+    def __init__(self, out: Path, main: bool) -> None:
+        self.main = main
+        self.path = out / "metrics.jsonl"
+        self.tb = None
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                log.info("tensorboard not installed: metrics go to %s only", self.path)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.main:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_losses(metrics_path: Path, out_png: Path) -> None:
+    """Training (and validation) loss against step, from metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, style in (("loss", "-"), ("val_loss", "o-")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=key)
+    baseline = [r["unigram_loss"] for r in rows if "unigram_loss" in r]
+    if baseline:
+        ax.axhline(baseline[-1], color="grey", linestyle="--", label="unigram baseline")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def train(
+    cfg: TrainConfig,
+    model: MetaLM,
+    batches: Callable[[int], Iterator[Any]],
+    env: Env | None = None,
+    evaluate: Callable[[MetaLM, int], dict[str, float]] | None = None,
+    save_extra: Callable[[Path], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``batches(skip)`` (an iterator of micro-batches that first skips ``skip`` of them).
+
+    Each batch needs ``.to(device)`` and the fields ``input_ids``, ``docks``, ``attention_mask``, ``labels``.
+    """
+    env = env or setup_env()
+    out = Path(cfg.out)
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    wrapped = wrap_model(model, cfg, env)
+    optimizer = make_optimizer(model, cfg, env.device)
+    step, consumed = 0, 0
+    resume_from = latest_checkpoint(cfg) if cfg.resume else None
+    if cfg.resume and resume_from is None and env.main:
+        log.warning("--resume: no checkpoint in %s yet; starting from step 0", checkpoint_root(cfg))
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, wrapped, optimizer)
+        step, consumed = state["step"], state["consumed"]
+        if env.main:
+            log.info("resumed from %s at step %d", resume_from, step)
+    data = batches(consumed)
+    bf16 = _bf16(cfg, env)
+    peak = cfg.peak_flops or measure_peak_flops(env.device, bf16)
+    flops_per_token = model.decoder.flops_per_token(cfg.seq_len)
+    metrics = Metrics(out, env.main)
+    result = TrainResult(step=step, losses=[])
+    stop = StopRequested()
+    nan_run = 0
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not env.main, desc="train", dynamic_ncols=True)
+    window_tokens, window_start = 0.0, time.perf_counter()
+    with stop.installed():
+        while step < cfg.max_steps:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            loss_sum, targets, tokens = 0.0, 0.0, 0.0
+            for micro in range(cfg.grad_accum):
+                batch = next(data).to(env.device)
+                consumed += 1
+                sync = micro == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
+                ctx = contextlib.nullcontext() if sync else wrapped.no_sync()
+                with ctx, torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    out_ = wrapped(batch.input_ids, batch.docks, batch.attention_mask, batch.labels)
+                    loss = out_.loss
+                (loss / cfg.grad_accum).backward()
+                loss_sum += float(loss.detach()) / cfg.grad_accum
+                targets += out_.n_targets
+                tokens += batch.input_ids.numel()
+            bad = all_reduce_max(0.0 if math.isfinite(loss_sum) else 1.0, env)
+            if bad:
+                optimizer.zero_grad(set_to_none=True)
+                nan_run += 1
+                result.nan_steps += 1
+                if env.main:
+                    log.warning("step %d: loss is %s; step skipped (%d in a row)", step, loss_sum, nan_run)
+                if nan_run >= cfg.max_nan_steps:
+                    raise RuntimeError(
+                        f"{nan_run} consecutive steps had a NaN or inf loss (max_nan_steps = {cfg.max_nan_steps}); "
+                        "stopping. Lower --lr, check the data, or resume from the last checkpoint."
+                    )
+            else:
+                nan_run = 0
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_avg, tokens = all_reduce_sum([loss_sum, tokens], env)
+            loss_avg /= env.world_size
+            result.losses.append(loss_avg)
+            window_tokens += tokens
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                tps = window_tokens / max(elapsed, 1e-9)
+                row = {"loss": loss_avg, "lr": lr_at(step - 1, cfg), "tokens_per_s": tps,
+                       "mfu": tps * flops_per_token / (peak * env.world_size), "targets": targets}  # fmt: skip
+                if not bad:
+                    row["grad_norm"] = float(norm)
+                metrics.write(step, row)
+                result.metrics.append({"step": step, **row})
+                bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tps:.0f}", mfu=f"{row['mfu']:.1%}")
+                window_tokens, window_start = 0.0, time.perf_counter()
+            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                values = evaluate(model, step)
+                metrics.write(step, values)
+                result.metrics.append({"step": step, **values})
+            stop_now = all_reduce_max(float(stop.signal is not None), env)
+            if stop_now or step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+                path = checkpoint_root(cfg) / f"step_{step:07d}"
+                save_checkpoint(path, model, wrapped, optimizer, {"step": step, "consumed": consumed}, cfg, env,
+                                save_extra)  # fmt: skip
+                if env.main:
+                    atomic_write_text(checkpoint_root(cfg) / "latest", path.name)
+                    prune_checkpoints(cfg)
+            if stop_now:
+                result.stopped_by_signal = True
+                if env.main:
+                    log.warning("stop signal received: checkpoint saved at step %d; resume with --resume", step)
+                break
+    bar.close()
+    result.step = step
+    if not result.stopped_by_signal:
+        if evaluate is not None:
+            values = evaluate(model, step)
+            metrics.write(step, values)
+            result.metrics.append({"step": step, **values})
+        result.final_dir = out / "final"
+        save_checkpoint(result.final_dir, model, wrapped, None, {}, cfg, env, save_extra)
+    metrics.close()
+    if env.main and metrics.path.is_file():
+        plot_losses(metrics.path, out / "loss.png")
+    return result
