@@ -55,7 +55,9 @@ def sample_spans(
     for _ in range(max_tries):
         if covered >= budget:
             break
-        length = rng.randint(min_len, max_len)
+        length = min(rng.randint(min_len, max_len), budget - covered)
+        if length < min_len:
+            break
         docs = [(s, e) for s, e in doc_bounds if e - s >= length + 1]
         if not docs:
             break

@@ -1,0 +1,190 @@
+"""From streamed samples to semi-causal pretraining batches.
+
+Text documents are tokenized (paragraphs joined by ``</p>``, documents ended by ``</s>``), packed into rows of
+``seq_len`` tokens, and given non-overlapping spans that go through the text encoder, never across a document end
+(``metalm.semicausal.sample_spans``). Image-text samples become ``<image> <vec>*N </image> caption </s>`` items,
+packed whole into rows; the image is docked at the ``<vec>`` positions and a random-length prefix of the caption
+goes through the text encoder, so the model learns to continue from what the encoders saw. Every batch has the
+same number of text and image-text rows (``text_weight``), so all processes run the same modules every step.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from data.collate import Batch
+from metalm.docking import Dock, contiguous_positions, span_dock
+from metalm.loss import IGNORE_INDEX
+from metalm.semicausal import sample_spans, scaled_span_lengths
+
+
+@dataclass
+class PipelineConfig:
+    seq_len: int = 256
+    batch_size: int = 16
+    text_weight: float = 0.5
+    span_ratio: float = 0.25
+    span_min: int = 0  # 0: the paper's 64 scaled to seq_len / 2048
+    span_max: int = 0
+    prefix_max: float = 0.5
+    image_size: tuple[int, int] = (32, 32)
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_tokens: int = 17
+    text_encoder: str | None = "text"
+    vision_encoder: str | None = "vision"
+    seed: int = 0
+
+    def span_lengths(self) -> tuple[int, int]:
+        lo, hi = scaled_span_lengths(self.seq_len)
+        return self.span_min or lo, self.span_max or max(hi, self.span_min or lo)
+
+    @property
+    def text_rows(self) -> int:
+        if self.vision_encoder is None:
+            return self.batch_size
+        return round(self.batch_size * self.text_weight)
+
+
+def image_tensor(image: Image.Image, size: tuple[int, int], mean, std) -> torch.Tensor:
+    """RGB image -> normalised ``(3, H, W)`` float tensor at the encoder's input size."""
+    image = image.convert("RGB")
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.BICUBIC)
+    x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size[0], size[1], 3)
+    x = x.permute(2, 0, 1).float() / 255.0
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def document_tokens(text: str, tokenizer) -> list[int]:
+    """A document's ids: paragraphs (split on blank lines) joined by ``</p>``, ended by ``</s>``."""
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    ids: list[int] = []
+    for i, paragraph in enumerate(paragraphs):
+        if i:
+            ids.append(tokenizer.par_id)
+        ids.extend(tokenizer.encode(paragraph))
+    ids.append(tokenizer.eos_id)
+    return ids
+
+
+def text_rows(samples: Iterable[dict], tokenizer, seq_len: int) -> Iterator[tuple[list[int], list[tuple[int, int]]]]:
+    """Rows of exactly ``seq_len`` ids from concatenated documents, with each row's ``[start, end)`` document
+    pieces (a document may continue into the next row; spans stay inside one piece)."""
+    buffer: list[int] = []
+    bounds: list[tuple[int, int]] = []
+    for sample in samples:
+        ids = document_tokens(sample["text"], tokenizer)
+        while ids:
+            take = ids[: seq_len - len(buffer)]
+            bounds.append((len(buffer), len(buffer) + len(take)))
+            buffer.extend(take)
+            ids = ids[len(take) :]
+            if len(buffer) == seq_len:
+                yield buffer, bounds
+                buffer, bounds = [], []
+
+
+@dataclass
+class ImageItem:
+    ids: list[int]  # <image> <vec>*N </image> caption </s>
+    image: torch.Tensor
+    caption_len: int
+
+
+def image_text_rows(samples: Iterable[dict], tokenizer, cfg: PipelineConfig) -> Iterator[list[ImageItem]]:
+    """Rows of whole image-caption items, as many as fit in ``seq_len`` (the rest of a row is padding)."""
+    row: list[ImageItem] = []
+    used = 0
+    for sample in samples:
+        caption = tokenizer.encode(sample["caption"])
+        ids = [tokenizer.image_start_id] + [tokenizer.vec_id] * cfg.image_tokens + [tokenizer.image_end_id]
+        ids += caption + [tokenizer.eos_id]
+        if len(ids) > cfg.seq_len:
+            ids = ids[: cfg.seq_len]
+            caption = caption[: cfg.seq_len - cfg.image_tokens - 3]
+        item = ImageItem(ids, image_tensor(sample["image"], cfg.image_size, cfg.image_mean, cfg.image_std),
+                         len(caption))  # fmt: skip
+        if used + len(ids) > cfg.seq_len:
+            yield row
+            row, used = [], 0
+        row.append(item)
+        used += len(ids)
+
+
+def build_batch(
+    text: list[tuple[list[int], list[tuple[int, int]]]],
+    images: list[list[ImageItem]],
+    cfg: PipelineConfig,
+    pad_id: int,
+    rng: random.Random,
+) -> Batch:
+    """Stack text rows and image-text rows into one Batch with its text-span and image docks."""
+    b = len(text) + len(images)
+    ids = torch.full((b, cfg.seq_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, cfg.seq_len), dtype=torch.long)
+    spans: list[tuple[int, int, int]] = []
+    lo, hi = cfg.span_lengths()
+    for r, (row, bounds) in enumerate(text):
+        ids[r] = torch.tensor(row)
+        mask[r] = 1
+        if cfg.text_encoder is not None:
+            spans += [(r, s, e) for s, e in sample_spans(bounds, rng, cfg.span_ratio, lo, hi)]
+    pixels, image_rows, image_starts = [], [], []
+    for r, items in enumerate(images, start=len(text)):
+        pos = 0
+        for item in items:
+            n = len(item.ids)
+            ids[r, pos : pos + n] = torch.tensor(item.ids)
+            mask[r, pos : pos + n] = 1
+            pixels.append(item.image)
+            image_rows.append(r)
+            image_starts.append(pos + 1)
+            caption_start = pos + cfg.image_tokens + 2
+            k = rng.randint(0, int(cfg.prefix_max * item.caption_len))
+            if k and cfg.text_encoder is not None:
+                spans.append((r, caption_start, caption_start + k))
+            pos += n
+    docks = []
+    if pixels:
+        docks.append(Dock(cfg.vision_encoder, {"pixel_values": torch.stack(pixels)}, torch.tensor(image_rows),
+                          contiguous_positions(torch.tensor(image_starts), cfg.image_tokens)))  # fmt: skip
+    if spans:
+        docks.append(span_dock(ids, spans, cfg.text_encoder, pad_id))
+    return Batch(ids, ids.masked_fill(mask == 0, IGNORE_INDEX), mask, docks)
+
+
+def batches(
+    text_samples: Iterable[dict] | None,
+    image_samples: Iterable[dict] | None,
+    tokenizer,
+    cfg: PipelineConfig,
+    skip: int = 0,
+) -> Iterator[Batch]:
+    """Endless semi-causal batches; the first ``skip`` are built and dropped, so a resumed run sees exactly the
+    batches an uninterrupted one would (the streams and the span RNG are deterministic)."""
+    rng = random.Random(cfg.seed)
+    n_text = cfg.text_rows if text_samples is not None else 0
+    n_image = cfg.batch_size - n_text if image_samples is not None else 0
+    if n_text + n_image == 0:
+        raise ValueError("no data: give text samples, image-text samples, or both")
+    if image_samples is None and n_text < cfg.batch_size:
+        n_text = cfg.batch_size
+    text_iter = text_rows(text_samples, tokenizer, cfg.seq_len) if n_text else None
+    image_iter = image_text_rows(image_samples, tokenizer, cfg) if n_image else None
+    index = 0
+    while True:
+        try:
+            text = [next(text_iter) for _ in range(n_text)] if text_iter else []
+            images = [next(image_iter) for _ in range(n_image)] if image_iter else []
+        except StopIteration:
+            return
+        batch = build_batch(text, images, cfg, tokenizer.pad_id, rng)
+        if index >= skip:
+            yield batch
+        index += 1
