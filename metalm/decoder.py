@@ -143,7 +143,10 @@ class Decoder(nn.Module):
         if cfg.positions == "learned":
             self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.dim)
         elif cfg.positions == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_table(cfg.max_seq_len, cfg.dim), persistent=False)
+            # scaled to the token embeddings' size (sin/cos have std 1/sqrt(2)); unscaled they drown the tokens and
+            # the docked vectors, which then grow large and image-independent (seen on the bundled world)
+            table = sinusoidal_table(cfg.max_seq_len, cfg.dim) * (cfg.init_std * math.sqrt(2))
+            self.register_buffer("pos_table", table, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg, cfg.dim)

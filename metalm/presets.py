@@ -15,8 +15,9 @@ from metalm.config import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLMC
 
 def tiny(**overrides) -> MetaLMConfig:
     """4-layer 256-wide decoder, a 4-layer ViT on 32x32 images (8x8 patches) and a 2-layer text encoder that
-    shares the decoder's tokenizer."""
-    decoder = _decoder(dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=256, positions="sinusoidal"),
+    shares the decoder's tokenizer. Learned positions: on the bundled world they let the decoder start reading the
+    docked image vectors several times sooner than sinusoidal ones did in our CPU runs."""
+    decoder = _decoder(dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=256, positions="learned"),
                        overrides)  # fmt: skip
     vision = EncoderConfig(
         kind="timm",

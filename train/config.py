@@ -38,7 +38,7 @@ class TrainConfig:
     seq_len: int = _f(256, "tokens per training sequence")
     batch_size: int = _f(16, "sequences per micro-batch on each process")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
-    text_weight: float = _f(0.5, "share of each batch's rows drawn from text documents (the rest image-text)")
+    text_weight: float = _f(0.3, "share of each batch's rows drawn from text documents (the rest image-text)")
     span_ratio: float = _f(0.25, "share of text tokens sent through the text encoder as semi-causal spans")
     span_min: int = _f(0, "minimum span length (0: the paper's 64 scaled to seq_len/2048)")
     span_max: int = _f(0, "maximum span length (0: the paper's 128 scaled to seq_len/2048)")
@@ -46,7 +46,7 @@ class TrainConfig:
     shuffle_buffer: int = _f(512, "samples held in the shuffle buffer")
     num_workers: int = _f(0, "DataLoader worker processes per rank")
     # optimisation
-    max_steps: int = _f(600, "optimizer steps to train for")
+    max_steps: int = _f(550, "optimizer steps to train for")
     lr: float = _f(2e-3, "peak learning rate")
     min_lr_ratio: float = _f(0.1, "final learning rate as a share of the peak")
     warmup_steps: int = _f(50, "linear warm-up steps")

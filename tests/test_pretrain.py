@@ -1,0 +1,83 @@
+"""train/pretrain.py end to end on a small world: the CLI, the checkpoint it leaves, corrupt shards, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from data.world import generate_world
+from metalm import MetaLM
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--seq_len", "64", "--batch_size", "4", "--eval_batches", "1", "--eval_every", "0", "--log_every", "1",
+         "--shuffle_buffer", "16", "--model", "{dim: 64, n_layers: 2, n_heads: 2}", "--peak_flops", "1e11"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("w") / "world"
+    generate_world(out, seed=0, n_train=60, n_val=12, n_test=4, n_heldout=6, n_docs=30)
+    return out
+
+
+def pretrain(args: list[str], torchrun: bool = False) -> subprocess.CompletedProcess:
+    script = str(ROOT / "train" / "pretrain.py")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"] if torchrun else [
+        sys.executable]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run(launcher + [script] + args, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_torchrun_pretrain_writes_a_loadable_checkpoint_and_a_report(world, tmp_path):
+    proc = pretrain(["--world", str(world), "--out", str(tmp_path / "run"), "--max_steps", "4", *SMALL], torchrun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = tmp_path / "run" / "final"
+    assert "final checkpoint" in proc.stdout and str(final) in proc.stdout
+    assert "validation loss" in proc.stdout and "held-out images" in proc.stdout
+    model = MetaLM.from_pretrained(final)
+    assert set(model.encoders) == {"vision", "text"}
+    assert (final / "tokenizer.json").is_file()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["heldout_captions"]["n"] == 6
+    assert summary["reader"]["skipped"] == {}
+    assert (tmp_path / "run" / "loss.png").is_file()
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert resolved["seq_len"] == 64 and resolved["model"] == {"dim": 64, "n_layers": 2, "n_heads": 2}
+
+
+def test_corrupt_shards_are_skipped_counted_and_reported(world, tmp_path):
+    proc = pretrain(["--world", str(world), "--out", str(tmp_path / "warm"), "--max_steps", "1", *SMALL])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    good = sorted((world / "shards").glob("caption-train-*.tar"))[0]
+    # only damaged shards: a truncated copy, and a copy whose first images are not PNGs any more
+    data = good.read_bytes()
+    (shards / "caption-train-truncated.tar").write_bytes(data[: len(data) // 5 + 7])
+    with tarfile.open(good) as src, tarfile.open(shards / "caption-train-broken.tar", "w") as dst:
+        for i, member in enumerate(src.getmembers()):
+            payload = src.extractfile(member).read()
+            if member.name.endswith(".png") and i < 4:
+                payload = b"not an image"
+            member.size = len(payload)
+            dst.addfile(member, io.BytesIO(payload))
+    proc = pretrain(["--world", str(world), "--out", str(tmp_path / "run"), "--max_steps", "10",
+                     "--image_shards", str(shards), *SMALL, "--seq_len", "128", "--text_weight", "0"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    skipped = json.loads((tmp_path / "run" / "summary.json").read_text())["reader"]["skipped"]
+    assert skipped.get("bad_image", 0) >= 1 and skipped.get("damaged_tar", 0) >= 1
+    assert "skipped samples" in proc.stdout
+
+
+def test_bad_flags_and_help(tmp_path):
+    proc = pretrain(["--help"])
+    assert proc.returncode == 0 and "--span_ratio" in proc.stdout and "--resume" in proc.stdout
+    proc = pretrain(["--out", str(tmp_path), "--schedule", "sometimes"])
+    assert proc.returncode != 0 and "schedule = 'sometimes'" in proc.stderr

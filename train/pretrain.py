@@ -1,0 +1,231 @@
+"""Semi-causal pretraining of MetaLM: ``torchrun --standalone --nproc_per_node=1 train/pretrain.py``.
+
+With no arguments it generates the bundled world (if missing), trains a BPE tokenizer on its corpus, writes
+webdataset shards, trains the ``tiny`` preset on text documents and image-caption pairs, and saves
+``runs/tiny/final`` (config.json, model.safetensors, tokenizer.json). It then prints the loss against a unigram
+baseline and greedy captions of held-out images. Every field of ``train.config.TrainConfig`` is a flag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from data.pipeline import PipelineConfig, batches, image_tensor
+from data.reader import ReaderStats, expand_urls, iter_samples
+from data.shards import write_coco_captions, write_text
+from data.tokenizer import Tokenizer
+from data.world import generate_world
+from metalm import MetaLM
+from metalm.loss import IGNORE_INDEX
+from metalm.presets import get_preset
+from train.config import TrainConfig, parse_config
+from train.loop import Env, setup_env, train
+
+log = logging.getLogger("metalm.pretrain")
+
+
+def on_main_first(env: Env, fn, *args, **kwargs):
+    """Run ``fn`` on rank 0 while the others wait, then everywhere (it must be idempotent): shared set-up."""
+    if env.main:
+        result = fn(*args, **kwargs)
+    if env.world_size > 1:
+        dist.barrier()
+    if not env.main:
+        result = fn(*args, **kwargs)
+    return result
+
+
+def prepare_world(cfg: TrainConfig) -> Path:
+    """The bundled world at ``cfg.world``: used as it is when present (whatever its size), generated otherwise."""
+    world = Path(cfg.world)
+    if (world / "meta.json").is_file():
+        return world
+    return Path(generate_world(world, seed=cfg.seed))
+
+
+def prepare_tokenizer(cfg: TrainConfig, world: Path) -> Tokenizer:
+    """The given tokenizer, or a byte-level BPE trained once on the world's training corpus."""
+    if cfg.tokenizer:
+        return Tokenizer.load(cfg.tokenizer)
+    cache = world / f"tokenizer-{cfg.vocab_size}"
+    if not (cache / "tokenizer.json").is_file():
+        docs = [json.loads(line)["text"] for line in (world / "text" / "corpus_train.jsonl").open()]
+        captions = [a["caption"] for a in json.loads((world / "captions_train.json").read_text())["annotations"]]
+        Tokenizer.train(docs + captions, vocab_size=cfg.vocab_size).save(cache)
+    return Tokenizer.load(cache)
+
+
+def prepare_shards(world: Path, split: str) -> tuple[list[str], list[str]]:
+    """Text and caption shards for a split of the world, written once under ``world/shards``."""
+    out = world / "shards"
+    text, caption = out / f"text-{split}", out / f"caption-{split}"
+    if not list(out.glob(f"text-{split}-*.tar")):
+        write_text([world / "text" / f"corpus_{split}.jsonl"], str(text) + "-%06d.tar")
+    if not list(out.glob(f"caption-{split}-*.tar")):
+        write_coco_captions(world / f"captions_{split}.json", world, str(caption) + "-%06d.tar")
+    return expand_urls(str(out / f"text-{split}-*.tar")), expand_urls(str(out / f"caption-{split}-*.tar"))
+
+
+def pipeline_config(cfg: TrainConfig, model: MetaLM) -> PipelineConfig:
+    """Batch layout for this model: image size, normalisation and token count come from its vision encoder."""
+    vision = model.encoders["vision"] if "vision" in model.encoders else None
+    mean, std = vision.normalization() if vision is not None else ((0.5,) * 3, (0.5,) * 3)
+    return PipelineConfig(
+        seq_len=cfg.seq_len, batch_size=cfg.batch_size, text_weight=cfg.text_weight, span_ratio=cfg.span_ratio,
+        span_min=cfg.span_min, span_max=cfg.span_max, prefix_max=cfg.prefix_max,
+        image_size=tuple(vision.image_size) if vision is not None else (32, 32), image_mean=tuple(mean),
+        image_std=tuple(std), image_tokens=vision.num_tokens if vision is not None else 0,
+        text_encoder="text" if "text" in model.encoders else None,
+        vision_encoder="vision" if vision is not None else None, seed=cfg.seed,
+    )  # fmt: skip
+
+
+def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> MetaLM:
+    if cfg.init_from:
+        return MetaLM.from_pretrained(cfg.init_from)
+    torch.manual_seed(cfg.seed)
+    overrides = {"vocab_size": tokenizer.vocab_size, "max_seq_len": cfg.seq_len, **cfg.model}
+    return MetaLM(get_preset(cfg.preset, **overrides))
+
+
+def unigram_loss(batch_iter: Iterator, n_batches: int, counts: Counter, vocab: int) -> float:
+    """Cross-entropy (nats/token) of a unigram model (add-one smoothed training counts) on the same targets."""
+    total = sum(counts.values()) + vocab
+    nll, n = 0.0, 0
+    for _ in range(n_batches):
+        batch = next(batch_iter)
+        labels = batch.labels.clone()
+        for dock in batch.docks:
+            valid = dock.positions >= 0
+            labels[dock.batch_index[:, None].expand_as(dock.positions)[valid], dock.positions[valid]] = IGNORE_INDEX
+        for t in labels[:, 1:][labels[:, 1:] != IGNORE_INDEX].tolist():
+            nll -= math.log((counts[t] + 1) / total)
+            n += 1
+    return nll / max(n, 1)
+
+
+def run(cfg: TrainConfig) -> dict:
+    """The whole pretraining job; returns (and writes to ``out/summary.json``) what the model learned."""
+    env = setup_env()
+    logging.basicConfig(level=logging.INFO if env.main else logging.WARNING, format="%(message)s")
+    world = on_main_first(env, prepare_world, cfg)
+    tokenizer = on_main_first(env, prepare_tokenizer, cfg, world)
+    text_train, caption_train = on_main_first(env, prepare_shards, world, "train")
+    text_train = expand_urls(cfg.text_shards) if cfg.text_shards else text_train
+    caption_train = expand_urls(cfg.image_shards) if cfg.image_shards else caption_train
+    text_val, caption_val = on_main_first(env, prepare_shards, world, "val")
+    model = build_model(cfg, tokenizer)
+    pcfg = pipeline_config(cfg, model)
+    stats = ReaderStats()
+
+    def train_batches(skip: int):
+        kw = dict(shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, resample=True, rank=env.rank,
+                  world_size=env.world_size, stats=stats)  # fmt: skip
+        return batches(iter_samples(text_train, **kw), iter_samples(caption_train, **kw), tokenizer, pcfg, skip)
+
+    def val_batches():
+        return batches(iter_samples(text_val, resample=True), iter_samples(caption_val, resample=True), tokenizer,
+                       pcfg)  # fmt: skip
+
+    counts: Counter = Counter()
+    sample_iter = train_batches(0)
+    for _ in range(16):
+        batch = next(sample_iter)
+        counts.update(batch.input_ids[batch.attention_mask.bool()].tolist())
+    baseline = unigram_loss(val_batches(), cfg.eval_batches, counts, tokenizer.vocab_size)
+
+    @torch.no_grad()
+    def evaluate(m: MetaLM, step: int) -> dict[str, float]:
+        was_training = m.training
+        m.eval()
+        it, total, n = val_batches(), 0.0, 0
+        for _ in range(cfg.eval_batches):
+            batch = next(it).to(env.device)
+            out = m(batch.input_ids, batch.docks, batch.attention_mask, batch.labels)
+            total += float(out.loss) * out.n_targets
+            n += out.n_targets
+        m.train(was_training)
+        return {"val_loss": total / max(n, 1), "unigram_loss": baseline}
+
+    result = train(cfg, model, train_batches, env, evaluate, save_extra=tokenizer.save)
+    summary = {"steps": result.step, "stopped_by_signal": result.stopped_by_signal, "nan_steps": result.nan_steps,
+               "reader": {"samples": stats.samples, "skipped": dict(stats.skipped)}}  # fmt: skip
+    if result.final_dir is not None and env.main:
+        vals = [m["val_loss"] for m in result.metrics if "val_loss" in m]
+        summary.update(first_loss=result.losses[0], last_loss=result.losses[-1], val_loss=vals[-1],
+                       unigram_loss=baseline, final=str(result.final_dir))  # fmt: skip
+        summary["heldout_captions"] = caption_heldout(model.eval(), tokenizer, pcfg, world, env.device)
+        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        report(summary, cfg)
+    return summary
+
+
+@torch.no_grad()
+def caption(model: MetaLM, tokenizer: Tokenizer, pcfg: PipelineConfig, image, device, max_new_tokens: int = 24) -> str:
+    """Greedy caption of one PIL image: the prompt is the docked image between ``<image>`` and ``</image>``."""
+    from metalm.docking import Dock, contiguous_positions
+
+    ids = [tokenizer.image_start_id] + [tokenizer.vec_id] * pcfg.image_tokens + [tokenizer.image_end_id]
+    input_ids = torch.tensor([ids], device=device)
+    pixels = image_tensor(image, pcfg.image_size, pcfg.image_mean, pcfg.image_std)[None].to(device)
+    dock = Dock(pcfg.vision_encoder, {"pixel_values": pixels}, torch.tensor([0], device=device),
+                contiguous_positions(torch.tensor([1], device=device), pcfg.image_tokens))  # fmt: skip
+    out = model.generate(input_ids, [dock], max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id,
+                         pad_token_id=tokenizer.pad_id)  # fmt: skip
+    return tokenizer.decode(out[0, len(ids) :].tolist()).strip()
+
+
+def caption_heldout(model: MetaLM, tokenizer: Tokenizer, pcfg: PipelineConfig, world: Path, device, n: int = 50):
+    """Greedy captions of held-out images (each shows a colour-shape pair never seen in training), scored against
+    the scene: does the caption name exactly the scene's shapes, and its colours?"""
+    from PIL import Image
+
+    from data.world import COLORS, SHAPES
+
+    scenes = [json.loads(line) for line in (world / "scenes_heldout.jsonl").open()][:n]
+    rows, shapes_ok, colors_ok = [], 0, 0
+    for scene in scenes:
+        with Image.open(world / scene["file_name"]) as img:
+            got = caption(model, tokenizer, pcfg, img.convert("RGB"), device)
+        words = got.replace(",", " ").replace(".", " ").split()
+        shapes_ok += {w for w in words if w in SHAPES} == {t[1] for t in scene["things"]}
+        colors_ok += {w for w in words if w in COLORS} == {t[0] for t in scene["things"]}
+        rows.append({"image": scene["file_name"], "caption": got, "scene": scene["things"]})
+    return {"n": len(scenes), "shapes_named": shapes_ok / max(len(scenes), 1),
+            "colors_named": colors_ok / max(len(scenes), 1), "examples": rows[:6]}  # fmt: skip
+
+
+def report(summary: dict, cfg: TrainConfig) -> None:
+    print(f"\nfinal checkpoint: {summary['final']}  (MetaLM.from_pretrained loads it)")
+    print(
+        f"training loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} over {summary['steps']} steps; "
+        f"validation loss {summary['val_loss']:.3f} vs unigram baseline {summary['unigram_loss']:.3f} nats/token"
+    )
+    skipped = summary["reader"]["skipped"]
+    if skipped:
+        print(f"skipped samples: {skipped}")
+    held = summary["heldout_captions"]
+    print(
+        f"greedy captions of {held['n']} held-out images: the right set of shapes in {held['shapes_named']:.0%}, "
+        f"of colours in {held['colors_named']:.0%}; for example:"
+    )
+    for row in held["examples"]:
+        truth = ", ".join(" ".join(t) for t in row["scene"])
+        print(f"  {row['image']}: {row['caption']!r}   (scene: {truth})")
+    print(f"loss curve: {Path(cfg.out) / 'loss.png'}; metrics: {Path(cfg.out) / 'metrics.jsonl'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_config(argv, description=__doc__.split("\n\n")[0]))
+
+
+if __name__ == "__main__":
+    main()
