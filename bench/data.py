@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-import torch
+# run as a script, this file's folder comes first on sys.path and its own name would shadow the `data` package
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from data.pipeline import batches
-from data.reader import ReaderStats, iter_samples
-from train.config import TrainConfig
-from train.loop import make_optimizer
-from train.pretrain import build_model, pipeline_config, prepare_shards, prepare_tokenizer, prepare_world
+import torch  # noqa: E402
+
+from data.pipeline import batches  # noqa: E402
+from data.reader import ReaderStats, iter_samples  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.loop import make_optimizer  # noqa: E402
+from train.pretrain import build_model, pipeline_config, prepare_shards, prepare_tokenizer, prepare_world  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -44,9 +44,8 @@ class TrainConfig:
     span_max: int = _f(0, "maximum span length (0: the paper's 128 scaled to seq_len/2048)")
     prefix_max: float = _f(0.5, "image-text: the encoded caption prefix is up to this share of the caption")
     shuffle_buffer: int = _f(512, "samples held in the shuffle buffer")
-    num_workers: int = _f(0, "DataLoader worker processes per rank")
     # optimisation
-    max_steps: int = _f(550, "optimizer steps to train for")
+    max_steps: int = _f(480, "optimizer steps to train for")
     lr: float = _f(2e-3, "peak learning rate")
     min_lr_ratio: float = _f(0.1, "final learning rate as a share of the peak")
     warmup_steps: int = _f(50, "linear warm-up steps")
