@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Encoder, EncoderOutput
-from .text import key_padding_mask, transformer_stack
+from .base import EncoderOutput
+from .text import StackEncoder, key_padding_mask, transformer_stack
 
 _IMAGE, _TEXT = 0, 1
 
@@ -18,7 +18,7 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
-class JointVisionLanguageEncoder(Encoder):
+class JointVisionLanguageEncoder(StackEncoder):
     """[CLS, patches] ++ text tokens, each with learned positions and a modality-type embedding, through one
     pre-norm ``nn.TransformerEncoder``; text padding is a key padding mask, so it never changes real outputs."""
 
@@ -87,12 +87,3 @@ class JointVisionLanguageEncoder(Encoder):
         mask = torch.cat([image_mask, text_mask], dim=1)
         x = self.encoder(torch.cat([image, text], dim=1), src_key_padding_mask=key_padding_mask(mask))
         return EncoderOutput(self.norm(x), mask)
-
-    def blocks(self) -> list[nn.Module]:
-        return list(self.encoder.layers)
-
-    def head_modules(self) -> list[nn.Module]:
-        return [self.norm]
-
-    def extra_state(self) -> dict:
-        return dict(self.config)

@@ -141,7 +141,21 @@ def key_padding_mask(mask: torch.Tensor) -> torch.Tensor:
     return padding
 
 
-class NativeTextEncoder(Encoder):
+class StackEncoder(Encoder):
+    """An encoder built on our ``transformer_stack``: ``self.encoder`` (the layers), ``self.norm`` (the final
+    norm) and ``self.config`` (its constructor kwargs) give the protocol's blocks, head and rebuild spec."""
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.encoder.layers)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.norm]
+
+    def extra_state(self) -> dict:
+        return dict(self.config)
+
+
+class NativeTextEncoder(StackEncoder):
     """A small bidirectional transformer for from-scratch training: token + learned position embeddings,
     pre-norm ``nn.TransformerEncoderLayer`` blocks, final LayerNorm."""
 
@@ -185,15 +199,6 @@ class NativeTextEncoder(Encoder):
         x = self.token_embedding(input_ids) + self.position_embedding[:length]
         x = self.encoder(x, src_key_padding_mask=key_padding_mask(mask))
         return EncoderOutput(self.norm(x), mask)
-
-    def blocks(self) -> list[nn.Module]:
-        return list(self.encoder.layers)
-
-    def head_modules(self) -> list[nn.Module]:
-        return [self.norm]
-
-    def extra_state(self) -> dict:
-        return dict(self.config)
 
 
 def minilm_path(cache_dir: str | os.PathLike) -> Path:
