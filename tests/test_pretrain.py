@@ -17,7 +17,8 @@ from metalm import MetaLM
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--seq_len", "64", "--batch_size", "4", "--eval_batches", "1", "--eval_every", "0", "--log_every", "1",
-         "--shuffle_buffer", "16", "--model", "{dim: 64, n_layers: 2, n_heads: 2}", "--peak_flops", "1e11"]  # fmt: skip
+         "--shuffle_buffer", "16", "--vision_warmup_steps", "3", "--peak_flops", "1e11",
+         "--model", "{dim: 64, n_layers: 2, n_heads: 2}"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,8 @@ def test_torchrun_pretrain_writes_a_loadable_checkpoint_and_a_report(world, tmp_
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["heldout_captions"]["n"] == 6
     assert summary["reader"]["skipped"] == {}
+    assert set(summary["vision_warmup"]) == {"color_accuracy", "shape_accuracy"}
+    assert not any(p.requires_grad for p in model.encoders["vision"].parameters())  # frozen after the warm-up
     assert (tmp_path / "run" / "loss.png").is_file()
     resolved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert resolved["seq_len"] == 64 and resolved["model"] == {"dim": 64, "n_layers": 2, "n_heads": 2}

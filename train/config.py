@@ -44,6 +44,12 @@ class TrainConfig:
     span_max: int = _f(0, "maximum span length (0: the paper's 128 scaled to seq_len/2048)")
     prefix_max: float = _f(0.5, "image-text: the encoded caption prefix is up to this share of the caption")
     shuffle_buffer: int = _f(512, "samples held in the shuffle buffer")
+    vision_warmup_steps: int = _f(
+        200,
+        "supervised warm-up of the vision encoder on the world's scene labels "
+        "(colour and shape per slot) before docking; the warmed-up encoder is then frozen "
+        "(0: off, train it from scratch through the captions)",
+    )
     # optimisation
     max_steps: int = _f(480, "optimizer steps to train for")
     lr: float = _f(2e-3, "peak learning rate")
