@@ -84,3 +84,22 @@ def test_bad_flags_and_help(tmp_path):
     assert proc.returncode == 0 and "--span_ratio" in proc.stdout and "--resume" in proc.stdout
     proc = pretrain(["--out", str(tmp_path), "--schedule", "sometimes"])
     assert proc.returncode != 0 and "schedule = 'sometimes'" in proc.stderr
+
+
+def test_vision_warm_up_teaches_the_encoder_to_see(tmp_path):
+    """The warm-up's held-out accuracy on scene labels rises well above what an untrained encoder gets."""
+    import torch
+
+    from data.world import generate_world as gen
+    from metalm.presets import get_preset
+    from train.config import TrainConfig
+    from train.pretrain import pipeline_config, warm_up_vision
+
+    world = gen(tmp_path / "w", seed=1, n_train=400, n_val=4, n_test=4, n_heldout=4, n_docs=4)
+    torch.manual_seed(0)
+    model = MetaLM(get_preset("tiny", vocab_size=64))
+    pcfg = pipeline_config(TrainConfig(), model)
+    before = warm_up_vision(model, world, pcfg, steps=0, seed=0)
+    after = warm_up_vision(model, world, pcfg, steps=60, seed=0)
+    assert after["color_accuracy"] > before["color_accuracy"] + 0.25
+    assert after["color_accuracy"] > 0.6

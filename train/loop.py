@@ -141,20 +141,21 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
 
 
-def measure_peak_flops(device: torch.device, bf16: bool) -> float:
-    """FLOP/s of a large matmul in the training precision: the denominator of MFU."""
+def measure_peak_flops(device: torch.device, bf16: bool, repeats: int = 5) -> float:
+    """FLOP/s of a large matmul in the training precision, the fastest of several tries: MFU's denominator."""
     n = 2048 if device.type == "cpu" else 8192
     dtype = torch.bfloat16 if bf16 else torch.float32
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start, reps = time.perf_counter(), 3
-    for _ in range(reps):
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 # ---------------------------------------------------------------- checkpoints

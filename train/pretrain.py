@@ -221,7 +221,8 @@ def run(cfg: TrainConfig) -> dict:
         vals = [m["val_loss"] for m in result.metrics if "val_loss" in m]
         summary.update(first_loss=result.losses[0], last_loss=result.losses[-1], val_loss=vals[-1],
                        unigram_loss=baseline, final=str(result.final_dir))  # fmt: skip
-        summary["heldout_captions"] = caption_heldout(model.eval(), tokenizer, pcfg, world, env.device)
+        for split in ("heldout", "val"):
+            summary[f"{split}_captions"] = caption_split(model.eval(), tokenizer, pcfg, world, env.device, split)
         (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         report(summary, cfg)
     return summary
@@ -242,14 +243,17 @@ def caption(model: MetaLM, tokenizer: Tokenizer, pcfg: PipelineConfig, image, de
     return tokenizer.decode(out[0, len(ids) :].tolist()).strip()
 
 
-def caption_heldout(model: MetaLM, tokenizer: Tokenizer, pcfg: PipelineConfig, world: Path, device, n: int = 50):
-    """Greedy captions of held-out images (each shows a colour-shape pair never seen in training), scored against
-    the scene: does the caption name exactly the scene's shapes, and its colours?"""
+def caption_split(
+    model: MetaLM, tokenizer: Tokenizer, pcfg: PipelineConfig, world: Path, device, split: str, n: int = 50
+) -> dict:
+    """Greedy captions of a split's first ``n`` images, scored against the scene: does the caption name exactly the
+    scene's set of shapes, and of colours? (``heldout`` images each show a colour-shape pair never seen in
+    training; ``val`` images show only seen pairs.)"""
     from PIL import Image
 
     from data.world import COLORS, SHAPES
 
-    scenes = [json.loads(line) for line in (world / "scenes_heldout.jsonl").open()][:n]
+    scenes = [json.loads(line) for line in (world / f"scenes_{split}.jsonl").open()][:n]
     rows, shapes_ok, colors_ok = [], 0, 0
     for scene in scenes:
         with Image.open(world / scene["file_name"]) as img:
@@ -277,10 +281,11 @@ def report(summary: dict, cfg: TrainConfig) -> None:
     skipped = summary["reader"]["skipped"]
     if skipped:
         print(f"skipped samples: {skipped}")
-    held = summary["heldout_captions"]
+    held, val = summary["heldout_captions"], summary["val_captions"]
     print(
         f"greedy captions of {held['n']} held-out images: the right set of shapes in {held['shapes_named']:.0%}, "
-        f"of colours in {held['colors_named']:.0%}; for example:"
+        f"of colours in {held['colors_named']:.0%} (validation images with seen pairs: shapes "
+        f"{val['shapes_named']:.0%}, colours {val['colors_named']:.0%}); for example:"
     )
     for row in held["examples"]:
         truth = ", ".join(" ".join(t) for t in row["scene"])
