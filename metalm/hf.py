@@ -16,6 +16,9 @@ from metalm.decoder import Decoder
 from metalm.io import save_safetensors_atomic
 
 LLAMA_FAMILY = ("llama", "mistral")
+# our linear layers and GPT-2's Conv1D layers (which store weights transposed), in both directions of conversion
+GPT2_LINEARS = (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
+                ("mlp.proj", "mlp.c_proj"))  # fmt: skip
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -102,8 +105,7 @@ def _gpt2_to_ours(sd: dict[str, torch.Tensor], cfg: DecoderConfig) -> dict[str, 
         for name in ("weight", "bias"):
             out[o + f"norm1.{name}"] = sd[h + f"ln_1.{name}"]
             out[o + f"norm2.{name}"] = sd[h + f"ln_2.{name}"]
-        for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                             ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):  # fmt: skip
+        for ours, theirs in GPT2_LINEARS:
             out[o + ours + ".weight"] = sd[h + theirs + ".weight"].t().contiguous()  # Conv1D stores (in, out)
             out[o + ours + ".bias"] = sd[h + theirs + ".bias"]
     if not cfg.tie_embeddings:
@@ -195,8 +197,7 @@ def _ours_to_hf(model: Decoder, kind: str) -> dict[str, torch.Tensor]:
             for name in ("weight", "bias"):
                 out[h + f"ln_1.{name}"] = sd[o + f"norm1.{name}"]
                 out[h + f"ln_2.{name}"] = sd[o + f"norm2.{name}"]
-            for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                                 ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):  # fmt: skip
+            for ours, theirs in GPT2_LINEARS:
                 out[h + theirs + ".weight"] = sd[o + ours + ".weight"].t().contiguous()
                 out[h + theirs + ".bias"] = sd[o + ours + ".bias"]
     else:

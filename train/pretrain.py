@@ -26,8 +26,10 @@ from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
 from data.world import generate_world
 from metalm import MetaLM
+from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
 from metalm.presets import get_preset
+from metalm.semicausal import semicausal_labels
 from train.config import TrainConfig, parse_config
 from train.loop import Env, setup_env, train
 
@@ -152,10 +154,8 @@ def unigram_loss(batch_iter: Iterator, n_batches: int, counts: Counter, vocab: i
     nll, n = 0.0, 0
     for _ in range(n_batches):
         batch = next(batch_iter)
-        labels = batch.labels.clone()
-        for dock in batch.docks:
-            valid = dock.positions >= 0
-            labels[dock.batch_index[:, None].expand_as(dock.positions)[valid], dock.positions[valid]] = IGNORE_INDEX
+        docked = docked_mask(batch.docks, *batch.labels.shape, batch.labels.device)
+        labels = semicausal_labels(batch.labels, docked, batch.attention_mask)
         for t in labels[:, 1:][labels[:, 1:] != IGNORE_INDEX].tolist():
             nll -= math.log((counts[t] + 1) / total)
             n += 1
