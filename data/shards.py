@@ -237,7 +237,8 @@ def _write(records: Iterable[_Record | _Skipped], out_pattern: str, max_per_shar
     return report
 
 
-def _existing(path: StrPath, what: str) -> Path:
+def existing(path: StrPath, what: str) -> Path:
+    """``path`` as a Path; a missing one is a FileNotFoundError that says what it was meant to be."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}")
@@ -245,7 +246,7 @@ def _existing(path: StrPath, what: str) -> Path:
 
 
 def _read_json(path: StrPath, what: str) -> object:
-    path = _existing(path, what)
+    path = existing(path, what)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -319,7 +320,7 @@ def write_text(paths: StrPath | Sequence[StrPath], out_pattern: str, max_samples
     (documents separated by a line holding only ``---``; a file without such a line is one document). Paragraphs
     inside a document are separated by blank lines and kept as they are."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    files = [_existing(p, "text file") for p in paths]
+    files = [existing(p, "text file") for p in paths]
     for f in files:
         if f.suffix not in (".jsonl", ".txt"):
             raise ValueError(f"{f}: text input must be .jsonl or .txt")
@@ -337,7 +338,7 @@ def write_coco_captions(
     """COCO captions (``images`` with id and file_name relative to ``image_root``, ``annotations`` with image_id and
     caption): one sample per caption, its image's bytes repeated, so every caption is a training pair. Samples of one
     image are consecutive; ``caption_id`` is the annotation id when it has one."""
-    path, root = Path(captions_json), _existing(image_root, "image root")
+    path, root = Path(captions_json), existing(image_root, "image root")
     data = _read_json(path, "COCO captions json")
     files = {}
     for i, im in enumerate(_json_list(data, "images", path)):
@@ -417,8 +418,8 @@ def write_cc3m(
     """CC3M-style image-text pairs from a ``.tsv`` (caption<TAB>image, optionally a ``caption``/``url|image|path``
     header row) or a ``.parquet`` (``caption`` and ``image``, ``path`` or ``url`` columns). Images must be local
     files, relative to ``image_root`` (default: the table's directory); ``image_id`` is the path as written."""
-    path = _existing(table, "CC3M table")
-    root = _existing(image_root, "image root") if image_root is not None else path.parent
+    path = existing(table, "CC3M table")
+    root = existing(image_root, "image root") if image_root is not None else path.parent
     if path.suffix not in (".tsv", ".parquet"):
         raise ValueError(f"{path}: a CC3M table must be .tsv or .parquet")
 
@@ -491,7 +492,7 @@ def write_vqa(
     ``{data_subtype}/COCO_{data_subtype}_{image_id:012d}.jpg`` with the questions file's ``data_subtype``. Paths are
     relative to ``image_root``. A question without an annotation is skipped and reported."""
     qpath, apath = Path(questions_json), Path(annotations_json)
-    root = _existing(image_root, "image root")
+    root = existing(image_root, "image root")
     qdata, adata = _read_json(qpath, "VQA questions json"), _read_json(apath, "VQA annotations json")
     questions, annotations = _json_list(qdata, "questions", qpath), _json_list(adata, "annotations", apath)
     image_of = _vqa_images(image_pattern, qdata, qpath)
@@ -540,7 +541,7 @@ def write_glue(
 ) -> ShardReport:
     """A GLUE-style tsv with a header row (unquoted cells, as GLUE ships them): one classification sample a row, the
     label kept as a string. ``idx`` is the row's ``index``/``idx``/``id`` column when there is one."""
-    path = _existing(tsv, "GLUE tsv")
+    path = existing(tsv, "GLUE tsv")
     with path.open(encoding="utf-8", newline="") as f:
         header = next(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), [])
     for col in (text_col, text_b_col, label_col):
@@ -607,7 +608,7 @@ def write_jsonl(path: StrPath, kind: str, out_pattern: str, max_samples_per_shar
     reported; if no line is valid JSON it raises."""
     if kind not in ("choice", "instruction"):
         raise ValueError(f"write_jsonl writes 'choice' or 'instruction' samples, not {kind!r}")
-    path = _existing(path, f"{kind} jsonl")
+    path = existing(path, f"{kind} jsonl")
     check = _choice_error if kind == "choice" else _instruction_error
 
     def records() -> Iterator[_Record | _Skipped]:

@@ -1,0 +1,164 @@
+"""Prompts of text, images and encoder-read text, turned into decoder ids and docks.
+
+A prompt is a list of segments, read left to right:
+
+- ``str``: plain text the decoder reads causally;
+- ``ImageSeg(image)``: an image docked through the vision encoder between ``<image>`` and ``</image>``;
+- ``EncodedSeg(text)``: text read by the bidirectional text encoder and docked at its own positions (MetaLM's
+  "in-context customization"; the text encoder must share the decoder's tokenizer);
+- ``SpecialSeg(token)``: one special token, e.g. ``"</s>"`` or ``"</p>"``.
+
+Evaluation (``eval/scoring.py``) and finetuning (``train/finetune.py``) both build their inputs here, so a model is
+scored on exactly the layout it was finetuned on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from data.pipeline import image_tensor
+from data.tokenizer import SPECIAL_TOKENS, Tokenizer
+from encoders.text import NativeTextEncoder
+from encoders.vision import OpenClipVision, TimmVision
+from metalm.docking import Dock, contiguous_positions, span_dock
+
+
+@dataclass(frozen=True)
+class ImageSeg:
+    """An image (a path or a PIL image) docked through the vision encoder."""
+
+    image: str | Path | Image.Image
+
+
+@dataclass(frozen=True)
+class EncodedSeg:
+    """Text that the bidirectional text encoder reads; its vectors dock at the text's decoder positions."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class SpecialSeg:
+    """One special token by name (``</s>``, ``</p>``, ...)."""
+
+    token: str
+
+
+Segment = str | ImageSeg | EncodedSeg | SpecialSeg
+Prompt = Sequence[Segment]
+
+
+@dataclass
+class Encoded:
+    """A prompt as decoder ids plus what docks where (positions relative to the prompt's first token)."""
+
+    ids: list[int]
+    images: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (first <vec> position, pixels)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) read by the text encoder
+
+    def __add__(self, ids: list[int]) -> Encoded:
+        """The same prompt followed by plain ``ids`` (an answer, which is never docked)."""
+        return Encoded(self.ids + list(ids), self.images, self.spans)
+
+
+def open_image(image: str | Path | Image.Image) -> Image.Image:
+    """An RGB PIL image from a path or an image; a missing or unreadable file names itself."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as err:  # PIL raises several types for broken files
+        raise ValueError(f"{path}: not a readable image ({err})") from err
+
+
+class PromptEncoder:
+    """Encodes prompts for one model: which encoder reads images (and at what size, normalisation and token
+    count) and which reads text; found by encoder kind when not named."""
+
+    def __init__(self, model, tokenizer: Tokenizer, vision: str | None = None, text: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.vision = vision or _find(model, (TimmVision, OpenClipVision))
+        self.text = text or _find(model, (NativeTextEncoder,))
+        if self.vision is not None:
+            enc = model.encoders[self.vision]
+            self.image_size = tuple(enc.image_size)
+            self.image_mean, self.image_std = (tuple(x) for x in enc.normalization())
+            self.image_tokens = enc.num_tokens
+
+    def encode(self, prompt: Prompt | str) -> Encoded:
+        """Decoder ids of ``prompt`` (a plain string is one text segment) and where its images and spans dock."""
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        ids: list[int] = []
+        images: list[tuple[int, torch.Tensor]] = []
+        spans: list[tuple[int, int]] = []
+        tok = self.tokenizer
+        for seg in prompt:
+            if isinstance(seg, str):
+                ids += tok.encode(seg)
+            elif isinstance(seg, ImageSeg):
+                if self.vision is None:
+                    raise ValueError("the prompt has an image but this model has no vision encoder")
+                pixels = image_tensor(open_image(seg.image), self.image_size, self.image_mean, self.image_std)
+                ids.append(tok.image_start_id)
+                images.append((len(ids), pixels))
+                ids += [tok.vec_id] * self.image_tokens + [tok.image_end_id]
+            elif isinstance(seg, EncodedSeg):
+                if self.text is None:
+                    raise ValueError(
+                        "the prompt has encoder-read text but this model has no text encoder that shares the "
+                        "decoder's tokenizer (native_text)"
+                    )
+                piece = tok.encode(seg.text)
+                if piece:
+                    spans.append((len(ids), len(ids) + len(piece)))
+                ids += piece
+            elif isinstance(seg, SpecialSeg):
+                if seg.token not in SPECIAL_TOKENS:
+                    raise ValueError(f"unknown special token {seg.token!r}; expected one of {SPECIAL_TOKENS}")
+                ids.append(tok.backend.token_to_id(seg.token))
+            else:
+                raise TypeError(f"prompt segment {seg!r}: expected str, ImageSeg, EncodedSeg or SpecialSeg")
+        return Encoded(ids, images, spans)
+
+    def collate(
+        self, rows: Sequence[Encoded], width: int | None = None, left_pad: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, list[Dock]]:
+        """Padded ids ``(B, width)``, attention mask and docks; rows are padded on the left or on the right."""
+        width = width or max(len(r.ids) for r in rows)
+        b = len(rows)
+        ids = torch.full((b, width), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        pixels, image_rows, image_starts, spans = [], [], [], []
+        for r, row in enumerate(rows):
+            if len(row.ids) > width:
+                raise ValueError(f"row {r} has {len(row.ids)} ids; the batch is {width} wide")
+            off = width - len(row.ids) if left_pad else 0
+            ids[r, off : off + len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
+            mask[r, off : off + len(row.ids)] = 1
+            for start, px in row.images:
+                pixels.append(px)
+                image_rows.append(r)
+                image_starts.append(off + start)
+            spans += [(r, off + s, off + e) for s, e in row.spans]
+        docks = []
+        if pixels:
+            positions = contiguous_positions(torch.tensor(image_starts), self.image_tokens)
+            docks.append(Dock(self.vision, {"pixel_values": torch.stack(pixels)}, torch.tensor(image_rows), positions))
+        if spans:
+            docks.append(span_dock(ids, spans, self.text, self.tokenizer.pad_id))
+        return ids, mask, docks
+
+
+def _find(model, kinds: tuple[type, ...]) -> str | None:
+    names = [name for name, enc in model.encoders.items() if isinstance(enc, kinds)]
+    return names[0] if names else None

@@ -1,0 +1,100 @@
+"""Prompt templates shared by evaluation and finetuning, so a model is scored on the layout it was tuned on.
+
+Classification is scored as the template followed by a label word (a verbalizer), and finetuned the same way:
+the paper's "it is [label]" pattern, with the label word after ``Answer:``. Question answering reads
+``Question: ... Answer:`` after the image, as the paper's VQA finetuning does; captioning is the image alone,
+which is how pretraining lays out image-caption pairs. Every template's text is printed by the scripts and stored
+in their results JSON.
+
+Content-free inputs for contextual calibration (Zhao et al. 2021) are the same template with every text field
+set to "N/A", "" or "[MASK]" and every image replaced by a mid-grey one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from data.prompts import ImageSeg, Prompt, Segment
+
+CONTENT_FREE = ("N/A", "", "[MASK]")
+QA_TEMPLATE = "Question: {question} Answer:"
+
+
+@dataclass(frozen=True)
+class ClassTemplate:
+    """``text`` is formatted with the example's text fields; ``labels`` maps each dataset label to its word."""
+
+    text: str
+    labels: Mapping[str, str]
+    images: int = 0
+
+    @property
+    def label_set(self) -> tuple[str, ...]:
+        return tuple(self.labels)
+
+    @property
+    def verbalizers(self) -> list[str]:
+        return [" " + w for w in self.labels.values()]
+
+    def describe(self) -> str:
+        image = "<image> " * self.images
+        words = ", ".join(f"{k} -> {w!r}" for k, w in self.labels.items())
+        return f"{image}{self.text}\n[label word]: {words}"
+
+    def prompt(self, texts: Mapping[str, str], images: Sequence[str | Path | Image.Image] = ()) -> list[Segment]:
+        if len(images) != self.images:
+            raise ValueError(f"this template takes {self.images} image(s); the example has {len(images)}")
+        try:
+            body = self.text.format(**texts)
+        except KeyError as err:
+            raise ValueError(f"the template needs the text field {err}; the example has {sorted(texts)}") from err
+        return [*(ImageSeg(i) for i in images), body]
+
+    def content_free(self, texts: Mapping[str, str]) -> list[Prompt]:
+        grey = Image.new("RGB", (32, 32), (128, 128, 128))
+        return [self.prompt({k: cf for k in texts}, [grey] * self.images) for cf in CONTENT_FREE]
+
+    def index(self, label: str, where: str) -> int:
+        """Position of ``label`` among the verbalizers; a label outside the set names ``where`` it came from."""
+        if label not in self.labels:
+            raise ValueError(f"{where}: label {label!r} is not one of {list(self.labels)}")
+        return list(self.labels).index(label)
+
+
+TF = {"entailment": "True", "not_entailment": "False"}
+NLI = {"entailment": "True", "neutral": "Neither", "contradiction": "False"}
+# Text templates follow the GPT-3 paper / lm-evaluation-harness wording where one exists.
+CLASSIFICATION: dict[str, ClassTemplate] = {
+    "sst2": ClassTemplate("{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:",
+                          {"0": "negative", "1": "positive"}),
+    "rte": ClassTemplate("{premise}\nQuestion: {hypothesis} True or False?\nAnswer:", TF),
+    "mnli": ClassTemplate("{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:", NLI),
+    "qnli": ClassTemplate("{question}\n{sentence}\nQuestion: Does this response answer the question?\nAnswer:",
+                          {"entailment": "yes", "not_entailment": "no"}),
+    "mrpc": ClassTemplate("Sentence 1: {sentence1}\nSentence 2: {sentence2}\nQuestion: Do both sentences mean the "
+                          "same thing?\nAnswer:", {"0": "no", "1": "yes"}),
+    "qqp": ClassTemplate("Question 1: {question1}\nQuestion 2: {question2}\nQuestion: Do both questions ask the "
+                         "same thing?\nAnswer:", {"0": "no", "1": "yes"}),
+    "cola": ClassTemplate("{sentence}\nQuestion: Does this sentence make sense?\nAnswer:", {"0": "no", "1": "yes"}),
+    "snli-ve": ClassTemplate("Question: {hypothesis} True, False or Neither?\nAnswer:", NLI, images=1),
+    "nlvr2": ClassTemplate("Question: {sentence} True or False?\nAnswer:", {"True": "True", "False": "False"},
+                           images=2),
+}  # fmt: skip
+CLASSIFICATION["wnli"] = ClassTemplate(CLASSIFICATION["rte"].text, {"0": "False", "1": "True"})
+for _alias, _same in (("world-entail", "rte"), ("mnli-mm", "mnli")):
+    CLASSIFICATION[_alias] = CLASSIFICATION[_same]
+
+
+def qa_prompt(question: str, image: str | Path | Image.Image | None = None) -> list[Segment]:
+    """``<image> Question: {question} Answer:`` (no image for text-only QA)."""
+    text = QA_TEMPLATE.format(question=question.strip())
+    return [ImageSeg(image), text] if image is not None else [text]
+
+
+def caption_prompt(image: str | Path | Image.Image) -> list[Segment]:
+    """The image alone: the decoder continues with its caption, as in pretraining."""
+    return [ImageSeg(image)]

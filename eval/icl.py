@@ -1,0 +1,117 @@
+"""In-context learning: k-shot prompts from seeded demonstrations, plain or through the encoder.
+
+A demonstration is an input prompt (text and images) followed by its answer. Two ways to show them:
+
+- ``causal``: everything is plain text the decoder reads left to right (GPT-3 style few-shot prompting);
+- ``encoder``: MetaLM's in-context customization: each demonstration's text, answer included, goes through the
+  bidirectional text encoder and docks at its positions (images are docked as always); only the query is read
+  causally. The scored or generated answer of the query is never docked, so the semi-causal rule holds.
+
+Demonstrations are drawn without replacement from a pool by a seeded RNG, never the query itself; each trial uses
+its own seed so results are reported as mean and standard deviation over trials.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from data.prompts import EncodedSeg, Prompt, Segment
+from eval.cli import MODES
+
+
+@dataclass(frozen=True)
+class Demo:
+    """One demonstration: the input as a prompt, and the answer text that follows it."""
+
+    prompt: Prompt
+    answer: str
+    key: Hashable = None  # identifies the source example, so a query never sees itself
+
+
+def as_segments(prompt: Prompt | str) -> list[Segment]:
+    return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
+def through_encoder(segments: Sequence[Segment]) -> list[Segment]:
+    """The same demonstration with its text read by the text encoder: runs of adjacent text become one span."""
+    out: list[Segment] = []
+    run = ""
+    for seg in segments:
+        if isinstance(seg, str):
+            run += seg
+            continue
+        if run:
+            out.append(EncodedSeg(run))
+            run = ""
+        out.append(seg)
+    if run:
+        out.append(EncodedSeg(run))
+    return out
+
+
+def few_shot_prompt(demos: Sequence[Demo], query: Prompt | str, mode: str = "causal", sep: str = "\n\n") -> Prompt:
+    """``demo_1 answer_1 sep ... demo_k answer_k sep query``; in ``encoder`` mode each demonstration (input and
+    answer) is docked through the text encoder."""
+    if mode not in MODES:
+        raise ValueError(f"in-context mode {mode!r}: expected one of {MODES}")
+    prompt: list[Segment] = []
+    for demo in demos:
+        shown = as_segments(demo.prompt) + [demo.answer]
+        prompt += through_encoder(shown) if mode == "encoder" else shown
+        prompt.append(sep)
+    return _merge_text(prompt + as_segments(query))
+
+
+def _merge_text(segments: list[Segment]) -> list[Segment]:
+    """Join adjacent plain strings so each is tokenized as one piece (as a single prompt string would be)."""
+    out: list[Segment] = []
+    for seg in segments:
+        if isinstance(seg, str) and out and isinstance(out[-1], str):
+            out[-1] = out[-1] + seg
+        elif not (isinstance(seg, str) and not seg):
+            out.append(seg)
+    return out
+
+
+def sample_demos(pool: Sequence[Demo], k: int, rng: random.Random, exclude: Hashable = None) -> list[Demo]:
+    """``k`` distinct demonstrations from ``pool`` (none whose key is ``exclude``), in random order."""
+    if k == 0:
+        return []
+    candidates = [d for d in pool if exclude is None or d.key != exclude]
+    if len(candidates) < k:
+        raise ValueError(f"{k}-shot prompts need {k} demonstrations but the pool has only {len(candidates)}")
+    return rng.sample(candidates, k)
+
+
+def trial_prompts(
+    queries: Sequence[tuple[Hashable, Prompt | str]],
+    pool: Sequence[Demo],
+    k: int,
+    seed: int,
+    mode: str = "causal",
+    sep: str = "\n\n",
+    per_query: bool = False,
+) -> list[Prompt]:
+    """One trial's prompts for every ``(key, query)``: by default one demonstration set for the whole trial (as in
+    Zhao et al. 2021; calibration needs the content-free and estimate inputs to see the same demonstrations);
+    ``per_query`` draws fresh demonstrations for each query instead."""
+    rng = random.Random(seed)
+    fixed = sample_demos(pool, k, rng) if not per_query else None
+    prompts = []
+    for key, query in queries:
+        demos = fixed if fixed is not None else sample_demos(pool, k, rng, exclude=key)
+        prompts.append(few_shot_prompt(demos, query, mode, sep))
+    return prompts
+
+
+def shots_list(text: str) -> list[int]:
+    """``"0,1,4"`` -> ``[0, 1, 4]`` (for ``--shots``); negative or malformed values are an error."""
+    try:
+        shots = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError as err:
+        raise ValueError(f"--shots {text!r}: expected comma-separated integers such as 0,1,4") from err
+    if not shots or any(s < 0 for s in shots):
+        raise ValueError(f"--shots {text!r}: expected one or more integers >= 0")
+    return shots
