@@ -80,6 +80,23 @@ def open_image(image: str | Path | Image.Image) -> Image.Image:
         raise ValueError(f"{path}: not a readable image ({err})") from err
 
 
+def through_encoder(segments: Sequence[Segment]) -> list[Segment]:
+    """The same demonstration with its text read by the text encoder: runs of adjacent text become one span."""
+    out: list[Segment] = []
+    run = ""
+    for seg in segments:
+        if isinstance(seg, str):
+            run += seg
+            continue
+        if run:
+            out.append(EncodedSeg(run))
+            run = ""
+        out.append(seg)
+    if run:
+        out.append(EncodedSeg(run))
+    return out
+
+
 class PromptEncoder:
     """Encodes prompts for one model: which encoder reads images (and at what size, normalisation and token
     count) and which reads text; found by encoder kind when not named."""

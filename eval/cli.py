@@ -22,6 +22,9 @@ def base_parser(description: str, generative: bool = False, classification: bool
     p.add_argument("--icl-mode", choices=MODES, default="causal",
                    help="causal: demonstrations as plain text; encoder: demonstrations read by the text encoder "
                    "(MetaLM's in-context customization)")  # fmt: skip
+    p.add_argument("--encode-input", action="store_true",
+                   help="send the query's text through the text encoder (the layout of a model finetuned with "
+                   "--encode_input); the answer stays causal")  # fmt: skip
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N examples (0: all)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
@@ -37,3 +40,23 @@ def base_parser(description: str, generative: bool = False, classification: bool
                        help="which calibrated accuracy is the headline and gives the predictions (all three are "
                        "computed and reported)")  # fmt: skip
     return p
+
+
+def image_classification_main(
+    argv: list[str] | None, doc: str, task: str, reader: str, data_help: str, images_help: str, demos_help: str
+) -> dict:
+    """The whole CLI of an image-text classification benchmark (SNLI-VE, NLVR2): ``reader`` names its
+    ``data.tasks`` reader, which takes ``(file, images_dir)``; the task's template comes from ``data.templates``."""
+    p = base_parser(doc, classification=True)
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--images", required=True, help=images_help)
+    p.add_argument("--demos", default=None, help=demos_help)
+    args = p.parse_args(argv)
+    from data import tasks
+    from eval.common import classification, finish
+
+    read = getattr(tasks, reader)
+    data = read(args.data, args.images, on_error=args.on_error)
+    demos = read(args.demos, args.images, on_error=args.on_error) if args.demos else None
+    header, outcome = classification(args, task, data, demos)
+    return finish(args, task, header, outcome)

@@ -17,7 +17,7 @@ import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
-from data.prompts import EncodedSeg, Prompt, Segment
+from data.prompts import Prompt, Segment, through_encoder
 from eval.cli import MODES
 
 
@@ -34,26 +34,12 @@ def as_segments(prompt: Prompt | str) -> list[Segment]:
     return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
-def through_encoder(segments: Sequence[Segment]) -> list[Segment]:
-    """The same demonstration with its text read by the text encoder: runs of adjacent text become one span."""
-    out: list[Segment] = []
-    run = ""
-    for seg in segments:
-        if isinstance(seg, str):
-            run += seg
-            continue
-        if run:
-            out.append(EncodedSeg(run))
-            run = ""
-        out.append(seg)
-    if run:
-        out.append(EncodedSeg(run))
-    return out
-
-
-def few_shot_prompt(demos: Sequence[Demo], query: Prompt | str, mode: str = "causal", sep: str = "\n\n") -> Prompt:
+def few_shot_prompt(
+    demos: Sequence[Demo], query: Prompt | str, mode: str = "causal", sep: str = "\n\n", encode_query: bool = False
+) -> Prompt:
     """``demo_1 answer_1 sep ... demo_k answer_k sep query``; in ``encoder`` mode each demonstration (input and
-    answer) is docked through the text encoder."""
+    answer) is docked through the text encoder; ``encode_query`` sends the query's text through it too (the layout
+    of a model finetuned with its inputs encoded), while the answer that follows stays causal."""
     if mode not in MODES:
         raise ValueError(f"in-context mode {mode!r}: expected one of {MODES}")
     prompt: list[Segment] = []
@@ -61,7 +47,8 @@ def few_shot_prompt(demos: Sequence[Demo], query: Prompt | str, mode: str = "cau
         shown = as_segments(demo.prompt) + [demo.answer]
         prompt += through_encoder(shown) if mode == "encoder" else shown
         prompt.append(sep)
-    return _merge_text(prompt + as_segments(query))
+    query = through_encoder(as_segments(query)) if encode_query else as_segments(query)
+    return _merge_text(prompt + query)
 
 
 def _merge_text(segments: list[Segment]) -> list[Segment]:

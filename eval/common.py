@@ -1,0 +1,289 @@
+"""What every benchmark script shares: the command line, the three ways of answering, and the results files.
+
+- ``classify``: rank a fixed set of label verbalizations by log-probability, with in-context demonstrations and
+  calibration (none / contextual / prototypical; all three are computed from the same scores and reported);
+- ``choose``: multiple choice, each option a (context, continuation) pair, scored by summed log-probability
+  (``acc``) and by mean log-probability per token (``acc_norm``);
+- ``answer``: generate an answer per query and score it with the benchmark's metric.
+
+Each runs every ``--shots`` value for ``--trials`` seeded demonstration sets (one for 0-shot) and reports the
+per-trial scores with their mean and standard deviation. ``write_outputs`` writes the results JSON (template,
+decoding settings, skipped inputs, scores) and the predictions as jsonl beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import random
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eval.calibration import PrototypicalCalibration, contextual_calibration
+from eval.cli import CALIBRATIONS
+from eval.icl import Demo, few_shot_prompt, sample_demos, shots_list
+from eval.metrics import mean_std
+from eval.scoring import DecodeSettings, Prompt, Scorer
+
+
+def device_of(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_scorer(args: argparse.Namespace) -> Scorer:
+    return Scorer.from_checkpoint(args.checkpoint, device_of(args.device), batch_size=args.batch_size)
+
+
+def settings_from(args: argparse.Namespace, stop: Sequence[str]) -> DecodeSettings:
+    return DecodeSettings(args.max_new_tokens, args.num_beams, args.length_penalty, tuple(stop))
+
+
+@dataclass
+class Query:
+    """One test input: ``prompt`` is the input rendered by the template, without its answer."""
+
+    key: Hashable
+    prompt: Prompt
+
+
+@dataclass
+class Outcome:
+    """What a runner returns: per shot count the scores of each trial, and the predictions of every trial."""
+
+    results: list[dict]
+    predictions: list[dict]
+
+
+def _trials(shots: int, trials: int) -> int:
+    return 1 if shots == 0 else trials
+
+
+def classify(
+    scorer: Scorer,
+    queries: Sequence[Query],
+    labels: Sequence[int],
+    verbalizers: Sequence[str],
+    pool: Sequence[Demo],
+    shots: Sequence[int],
+    trials: int,
+    seed: int,
+    mode: str = "causal",
+    headline: str = "none",
+    content_free: Sequence[Prompt] = (),
+    encode_query: bool = False,
+) -> Outcome:
+    """Accuracy of label ranking with and without calibration. Contextual calibration needs ``content_free``
+    prompts (the template with its inputs emptied); prototypical calibration fits its mixture on the test inputs'
+    own label log-probabilities (unlabeled; transductive, as Han et al. 2022 allow)."""
+    shown = functools.partial(few_shot_prompt, mode=mode, encode_query=encode_query)
+    k_labels = len(verbalizers)
+    results, predictions = [], []
+    gold = np.asarray(labels)
+    for k in shots:
+        per_trial: dict[str, list[float]] = {c: [] for c in CALIBRATIONS}
+        for t in range(_trials(k, trials)):
+            demos = sample_demos(pool, k, random.Random(seed + t))
+            prompts = [shown(demos, q.prompt) for q in queries]
+            options = [[(p, v) for v in verbalizers] for p in prompts]
+            scores = scorer.rank(options, desc=f"{k}-shot trial {t}")
+            logp = np.array([[s.logprob for s in row] for row in scores])
+            preds = {"none": logp.argmax(1)}
+            cf_prompts = [shown(demos, cf) for cf in content_free]
+            if cf_prompts:
+                cf = scorer.rank([[(p, v) for v in verbalizers] for p in cf_prompts], desc="content-free")
+                cf_logp = np.array([[s.logprob for s in row] for row in cf])
+                preds["contextual"] = contextual_calibration(logp, cf_logp).argmax(1)
+            if len(queries) >= 2 * k_labels:
+                proto = PrototypicalCalibration(k_labels, seed=seed + t).fit(logp)
+                preds["prototypical"] = proto.predict(logp)
+            for name, p in preds.items():
+                per_trial[name].append(float((p == gold).mean()))
+            chosen = preds.get(headline, preds["none"])
+            for q, y, row, p in zip(queries, labels, logp, chosen, strict=True):
+                predictions.append({"id": q.key, "shots": k, "trial": t, "prediction": verbalizers[int(p)].strip(),
+                                    "label": verbalizers[y].strip(),
+                                    "logprobs": [round(float(v), 4) for v in row]})  # fmt: skip
+        entry: dict = {"shots": k, "mode": mode, "n": len(queries)}
+        for name, accs in per_trial.items():
+            if accs:
+                m, s = mean_std(accs)
+                entry[name] = {"trials": accs, "mean": m, "std": s}
+        entry.update(
+            metric=f"accuracy ({headline if headline in entry else 'none'} calibration)",
+            score=entry.get(headline, entry["none"])["mean"],
+        )
+        results.append(entry)
+    return Outcome(results, predictions)
+
+
+def choose(
+    scorer: Scorer,
+    examples: Sequence[tuple[Hashable, Sequence[tuple[Prompt, str]]]],
+    labels: Sequence[int],
+    pool: Sequence[Demo],
+    shots: Sequence[int],
+    trials: int,
+    seed: int,
+    mode: str = "causal",
+    encode_query: bool = False,
+) -> Outcome:
+    """Multiple choice: ``examples`` are ``(id, [(context, continuation), ...])``; the demonstrations are prefixed
+    to every option's context. ``acc`` ranks by summed log-probability, ``acc_norm`` by mean per token."""
+    shown = functools.partial(few_shot_prompt, mode=mode, encode_query=encode_query)
+    results, predictions = [], []
+    gold = np.asarray(labels)
+    for k in shots:
+        accs, norms = [], []
+        for t in range(_trials(k, trials)):
+            demos = sample_demos(pool, k, random.Random(seed + t))
+            options = [[(shown(demos, ctx), cont) for ctx, cont in opts] for _, opts in examples]
+            scores = scorer.rank(options, desc=f"{k}-shot trial {t}")
+            total = np.array([int(np.argmax([s.logprob for s in row])) for row in scores])
+            norm = np.array([int(np.argmax([s.mean for s in row])) for row in scores])
+            accs.append(float((total == gold).mean()))
+            norms.append(float((norm == gold).mean()))
+            for (key, _), y, row, p, pn in zip(examples, labels, scores, total, norm, strict=True):
+                predictions.append({"id": key, "shots": k, "trial": t, "prediction": int(p),
+                                    "prediction_norm": int(pn), "label": int(y),
+                                    "logprobs": [round(s.logprob, 4) for s in row]})  # fmt: skip
+        (m, s), (mn, sn) = mean_std(accs), mean_std(norms)
+        results.append({"shots": k, "mode": mode, "n": len(examples), "acc": {"trials": accs, "mean": m, "std": s},
+                        "acc_norm": {"trials": norms, "mean": mn, "std": sn}, "metric": "acc", "score": m})  # fmt: skip
+    return Outcome(results, predictions)
+
+
+def answer(
+    scorer: Scorer,
+    queries: Sequence[Query],
+    pool: Sequence[Demo],
+    shots: Sequence[int],
+    trials: int,
+    seed: int,
+    settings: DecodeSettings,
+    metric: Callable[[list[str]], dict[str, float]],
+    headline: str | None,
+    mode: str = "causal",
+    encode_query: bool = False,
+) -> Outcome:
+    """Generated answers, scored by ``metric(answers) -> {name: value}`` (answers in query order)."""
+    shown = functools.partial(few_shot_prompt, mode=mode, encode_query=encode_query)
+    results, predictions = [], []
+    for k in shots:
+        per_trial: dict[str, list[float]] = {}
+        for t in range(_trials(k, trials)):
+            demos = sample_demos(pool, k, random.Random(seed + t))
+            answers = scorer.generate([shown(demos, q.prompt) for q in queries], settings,
+                                      desc=f"{k}-shot trial {t}")  # fmt: skip
+            for name, value in metric(answers).items():
+                per_trial.setdefault(name, []).append(float(value))
+            predictions += [{"id": q.key, "shots": k, "trial": t, "prediction": a}
+                            for q, a in zip(queries, answers, strict=True)]  # fmt: skip
+        entry: dict = {"shots": k, "mode": mode, "n": len(queries)}
+        for name, vals in per_trial.items():
+            m, s = mean_std(vals)
+            entry[name] = {"trials": vals, "mean": m, "std": s}
+        if headline in entry:
+            entry.update(metric=headline, score=entry[headline]["mean"])
+        results.append(entry)
+    return Outcome(results, predictions)
+
+
+def default_out(benchmark: str) -> Path:
+    return Path("eval/results") / f"{benchmark}.json"
+
+
+def write_outputs(args: argparse.Namespace, benchmark: str, header: dict, outcome: Outcome) -> Path:
+    """Write ``<out>.json`` (everything needed to reproduce the number) and ``<out>.predictions.jsonl``."""
+    out = Path(args.out) if args.out else default_out(benchmark)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preds = out.with_suffix(".predictions.jsonl")
+    report = {"benchmark": benchmark, "checkpoint": str(args.checkpoint), "shots": shots_list(args.shots),
+              "trials": args.trials, "seed": args.seed, "icl_mode": args.icl_mode,
+              "encode_input": args.encode_input, **header,
+              "results": outcome.results, "predictions": str(preds),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    tmp.replace(out)
+    with preds.open("w") as f:
+        for row in outcome.predictions:
+            f.write(json.dumps(row, default=str) + "\n")
+    return out
+
+
+def print_summary(benchmark: str, header: dict, outcome: Outcome, out: Path) -> None:
+    """The template and settings first (so a number is never quoted without them), then one line per shot count."""
+    print(f"{benchmark}: {header.get('n', '?')} examples; template:")
+    for line in str(header.get("template", "")).splitlines():
+        print(f"    {line}")
+    if "decoding" in header:
+        print(f"decoding: {header['decoding']}")
+    if header.get("skipped"):
+        print(f"skipped: {header['skipped']}")
+    for r in outcome.results:
+        parts = []
+        for name, val in r.items():
+            if isinstance(val, dict) and "mean" in val:
+                parts.append(f"{name} {val['mean']:.4f} ± {val['std']:.4f}")
+        print(f"  {r['shots']}-shot ({r['mode']}): " + ", ".join(parts))
+    print(f"results: {out}")
+
+
+def limited(examples: Sequence, limit: int) -> list:
+    return list(examples[:limit] if limit else examples)
+
+
+def classification(
+    args: argparse.Namespace, task: str, data, demo_data=None, scorer: Scorer | None = None
+) -> tuple[dict, Outcome]:
+    """Run a classification benchmark (``data``: ``TaskData`` of ``ClassificationExample``; ``demo_data`` the
+    labeled pool for in-context demonstrations) with the task's template from ``data.templates``."""
+    from data.templates import CLASSIFICATION
+
+    template = CLASSIFICATION[task]
+    examples = limited(data.examples, args.limit)
+    labels = []
+    for ex in examples:
+        if ex.label is None:
+            raise ValueError(f"{data.report.source}: example {ex.id} has no label; accuracy needs a labeled split")
+        labels.append(template.index(ex.label, f"{data.report.source}: example {ex.id}"))
+    queries = [Query(ex.id, template.prompt(ex.texts, ex.images)) for ex in examples]
+    pool = []
+    for ex in demo_data.examples if demo_data is not None else []:
+        word = template.verbalizers[template.index(ex.label, f"{demo_data.report.source}: example {ex.id}")]
+        pool.append(Demo(template.prompt(ex.texts, ex.images), word, ("demo", ex.id)))
+    needs_pool(args, pool)
+    content_free = template.content_free(examples[0].texts) if examples else []
+    scorer = scorer or load_scorer(args)
+    outcome = classify(scorer, queries, labels, template.verbalizers, pool, shots_list(args.shots), args.trials,
+                       args.seed, args.icl_mode, args.calibration, content_free, args.encode_input)  # fmt: skip
+    header = {"task": task, "n": len(examples), "template": template.describe(), "calibration": args.calibration,
+              "data": data.report.to_dict(), "skipped": dict(data.report.skipped)}  # fmt: skip
+    if demo_data is not None:
+        header["demonstrations"] = demo_data.report.to_dict()
+    return header, outcome
+
+
+def needs_pool(args: argparse.Namespace, pool: Sequence[Demo]) -> None:
+    shots = shots_list(args.shots)
+    if max(shots) > 0 and len(pool) < max(shots):
+        raise ValueError(
+            f"--shots {args.shots} needs at least {max(shots)} labeled demonstrations; the demonstration pool has "
+            f"{len(pool)} (give a training split with the --demos flags)"
+        )
+
+
+def finish(args: argparse.Namespace, benchmark: str, header: dict, outcome: Outcome) -> dict:
+    """Write the results and predictions, print the summary, return the results dict."""
+    out = write_outputs(args, benchmark, header, outcome)
+    print_summary(benchmark, header, outcome, out)
+    return json.loads(out.read_text())

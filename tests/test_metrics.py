@@ -1,0 +1,310 @@
+"""Metrics against hand-computed values and, where installed, the official implementations (pycocoevalcap)."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eval.metrics import (
+    accuracy,
+    bleu,
+    cider_d,
+    cider_d_scores,
+    mean_std,
+    normalize_vqa_answer,
+    tokenize_caption,
+    vqa_accuracy,
+    vqa_score,
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# VQA
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Two", "2"),
+        ("ten", "10"),
+        ("none", "0"),
+        ("a dog.", "dog"),
+        ("The Dog", "dog"),
+        ("an apple", "apple"),
+        ("dont", "don't"),
+        ("I dont know", "i don't know"),
+        ("don't", "don't"),  # apostrophes are not punctuation here
+        ("Im", "im"),  # the map's capitalised keys are unreachable: the look-up is after lowercasing
+        ("3.5", "3.5"),  # a period before a digit stays
+        ("5.", "5"),
+        ("1.5.", "1.5"),
+        ("yes,", "yes"),
+        ("Yes!", "yes"),
+        ("yes , no", "yes no"),  # a mark touching a space is deleted
+        ("red/white", "red white"),  # a mark not touching a space becomes a space
+        ("1,000", "1000"),  # digit-comma-digit: every listed mark is deleted
+        ("3,4-5", "345"),
+        ("(a) blue", "blue"),
+        ("  red\tcar\n", "red car"),
+        ("." * 40 + "x", "." * 8 + "x"),  # the official call removes at most 32 periods (re.UNICODE passed as count)
+    ],
+)
+def test_normalize_vqa_answer_official_examples(raw, expected):
+    assert normalize_vqa_answer(raw) == expected
+
+
+@pytest.mark.parametrize(("matches", "expected"), [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
+def test_vqa_accuracy_leave_one_out_values(matches, expected):
+    # With m matches among 10, the subsets without a match score min(1, (m-1)/3), the others min(1, m/3).
+    answers = ["cat"] * matches + ["dog", "bird", "fish", "cow", "pig", "hen", "owl", "ant", "bee", "elk"][
+        : 10 - matches
+    ]
+    assert vqa_accuracy("cat", answers) == pytest.approx(expected)
+
+
+def test_vqa_accuracy_normalises_only_when_human_answers_differ():
+    # Identical human answers: compared as stripped strings, so case and number words count (official behaviour).
+    assert vqa_accuracy("Yes", ["yes"] * 10) == 0.0
+    assert vqa_accuracy("two", ["2"] * 10) == 0.0
+    assert vqa_accuracy(" yes\n", ["yes\t"] * 10) == 1.0  # whitespace cleaning is unconditional
+    # Differing human answers: prediction and answers are both normalised.
+    assert vqa_accuracy("YES.", ["Yes"] * 9 + ["yes"]) == 1.0
+    assert vqa_accuracy("two", ["2"] * 5 + ["3"] * 5) == 1.0
+    assert vqa_accuracy("a dog", ["dog", "the dog", "Dog.", "cat", "cat", "cat", "cat", "cat", "cat", "cat"]) == 0.9
+
+
+def _brute_force_vqa(prediction: str, answers: list[str]) -> float:
+    """The official loop, subset by subset, written independently of the closed form in the module."""
+    truths = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
+    pred = prediction.replace("\n", " ").replace("\t", " ").strip()
+    if len(set(truths)) > 1:
+        truths, pred = [normalize_vqa_answer(t) for t in truths], normalize_vqa_answer(pred)
+    scores = []
+    for i in range(len(truths)):
+        others = truths[:i] + truths[i + 1 :]
+        scores.append(min(1.0, sum(o == pred for o in others) / 3))
+    return sum(scores) / len(scores)
+
+
+_VQA_POOL = ["yes", "Yes", "no", "2", "two", "a dog", "dog", "red", "Red.", "3.5", "dont", "don't"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(_VQA_POOL), min_size=2, max_size=10), st.sampled_from(_VQA_POOL))
+def test_vqa_accuracy_matches_brute_force(answers, prediction):
+    assert vqa_accuracy(prediction, answers) == pytest.approx(_brute_force_vqa(prediction, answers))
+
+
+def test_vqa_accuracy_rejects_too_few_answers():
+    with pytest.raises(ValueError, match="at least 2 human answers"):
+        vqa_accuracy("yes", ["yes"])
+    with pytest.raises(ValueError, match="at least 2 human answers"):
+        vqa_accuracy("yes", "yes")
+
+
+def test_vqa_score_overall_and_per_type():
+    annotations = {1: ["yes"] * 10, 2: ["2"] * 3 + ["3"] * 7, 3: ["red"] * 10}
+    predictions = {1: "yes", 2: "two", 3: "blue"}
+    result = vqa_score(predictions, annotations, answer_types={1: "yes/no", 2: "number", 3: "other"},
+                       question_types={1: "is the", 2: "how many", 3: "what color"})  # fmt: skip
+    assert result["per_question"] == pytest.approx({1: 1.0, 2: 0.9, 3: 0.0})
+    assert result["overall"] == pytest.approx(1.9 / 3)
+    assert result["per_answer_type"] == pytest.approx({"yes/no": 1.0, "number": 0.9, "other": 0.0})
+    assert result["per_question_type"]["how many"] == pytest.approx(0.9)
+    assert "per_answer_type" not in vqa_score(predictions, annotations)
+
+
+def test_vqa_score_rejects_mismatched_ids_and_missing_types():
+    with pytest.raises(ValueError, match="same ids"):
+        vqa_score({1: "yes"}, {1: ["yes", "no"], 2: ["no", "no"]})
+    with pytest.raises(ValueError, match="answer_types must give a type"):
+        vqa_score({1: "yes", 2: "no"}, {1: ["yes", "no"], 2: ["no", "no"]}, answer_types={1: "yes/no"})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Caption tokenizer
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("A man's dog doesn't run.", "a man 's dog does n't run"),
+        ('Two black-and-white dogs, "playing"...', "two black-and-white dogs playing"),
+        ("It cannot be 3.5 or 1,000!", "it can not be 3.5 or 1,000"),
+        ("The dogs' toys -- red; blue", "the dogs toys red blue"),
+        ("the man sat (on the bench)", "the man sat -lrb- on the bench -rrb-"),
+        ("They're at the U.S. border at 5 p.m.", "they 're at the u.s. border at 5 p.m."),
+        ("A dog\u2019s \u201ctoy\u201d isn\u2019t here", "a dog 's toy is n't here"),
+        ("Is this a cake?!", "is this a cake ?!"),
+        ("a kitchen w/ a/c", "a kitchen w / a/c"),
+        ("two\nlines", "two lines"),
+    ],
+)
+def test_tokenize_caption_examples(raw, expected):
+    assert tokenize_caption(raw) == expected
+
+
+# Captions on which our tokenizer must agree with coco-caption's Java PTBTokenizer.
+PTB_CAPTIONS = [
+    "A group of people standing around a table with food.", "A black and white photo of a train",
+    "there is a man that is standing on the beach", "A cat laying on top of a laptop computer. ",
+    "A bathroom with a toilet, sink, and mirror.", "A woman's hand holding a cell phone",
+    "Some people are playing frisbee in the park!", "A 'Stop' sign", "An old-fashioned clock tower.",
+    "The train is on the tracks,", "A dog laying on a bed next to a pillow .", "It's a sunny day", "There's a cat",
+    'A bus that says "downtown" on it', "two (2) dogs", "a 3-way intersection", "a sign reads 'no parking'",
+    "umbrellas: red, blue and green", "hot dogs & fries", "a 1/2 eaten sandwich", "A sign for St. Mary's church",
+    "a dog..", "a dog....", "The kids' room", "A plate with broccoli,carrots and rice", "a bird's-eye view",
+    "items on a table; a cup.", "There are 2 cows.It is sunny", 'a street sign reading "1st Ave."',
+    "a man in his 20's", "a U-turn sign", "A 9-year-old boy's t-shirt in the 1990s.", "It's 2nd on the list, isn't it?",
+    "We'll go; I'd say I'm fine.", "The dogs' owners won't stop.", "An e-mail w/ a/c and/or 1/2 cup",
+    'He is 5\'10" tall', "What's up... Let's go!!", "Mr. Smith and Dr. Jones vs. St. Louis Co. Inc.",
+    "café naïve résumé", "She said: 'hello'", "10,000 people at 3:30pm", "A.B.C. news", "x-ray of the arm--broken",
+    "A man's and a woman's hats", "cannot gonna wanna gotta gimme lemme", "THE CAT IS ON THE MAT", "-- start",
+    "end -", "a - b", "a dog, a cat; a bird: a fish!", "it was 3.5 feet", "[left] {x}", "50% off $5",
+    "a ``tick'' quote", "don't DON'T Don't", "o'clock", "a+b=c", "under_score", "tab\tseparated", "I.D. card",
+    "the boy's toys' boxes", "Two-and-a-half men", "6ft. tall",
+]  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="coco-caption's PTBTokenizer needs Java")
+def test_tokenize_caption_matches_java_ptb_tokenizer():
+    ptb = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    gold = ptb.PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(PTB_CAPTIONS)})
+    mismatches = [(c, gold[i][0], tokenize_caption(c)) for i, c in enumerate(PTB_CAPTIONS)
+                  if gold[i][0] != tokenize_caption(c)]  # fmt: skip
+    assert not mismatches
+
+
+# --------------------------------------------------------------------------------------------------------------
+# BLEU
+# --------------------------------------------------------------------------------------------------------------
+
+TINY, SMALL = 1e-15, 1e-9
+
+
+def test_bleu_identical_caption_is_one():
+    scores = bleu({0: "the cat sat on the mat"}, {0: ["the cat sat on the mat", "a cat on a mat"]})
+    assert set(scores) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4"}
+    for value in scores.values():
+        assert value == pytest.approx(1.0, abs=1e-8)
+
+
+def test_bleu_hand_computed_with_brevity_penalty():
+    # hyp "a b c d" vs ref "a b x d e": unigrams 3/4, bigrams 1/3 (ab), trigrams 0/2, 4-grams 0/1; c=4 < r=5.
+    scores = bleu({0: "a b c d"}, {0: ["a b x d e"]}, tokenize=False)
+    bp = math.exp(1 - 5 / 4)
+    p = [(3 + TINY) / (4 + SMALL), (1 + TINY) / (3 + SMALL), TINY / (2 + SMALL), TINY / (1 + SMALL)]
+    assert scores["bleu_1"] == pytest.approx(0.75 * bp, rel=1e-8)
+    assert scores["bleu_2"] == pytest.approx(math.sqrt(0.75 / 3) * bp, rel=1e-8)
+    assert scores["bleu_3"] == pytest.approx((p[0] * p[1] * p[2]) ** (1 / 3) * bp, rel=1e-8)
+    assert scores["bleu_4"] == pytest.approx((p[0] * p[1] * p[2] * p[3]) ** (1 / 4) * bp, rel=1e-8)
+    assert scores["bleu_4"] < 1e-3
+
+
+def test_bleu_closest_reference_length_prefers_shorter_on_ties():
+    # Lengths 3 and 5 are equally close to 4: the shorter (3) is used, so there is no brevity penalty.
+    assert bleu({0: "a b c d"}, {0: ["a b c", "a b c d e"]}, tokenize=False)["bleu_1"] == pytest.approx(1.0)
+    # Closest is 5 > 4: penalised.
+    assert bleu({0: "a b c d"}, {0: ["a b c d e", "a b c d e f"]}, tokenize=False)["bleu_1"] == pytest.approx(
+        math.exp(1 - 5 / 4)
+    )
+
+
+def test_bleu_clips_counts_and_aggregates_over_the_corpus():
+    assert bleu({0: "the the the the"}, {0: ["the cat"]}, tokenize=False)["bleu_1"] == pytest.approx(0.25)
+    # Corpus level: (2 + 0) matches over (2 + 2) unigrams, not the mean of the per-image scores.
+    corpus = bleu({0: "a b", 1: "c d"}, {0: ["a b"], 1: ["x y"]}, tokenize=False)
+    assert corpus["bleu_1"] == pytest.approx(0.5)
+
+
+def test_bleu_tokenizes_by_default():
+    assert bleu({0: "The cat, sat."}, {0: ["the cat sat"]})["bleu_3"] == pytest.approx(1.0, abs=1e-8)
+    assert bleu({0: "The cat, sat."}, {0: ["the cat sat"]}, tokenize=False)["bleu_1"] < 0.5
+
+
+def test_caption_metrics_reject_bad_inputs():
+    with pytest.raises(ValueError, match="same ids"):
+        bleu({0: "a"}, {1: ["a"]})
+    with pytest.raises(ValueError, match="non-empty list"):
+        cider_d({0: "a"}, {0: []})
+    with pytest.raises(ValueError, match="one string"):
+        bleu({0: ["a"]}, {0: ["a"]})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CIDEr-D
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_cider_d_hand_computed():
+    # Two images, each caption equal to its only reference and sharing nothing with the other image: every n-gram
+    # has df = 1 and weight log(2); orders 1 and 2 have cosine 1, orders 3 and 4 are empty: 10 * (1 + 1) / 4.
+    assert cider_d({0: "a b", 1: "c d"}, {0: ["a b"], 1: ["c d"]}, tokenize=False) == pytest.approx(5.0)
+    # "a a b" vs "a b": unigram tf-idf (2L, L) clipped to (L, L) against (L, L) -> 2 / sqrt(10) (3 / sqrt(10)
+    # unclipped); bigrams aa, ab vs ab -> 1 / sqrt(2); length 3 vs 2 -> penalty exp(-1 / 72).
+    scores = cider_d_scores({0: "a a b", 1: "c d"}, {0: ["a b"], 1: ["c d"]}, tokenize=False)
+    expected = 10 * (2 / math.sqrt(10) + 1 / math.sqrt(2)) / 4 * math.exp(-1 / 72)
+    assert scores[0] == pytest.approx(expected)
+    assert scores[1] == pytest.approx(5.0)
+
+
+def test_cider_d_single_image_is_zero_and_references_average():
+    # With one image every idf is log(1) - log(1) = 0.
+    assert cider_d({0: "a b c"}, {0: ["a b c"]}, tokenize=False) == 0.0
+    # Two references, one matching: the image score is the mean over references.
+    two = cider_d_scores({0: "a b", 1: "c d"}, {0: ["a b", "e f"], 1: ["c d"]}, tokenize=False)
+    assert two[0] == pytest.approx(5.0 / 2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parity with pycocoevalcap on random caption sets
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _random_caption_set(rng: random.Random) -> tuple[dict[int, str], dict[int, list[str]]]:
+    vocab = ["a", "man", "dog", "on", "the", "red", "bus", "riding", "with", "of", "two", "street"]
+    words = lambda lo: " ".join(rng.choice(vocab) for _ in range(rng.randint(lo, 12)))
+    n_images = rng.randint(1, 15)
+    predictions = {i: words(0) for i in range(n_images)}
+    references = {i: [words(1) for _ in range(rng.randint(1, 5))] for i in range(n_images)}
+    return predictions, references
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bleu_and_cider_match_pycocoevalcap(seed):
+    pytest.importorskip("pycocoevalcap")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    predictions, references = _random_caption_set(random.Random(seed))
+    res = {k: [v] for k, v in predictions.items()}
+    coco_bleu, _ = Bleu(4).compute_score(references, res, verbose=0)
+    coco_cider, coco_cider_per_image = Cider().compute_score(references, res)
+
+    ours = bleu(predictions, references, tokenize=False)
+    assert [ours[f"bleu_{k}"] for k in range(1, 5)] == pytest.approx(coco_bleu, rel=1e-9, abs=1e-12)
+    assert cider_d(predictions, references, tokenize=False) == pytest.approx(coco_cider, rel=1e-9, abs=1e-12)
+    per_image = cider_d_scores(predictions, references, tokenize=False)
+    assert list(per_image.values()) == pytest.approx(list(coco_cider_per_image), rel=1e-9, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classification helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_accuracy_and_mean_std():
+    assert accuracy([0, 1, 2, 1], [0, 1, 1, 1]) == 0.75
+    with pytest.raises(ValueError, match="equal-length"):
+        accuracy([0, 1], [0])
+    mean, std = mean_std([0.5, 0.7, 0.9])
+    assert mean == pytest.approx(0.7)
+    assert std == pytest.approx(math.sqrt(((0.2**2) * 2) / 3))
+    with pytest.raises(ValueError, match="at least one"):
+        mean_std([])
