@@ -6,18 +6,25 @@ Text documents are tokenized (paragraphs joined by ``</p>``, documents ended by 
 packed whole into rows; the image is docked at the ``<vec>`` positions and a random-length prefix of the caption
 goes through the text encoder, so the model learns to continue from what the encoders saw. Every batch has the
 same number of text and image-text rows (``text_weight``), so all processes run the same modules every step.
+
+``BatchStream`` and ``load_batches`` build these batches from shards, in the training process or in DataLoader
+worker processes beside it, with the same exact resume either way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.collate import Batch
+from data.reader import ReaderStats, iter_samples
 from metalm.docking import Dock, contiguous_positions, span_dock
 from metalm.loss import IGNORE_INDEX
 from metalm.semicausal import sample_spans, scaled_span_lengths
@@ -188,3 +195,137 @@ def batches(
         if index >= skip:
             yield batch
         index += 1
+
+
+def span_seed(seed: int, role: int, roles: int) -> int:
+    """The span RNG seed of worker role ``role`` of ``roles``: ``seed`` itself for a single role (so building
+    in-process gives the batches it always did), else a hash of all three, so roles draw unrelated spans."""
+    if roles == 1:
+        return seed
+    digest = hashlib.sha256(f"metalm/spans/{seed}/{role}/{roles}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def role_skip(skip: int, role: int, roles: int) -> int:
+    """Batches that role ``role`` of ``roles`` builds and drops so that a loader resumed at global batch ``skip``
+    delivers it first: ``ceil((skip - role) / roles)``, at least 0 (see ``BatchStream``)."""
+    return max(0, -(-(skip - role) // roles))
+
+
+class BatchStream(IterableDataset):
+    """Semi-causal batches from text and image-text shards, built whole where the stream is iterated: in the
+    training process, or in each DataLoader worker (``batch_size=None``: items come out already built).
+
+    Items are ``(batch, stats)``, ``stats`` holding the reader's counts (samples, skips by reason) since this
+    worker's previous item: each worker process has its own ``ReaderStats``, so the counts travel with the batches
+    and ``load_batches`` sums them in the training process. They cover exactly the batches delivered, not the ones
+    a worker built ahead, so they do not depend on timing.
+
+    Roles and exact resume. With N workers, global batch ``g`` is built by role ``g mod N`` as its ``(g // N)``-th
+    batch. Role ``r`` reads share ``r`` of N of this rank's samples (``iter_samples(worker=r, workers=N)``, not the
+    share of its process's worker id) and draws spans from its own RNG (``span_seed(cfg.seed, r, N)``). torch's
+    DataLoader asks its workers for items in turn, 0, 1, ..., N-1, 0, ..., and (``in_order``, its default) hands
+    them out in that order, as long as no worker's stream ends (with ``resample=True`` none does). A loader resumed
+    at ``skip = s``: worker ``i`` plays role ``(i + s) mod N`` and first builds and drops
+    ``max(0, ceil((s - role) / N))`` of its batches (``role_skip``), so it delivers global batches ``s + i``,
+    ``s + i + N``, ... and the loader's first batch is global batch ``s``: the tail of the unresumed stream.
+
+    The batches depend on N, so resume with the number of workers the run started with. Iterated in-process it is
+    one role of one: the batches of ``batches(iter_samples(...), iter_samples(...), tokenizer, cfg, skip)``.
+    """
+
+    def __init__(
+        self,
+        text_urls: Sequence[str] | None,
+        image_urls: Sequence[str] | None,
+        tokenizer,
+        cfg: PipelineConfig,
+        *,
+        skip: int = 0,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        resample: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if skip < 0:
+            raise ValueError(f"skip = {skip}: expected 0 or more")
+        self.text_urls = list(text_urls) if text_urls is not None else None
+        self.image_urls = list(image_urls) if image_urls is not None else None
+        self.tokenizer, self.cfg, self.skip = tokenizer, cfg, skip
+        self.reader = dict(shuffle_buffer=shuffle_buffer, seed=seed, resample=resample, rank=rank,
+                           world_size=world_size)  # fmt: skip
+
+    def roles(self) -> tuple[int, int]:
+        """(role, roles) of the process iterating the stream: ``(0, 1)`` outside a DataLoader worker."""
+        info = get_worker_info()
+        if info is None:
+            return 0, 1
+        return (info.id + self.skip) % info.num_workers, info.num_workers
+
+    def role_batches(self, role: int, roles: int) -> Iterator[tuple[Batch, ReaderStats]]:
+        """The items of role ``role`` of ``roles``, from the first one a loader resumed at ``self.skip`` delivers."""
+        stats = ReaderStats()
+        kw = dict(self.reader, stats=stats, worker=role, workers=roles)
+        text = iter_samples(self.text_urls, **kw) if self.text_urls is not None else None
+        images = iter_samples(self.image_urls, **kw) if self.image_urls is not None else None
+        cfg = replace(self.cfg, seed=span_seed(self.cfg.seed, role, roles))
+        shipped = ReaderStats()
+        for batch in batches(text, images, self.tokenizer, cfg, role_skip(self.skip, role, roles)):
+            delta = stats.since(shipped)
+            shipped = stats.copy()
+            yield batch, delta
+
+    def __iter__(self) -> Iterator[tuple[Batch, ReaderStats]]:
+        return self.role_batches(*self.roles())
+
+
+def _as_is(item: tuple[Batch, ReaderStats]) -> tuple[Batch, ReaderStats]:
+    """The DataLoader's ``collate_fn`` for items built whole (torch's default would make the tuple a list)."""
+    return item
+
+
+def _own_session(worker_id: int) -> None:
+    """Moves the worker out of training's process group (into a session of its own, so no terminal's job control
+    reaches it either). Ctrl-C and a launcher's or scheduler's stop signal the whole group; a worker they killed
+    would make training fail at once (torch raises on a dead worker) instead of finishing its step and saving a
+    checkpoint. Ignoring the signals in the worker would not do: multiprocessing stops leftover workers at exit
+    with SIGTERM. Workers still end with training: the DataLoader shuts them down, and they exit when their parent
+    is gone."""
+    os.setsid()
+
+
+def load_batches(
+    stream: BatchStream,
+    num_workers: int = 0,
+    *,
+    prefetch_factor: int = 2,
+    pin_memory: bool = False,
+    stats: ReaderStats | None = None,
+) -> Iterator[Batch]:
+    """The stream's batches, built in this process (``num_workers=0``) or by ``num_workers`` DataLoader worker
+    processes beside training (see ``BatchStream`` for the order and exact resume); each batch's reader counts are
+    added to ``stats``. ``pin_memory`` (CUDA only) pins the batches for faster copies to the GPU.
+
+    The DataLoader gets its own seeded ``generator``: without one, starting its workers draws a base seed from the
+    global torch RNG, which the training checkpoint restores for dropout, and a resumed run would draw differently.
+    """
+    if num_workers < 0:
+        raise ValueError(f"num_workers = {num_workers}: expected 0 (build batches in this process) or more")
+    if num_workers == 0:
+        items: Iterator[tuple[Batch, ReaderStats]] = iter(stream)
+    else:
+        if prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor = {prefetch_factor}: expected at least 1")
+        loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+                            prefetch_factor=prefetch_factor, pin_memory=pin_memory, worker_init_fn=_own_session,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+        items = iter(loader)
+
+    def counted() -> Iterator[Batch]:
+        for batch, delta in items:
+            if stats is not None:
+                stats.add(delta)
+            yield batch
+
+    return counted()

@@ -60,6 +60,21 @@ class ReaderStats:
             more = "; further skips are only counted" if n == _WARNINGS else ""
             _log.warning("skipped (%s): %s%s", reason, message, more)
 
+    def copy(self) -> ReaderStats:
+        return ReaderStats(self.samples, Counter(self.skipped), list(self.examples))
+
+    def since(self, earlier: ReaderStats) -> ReaderStats:
+        """What was counted after ``earlier`` (a ``copy`` of these stats): how a DataLoader worker ships its counts
+        to the training process a batch at a time, since each worker process updates only its own stats."""
+        return ReaderStats(self.samples - earlier.samples, self.skipped - earlier.skipped,
+                           self.examples[len(earlier.examples) :])  # fmt: skip
+
+    def add(self, other: ReaderStats) -> None:
+        """Add counts shipped from another process (see ``since``); examples stay capped."""
+        self.samples += other.samples
+        self.skipped.update(other.skipped)
+        self.examples += other.examples[: max(0, _EXAMPLES - len(self.examples))]
+
 
 def _is_remote(url: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", url) is not None
@@ -257,9 +272,15 @@ def iter_samples(
     rank: int = 0,
     world_size: int = 1,
     stats: ReaderStats | None = None,
+    worker: int | None = None,
+    workers: int | None = None,
 ) -> Iterator[dict]:
     """Samples ``{"key", "kind", "image": RGB PIL image | None, **json fields, "source": shard url}`` (json fields
     named key, kind, image or source are shadowed by the reader's) of this rank's and DataLoader worker's share.
+
+    The worker's share comes from ``get_worker_info()`` unless ``worker``/``workers`` name it (both or neither):
+    ``data.pipeline.BatchStream`` does, because on resume its DataLoader workers take on rotated roles, and each
+    must read the share of the role it plays, not of its process's worker id.
 
     ``resample=True`` makes passes forever, the epoch going up by one each pass. Fewer shards than ranks raises a
     ValueError for a single pass; with ``resample`` every rank reads all the shards and keeps every
@@ -268,14 +289,19 @@ def iter_samples(
     """
     urls = expand_urls(urls)
     _check(urls, shuffle_buffer, epoch, resample, rank, world_size)
-    return _stream(urls, shuffle_buffer, seed, epoch, resample, rank, world_size, stats or ReaderStats())
+    if (worker is None) != (workers is None):
+        raise ValueError(f"worker = {worker}, workers = {workers}: give both (0 <= worker < workers) or neither")
+    if workers is not None and not 0 <= worker < workers:
+        raise ValueError(f"worker = {worker}: expected 0 <= worker < workers = {workers}")
+    share = (worker, workers) if workers is not None else None
+    return _stream(urls, shuffle_buffer, seed, epoch, resample, rank, world_size, stats or ReaderStats(), share)
 
 
 def _stream(
     urls: list[str], shuffle_buffer: int, seed: int, epoch: int, resample: bool, rank: int, world_size: int,
-    stats: ReaderStats,
+    stats: ReaderStats, share: tuple[int, int] | None,
 ) -> Iterator[dict]:  # fmt: skip
-    worker, workers = _worker()
+    worker, workers = share if share is not None else _worker()  # read where the stream is consumed
     while True:
         mine, offset, stride = _share(urls, shuffle_buffer > 0, seed, epoch, rank, world_size, worker, workers)
         stream = ((key, members, url) for url in mine for key, members in _raw_samples(url, stats))

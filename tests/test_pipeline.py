@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
 import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from data.pipeline import PipelineConfig, batches, document_tokens
+from data.pipeline import BatchStream, PipelineConfig, batches, document_tokens, load_batches, role_skip
+from data.reader import ReaderStats, expand_urls, iter_samples
+from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
 from metalm import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLM, MetaLMConfig
 from metalm.loss import IGNORE_INDEX
 
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = "red green blue circle square triangle left right middle the a is on and of there two three".split()
 
 
@@ -143,3 +153,180 @@ def _redock(dock, ids):
     enc[valid] = ids[rows[valid], dock.positions[valid]]
     new["input_ids"] = enc
     return type(dock)(dock.encoder, new, dock.batch_index, dock.positions)
+
+
+# ---------------------------------------------------------------- BatchStream: batches from shards, with workers
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> tuple[list[str], list[str]]:
+    """Tiny text shards (4 x 10 documents) and caption shards (3 x 4 pairs of 8x8 PNGs)."""
+    root = tmp_path_factory.mktemp("shards")
+    docs = documents(11)
+    (root / "docs.jsonl").write_text("".join(json.dumps({"text": next(docs)["text"]}) + "\n" for _ in range(40)))
+    write_text(root / "docs.jsonl", str(root / "text-%06d.tar"), max_samples_per_shard=10)
+    caps, images, annotations = captions(12), [], []
+    for i in range(12):
+        sample = next(caps)
+        sample["image"].save(root / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png"})
+        annotations.append({"id": i, "image_id": i, "caption": sample["caption"]})
+    (root / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    write_coco_captions(root / "captions.json", root, str(root / "caption-%06d.tar"), max_samples_per_shard=4)
+    return expand_urls(str(root / "text-*.tar")), expand_urls(str(root / "caption-*.tar"))
+
+
+def assert_same_batches(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.attention_mask, b.attention_mask)
+        assert [d.encoder for d in a.docks] == [d.encoder for d in b.docks]
+        for da, db in zip(a.docks, b.docks, strict=True):
+            assert torch.equal(da.batch_index, db.batch_index) and torch.equal(da.positions, db.positions)
+            assert da.inputs.keys() == db.inputs.keys()
+            assert all(torch.equal(da.inputs[k], db.inputs[k]) for k in da.inputs)
+
+
+def test_batch_stream_in_process_gives_the_batches_it_always_did(tokenizer, shards):
+    """num_workers=0 (the default) must keep the batches of ``batches(iter_samples(...))``, skip included."""
+    text, caps = shards
+    c = cfg()
+    for skip in (0, 2):
+        kw = dict(shuffle_buffer=8, seed=3, resample=True)
+        want = _take(batches(iter_samples(text, **kw), iter_samples(caps, **kw), tokenizer, c, skip), 4)
+        stats = ReaderStats()
+        got = _take(load_batches(BatchStream(text, caps, tokenizer, c, skip=skip, **kw), 0, stats=stats), 4)
+        assert_same_batches(got, want)
+        assert stats.samples > 0 and not stats.skipped
+
+
+def test_workers_take_turns_and_resume_exactly(tokenizer, shards):
+    """With 2 workers, global batch g is role g % 2's (g // 2)-th batch; a loader resumed at an odd or even skip
+    delivers exactly the tail of the unresumed stream; starting workers leaves the global torch RNG alone."""
+    text, caps = shards
+    c = cfg()
+    kw = dict(shuffle_buffer=8, seed=3)
+    rng = torch.get_rng_state()
+    full = _take(load_batches(BatchStream(text, caps, tokenizer, c, **kw), 2), 7)
+    assert torch.equal(torch.get_rng_state(), rng)
+    roles = [[b for b, _ in _take(BatchStream(text, caps, tokenizer, c, **kw).role_batches(r, 2), 4)] for r in (0, 1)]
+    assert_same_batches(full, [roles[g % 2][g // 2] for g in range(7)])
+    assert not torch.equal(roles[0][0].input_ids, roles[1][0].input_ids)  # the roles read different samples
+    for skip in (3, 4):
+        resumed = _take(load_batches(BatchStream(text, caps, tokenizer, c, skip=skip, **kw), 2), 7 - skip)
+        assert_same_batches(resumed, full[skip:])
+
+
+def test_role_skip_starts_each_worker_at_its_next_global_batch():
+    for roles in (1, 2, 3, 5):
+        for skip in range(12):
+            for worker in range(roles):
+                role = (worker + skip) % roles
+                assert role_skip(skip, role, roles) * roles + role == skip + worker
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_reader_skips_in_workers_reach_the_training_process(tokenizer, shards, tmp_path, num_workers):
+    """A truncated shard read in a worker process is counted in the caller's stats, exactly: the sum of the
+    counts each role shipped with the batches that were delivered."""
+    text, _ = shards
+    data = Path(text[0]).read_bytes()
+    (tmp_path / "a-truncated.tar").write_bytes(data[: len(data) // 5 + 7])  # sorts first: role 0 reads it first
+    for url in text:
+        (tmp_path / Path(url).name).write_bytes(Path(url).read_bytes())
+    urls = expand_urls(str(tmp_path))
+    c = cfg(text_weight=1.0)
+    stats = ReaderStats()
+    _take(load_batches(BatchStream(urls, None, tokenizer, c), num_workers, stats=stats), 4)
+    assert stats.skipped["damaged_tar"] >= 1 and stats.samples > 0
+    assert stats.examples and "a-truncated.tar" in stats.examples[0]
+    roles = max(num_workers, 1)
+    want = ReaderStats()
+    for role in range(roles):
+        for _, delta in _take(BatchStream(urls, None, tokenizer, c).role_batches(role, roles), 4 // roles):
+            want.add(delta)
+    assert (stats.samples, stats.skipped) == (want.samples, want.skipped)
+
+
+_SIGNAL_SCRIPT = """
+import os, pickle, signal, sys
+from data.pipeline import BatchStream, load_batches
+text, caps, tokenizer, cfg = pickle.load(sys.stdin.buffer)
+signal.signal(signal.SIGTERM, lambda *_: None)  # the training loop's handler: finish the step, then save
+it = load_batches(BatchStream(text, caps, tokenizer, cfg), 2)
+got = [next(it), next(it)]
+os.killpg(0, signal.SIGTERM)  # this process leads its own group (start_new_session)
+got += [next(it), next(it)]
+pickle.dump([(b.input_ids, b.labels) for b in got], sys.stdout.buffer)
+"""
+
+
+def test_workers_outlive_a_stop_signal_to_the_process_group(tokenizer, shards):
+    """Ctrl-C and schedulers signal a whole process group; the workers must live on so that training can finish
+    its step and save a checkpoint (the training process handles the signal itself)."""
+    text, caps = shards
+    c = cfg()
+    roles = [[b for b, _ in _take(BatchStream(text, caps, tokenizer, c).role_batches(r, 2), 2)] for r in (0, 1)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_SCRIPT], input=pickle.dumps((text, caps, tokenizer, c)),
+                          capture_output=True, env=env, timeout=120, start_new_session=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    got = pickle.loads(proc.stdout)
+    for (ids, labels), want in zip(got, [roles[g % 2][g // 2] for g in range(4)], strict=True):
+        assert torch.equal(ids, want.input_ids) and torch.equal(labels, want.labels)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_workers_pin_batches_for_the_gpu(tokenizer, shards):
+    text, caps = shards
+    batch = next(load_batches(BatchStream(text, caps, tokenizer, cfg()), 2, pin_memory=True))
+    tensors = [batch.input_ids, batch.labels, batch.attention_mask]
+    tensors += [t for d in batch.docks for t in (*d.inputs.values(), d.batch_index, d.positions)]
+    assert all(t.is_pinned() for t in tensors)
+
+
+def test_training_on_workers_resumes_exactly(tokenizer, shards, tmp_path):
+    """The training loop on batches from 2 workers, stopped by SIGTERM after an odd number of batches and resumed,
+    ends with the weights of an uninterrupted run (dropout on: starting the workers must not draw from the RNG)."""
+    from train.config import TrainConfig
+    from train.loop import train
+
+    text, caps = shards
+    c = cfg(seq_len=32)
+    vocab = tokenizer.vocab_size
+
+    def model(seed: int = 0) -> MetaLM:
+        torch.manual_seed(seed)
+        return MetaLM(MetaLMConfig(
+            decoder=DecoderConfig(vocab_size=vocab, dim=32, n_layers=1, n_heads=2, max_seq_len=32, dropout=0.1),
+            encoders={
+                "text": EncoderConfig("native_text", dict(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, max_len=32),
+                                      connector=ConnectorConfig("linear")),
+                "vision": EncoderConfig("timm", dict(model_name="vit_tiny_patch16_224", img_size=8, patch_size=4,
+                                                     embed_dim=16, depth=1, num_heads=2),
+                                        connector=ConnectorConfig("mlp")),
+            }))  # fmt: skip
+
+    def data(skip: int):
+        return load_batches(BatchStream(text, caps, tokenizer, c, skip=skip), 2)
+
+    def interrupted(skip: int):
+        for i, batch in enumerate(data(skip), start=skip):
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    def run_cfg(out, **kw) -> TrainConfig:
+        return TrainConfig(out=str(out), max_steps=5, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=1,
+                           ckpt_every=100, log_every=1, eval_every=0, peak_flops=1e11, num_workers=2, **kw)  # fmt: skip
+
+    full_model = model()
+    full = train(run_cfg(tmp_path / "full"), full_model, data)
+    first = train(run_cfg(tmp_path / "cut"), model(), interrupted)
+    assert first.stopped_by_signal and first.step == 3  # resumes at batch 3: worker 0 plays role 1
+    resumed_model = model(seed=1)
+    resumed = train(run_cfg(tmp_path / "cut", resume=True), resumed_model, data)
+    assert first.losses + resumed.losses == full.losses
+    for k, v in full_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[k], v), k

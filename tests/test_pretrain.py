@@ -71,11 +71,15 @@ def test_corrupt_shards_are_skipped_counted_and_reported(world, tmp_path):
                 payload = b"not an image"
             member.size = len(payload)
             dst.addfile(member, io.BytesIO(payload))
+    # built in 2 DataLoader worker processes, one shard each: their counts must reach the summary (the unigram
+    # baseline's in-process pass over the first batches counts apart, so it cannot stand in for them)
     proc = pretrain(["--world", str(world), "--out", str(tmp_path / "run"), "--max_steps", "10",
-                     "--image_shards", str(shards), *SMALL, "--seq_len", "128", "--text_weight", "0"])  # fmt: skip
+                     "--image_shards", str(shards), *SMALL, "--seq_len", "128", "--text_weight", "0",
+                     "--num_workers", "2"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    skipped = json.loads((tmp_path / "run" / "summary.json").read_text())["reader"]["skipped"]
-    assert skipped.get("bad_image", 0) >= 1 and skipped.get("damaged_tar", 0) >= 1
+    reader = json.loads((tmp_path / "run" / "summary.json").read_text())["reader"]
+    assert reader["skipped"].get("bad_image", 0) >= 1 and reader["skipped"].get("damaged_tar", 0) >= 1
+    assert reader["samples"] > 0
     assert "skipped samples" in proc.stdout
 
 
@@ -103,3 +107,19 @@ def test_vision_warm_up_teaches_the_encoder_to_see(tmp_path):
     after = warm_up_vision(model, world, pcfg, steps=60, seed=0)
     assert after["color_accuracy"] > before["color_accuracy"] + 0.25
     assert after["color_accuracy"] > 0.6
+
+
+def test_resume_with_another_number_of_workers_warns(tmp_path, caplog):
+    """The batch order depends on --num_workers, so resuming with another number is not exact: say so."""
+    from train.config import TrainConfig
+    from train.pretrain import warn_if_workers_changed
+
+    ckpt = tmp_path / "checkpoints" / "step_0000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.pt").write_bytes(b"")
+    (ckpt / "train_config.json").write_text(json.dumps({"num_workers": 2}))
+    (tmp_path / "checkpoints" / "latest").write_text(ckpt.name)
+    warn_if_workers_changed(TrainConfig(out=str(tmp_path), num_workers=2, resume=True))
+    assert not caplog.records
+    warn_if_workers_changed(TrainConfig(out=str(tmp_path), num_workers=0, resume=True))
+    assert "saved with num_workers = 2 but this run has 0" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -131,11 +132,68 @@ def test_config_cli_yaml_and_errors(tmp_path, capsys):
         parse_config(["--config", str(tmp_path / "bad.yaml")])
     with pytest.raises(ValueError, match="schedule = 'step'"):
         parse_config(["--schedule", "step"])
+    with pytest.raises(ValueError, match="num_workers = -1: expected 0"):
+        parse_config(["--num_workers", "-1"])
+    with pytest.raises(ValueError, match="prefetch_factor = 0: expected at least 1"):
+        parse_config(["--prefetch_factor", "0"])
+    assert parse_config(["--num_workers", "2"]).num_workers == 2
     with pytest.raises(SystemExit):
         parse_config(["--max_steps", "many"])
     assert "expected int" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_config(["--help"])
     help_text = capsys.readouterr().out
-    for name in ("--span_ratio", "--grad_accum", "--activation_checkpointing", "--dist"):
+    for name in (
+        "--span_ratio",
+        "--grad_accum",
+        "--activation_checkpointing",
+        "--dist",
+        "--num_workers",
+        "--compile_backend",
+    ):
         assert name in help_text
+
+
+def _final_names(run) -> set[str]:
+    from safetensors.torch import load_file
+
+    return set(load_file(str(run / "final" / "model.safetensors")))
+
+
+def test_compiled_training_matches_eager_saves_clean_names_and_resumes_exactly(tmp_path):
+    """``--compile`` through dynamo and AOT autograd (``aot_eager``: the same graphs inductor gets, without its C++
+    code generation, which takes minutes on a cold cache; that backend is the slow test below): the same losses as
+    eager, checkpoints without the compiled wrapper's ``_orig_mod.`` names, and an exact resume."""
+    eager = train(cfg_for(tmp_path / "eager", max_steps=4, grad_accum=1), small_model(), stream)
+    kw = dict(max_steps=4, grad_accum=1, compile=True, compile_backend="aot_eager")
+    full_model = small_model()
+    full = train(cfg_for(tmp_path / "full", **kw), full_model, stream)
+    assert full.losses == pytest.approx(eager.losses, rel=1e-4)
+    names = _final_names(tmp_path / "full")
+    assert names == _final_names(tmp_path / "eager") and not any("_orig_mod" in n for n in names)
+
+    first = train(cfg_for(tmp_path / "cut", **kw), small_model(), lambda skip: _interrupting(skip, at=1))
+    assert first.stopped_by_signal and first.step == 2
+    state = torch.load(latest_checkpoint(cfg_for(tmp_path / "cut")) / "trainer_state.pt", weights_only=True)
+    assert state["optimizer"]["state"] and not any("_orig_mod" in n for n in state["optimizer"]["state"])
+    resumed_model = small_model(seed=123)
+    resumed = train(cfg_for(tmp_path / "cut", resume=True, **kw), resumed_model, stream)
+    assert first.losses + resumed.losses == full.losses
+    for k, v in weights(full_model).items():
+        assert torch.equal(resumed_model.state_dict()[k], v), k
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")),
+                    reason="inductor on CPU compiles C++ kernels")  # fmt: skip
+def test_inductor_training_matches_eager(tmp_path):
+    """The default backend end to end (slow: over a minute of kernel compilation on a cold inductor cache)."""
+    eager = train(cfg_for(tmp_path / "eager", max_steps=3, grad_accum=1), small_model(), stream)
+    compiled = train(cfg_for(tmp_path / "inductor", max_steps=3, grad_accum=1, compile=True), small_model(), stream)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    assert _final_names(tmp_path / "inductor") == _final_names(tmp_path / "eager")
+
+
+def test_an_unknown_compile_backend_is_named(tmp_path):
+    with pytest.raises(ValueError, match="compile_backend = 'fast'"):
+        train(cfg_for(tmp_path, compile=True, compile_backend="fast"), small_model(), stream)

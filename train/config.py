@@ -44,6 +44,12 @@ class TrainConfig:
     span_max: int = _f(0, "maximum span length (0: the paper's 128 scaled to seq_len/2048)")
     prefix_max: float = _f(0.5, "image-text: the encoded caption prefix is up to this share of the caption")
     shuffle_buffer: int = _f(512, "samples held in the shuffle buffer")
+    num_workers: int = _f(
+        0,
+        "DataLoader worker processes that read, decode, tokenize and collate training batches beside the training "
+        "step (0: in the training process); the batch order depends on it, so resume with the same number",
+    )
+    prefetch_factor: int = _f(2, "batches each DataLoader worker builds ahead (with --num_workers)")
     vision_warmup_steps: int = _f(
         200,
         "supervised warm-up of the vision encoder on the world's scene labels "
@@ -67,6 +73,11 @@ class TrainConfig:
                    choices=("ddp", "fsdp"))  # fmt: skip
     activation_checkpointing: bool = _f(False, "recompute decoder blocks in the backward pass to save memory")
     compile: bool = _f(False, "torch.compile the model")
+    compile_backend: str = _f(
+        "inductor",
+        "torch.compile backend with --compile: inductor generates fused kernels (on CPU it needs a C++ compiler); "
+        "aot_eager traces forward and backward without generating code (for debugging a compile problem)",
+    )
     seed: int = _f(0, "seed for weights, data order and spans")
     # checkpoints and logs
     out: str = _f("runs/tiny", "run directory: config, checkpoints, metrics, plots")
@@ -166,8 +177,10 @@ def check_config(config: TrainConfig) -> None:
         choices = f.metadata.get("choices")
         if choices and getattr(config, f.name) not in choices:
             raise ValueError(f"{f.name} = {getattr(config, f.name)!r}: expected one of {', '.join(choices)}")
-    for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "keep_last"):
+    for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "keep_last", "prefetch_factor"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} = {getattr(config, name)}: expected at least 1")
+    if config.num_workers < 0:
+        raise ValueError(f"num_workers = {config.num_workers}: expected 0 (no workers) or more")
     if not 0.0 <= config.text_weight <= 1.0:
         raise ValueError(f"text_weight = {config.text_weight}: expected a share between 0 and 1")

@@ -109,7 +109,13 @@ def wrap_model(model: MetaLM, cfg: TrainConfig, env: Env) -> torch.nn.Module:
         # a batch may leave an encoder unused (e.g. no image in it), so DDP must look for unused parameters
         wrapped = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
     if cfg.compile:
-        wrapped = torch.compile(wrapped)
+        backends = torch.compiler.list_backends(exclude_tags=())
+        if cfg.compile_backend not in backends:
+            raise ValueError(f"compile_backend = {cfg.compile_backend!r}: expected a torch.compile backend such as "
+                             "inductor, aot_eager or eager (torch.compiler.list_backends(exclude_tags=()) lists "
+                             "them all)")  # fmt: skip
+        # checkpoints still get clean names: get_model_state_dict drops the compiled wrapper's ``_orig_mod.``
+        wrapped = torch.compile(wrapped, backend=cfg.compile_backend)
     return wrapped
 
 

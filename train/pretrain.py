@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data.pipeline import PipelineConfig, batches, image_tensor
+from data.collate import Batch
+from data.pipeline import BatchStream, PipelineConfig, batches, image_tensor, load_batches
 from data.reader import ReaderStats, expand_urls, iter_samples
 from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
@@ -31,7 +32,7 @@ from metalm.loss import IGNORE_INDEX
 from metalm.presets import get_preset
 from metalm.semicausal import semicausal_labels
 from train.config import TrainConfig, parse_config
-from train.loop import Env, setup_env, train
+from train.loop import Env, latest_checkpoint, setup_env, train
 
 log = logging.getLogger("metalm.pretrain")
 
@@ -148,6 +149,19 @@ def warm_up_vision(model: MetaLM, world: Path, pcfg: PipelineConfig, steps: int,
     return {"color_accuracy": sum(acc[:n]) / n, "shape_accuracy": sum(acc[n:]) / n}
 
 
+def warn_if_workers_changed(cfg: TrainConfig) -> None:
+    """Resume is exact only with the number of DataLoader workers the run started with (the batch order depends on
+    it, see ``data.pipeline.BatchStream``); another number still trains, on a different order, so this warns."""
+    ckpt = latest_checkpoint(cfg)
+    if ckpt is None or not (ckpt / "train_config.json").is_file():
+        return
+    saved = json.loads((ckpt / "train_config.json").read_text()).get("num_workers", 0)
+    if saved != cfg.num_workers:
+        log.warning("--resume: %s was saved with num_workers = %d but this run has %d; the data order differs from "
+                    "an uninterrupted run (resume with --num_workers %d for exact resume)", ckpt, saved,
+                    cfg.num_workers, saved)  # fmt: skip
+
+
 def unigram_loss(batch_iter: Iterator, n_batches: int, counts: Counter, vocab: int) -> float:
     """Cross-entropy (nats/token) of a unigram model (add-one smoothed training counts) on the same targets."""
     total = sum(counts.values()) + vocab
@@ -184,17 +198,20 @@ def run(cfg: TrainConfig) -> dict:
             log.info("vision warm-up: colour accuracy %.2f, shape accuracy %.2f (held-out scenes); encoder frozen",
                      vision_warmup["color_accuracy"], vision_warmup["shape_accuracy"])  # fmt: skip
 
-    def train_batches(skip: int):
-        kw = dict(shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, resample=True, rank=env.rank,
-                  world_size=env.world_size, stats=stats)  # fmt: skip
-        return batches(iter_samples(text_train, **kw), iter_samples(caption_train, **kw), tokenizer, pcfg, skip)
+    def train_batches(skip: int, num_workers: int = cfg.num_workers, counts: ReaderStats = stats) -> Iterator[Batch]:
+        stream = BatchStream(text_train, caption_train, tokenizer, pcfg, skip=skip, shuffle_buffer=cfg.shuffle_buffer,
+                             seed=cfg.seed, resample=True, rank=env.rank, world_size=env.world_size)  # fmt: skip
+        return load_batches(stream, num_workers, prefetch_factor=cfg.prefetch_factor,
+                            pin_memory=env.device.type == "cuda", stats=counts)  # fmt: skip
 
     def val_batches():
         return batches(iter_samples(text_val, resample=True), iter_samples(caption_val, resample=True), tokenizer,
                        pcfg)  # fmt: skip
 
     counts: Counter = Counter()
-    sample_iter = train_batches(0)
+    # the unigram counts read the first batches in-process (training's own with --num_workers 0; the same data with
+    # no workers to start and stop for them otherwise), counting skips apart: the summary reports what training read
+    sample_iter = train_batches(0, num_workers=0, counts=ReaderStats())
     for _ in range(16):
         batch = next(sample_iter)
         counts.update(batch.input_ids[batch.attention_mask.bool()].tolist())
@@ -213,6 +230,8 @@ def run(cfg: TrainConfig) -> dict:
         m.train(was_training)
         return {"val_loss": total / max(n, 1), "unigram_loss": baseline}
 
+    if cfg.resume and env.main:
+        warn_if_workers_changed(cfg)
     result = train(cfg, model, train_batches, env, evaluate, save_extra=tokenizer.save)
     summary = {"steps": result.step, "stopped_by_signal": result.stopped_by_signal, "nan_steps": result.nan_steps,
                "reader": {"samples": stats.samples, "skipped": dict(stats.skipped)},
