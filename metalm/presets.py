@@ -32,6 +32,11 @@ def tiny(**overrides) -> MetaLMConfig:
     return MetaLMConfig(decoder=decoder, encoders={"vision": vision, "text": text})
 
 
+def tiny_gpt(**overrides) -> MetaLMConfig:
+    """The ``tiny`` decoder alone: the plain causal GPT baseline of the same size (no encoders, no spans)."""
+    return MetaLMConfig(decoder=tiny(**overrides).decoder, encoders={})
+
+
 def language_xl(**overrides) -> MetaLMConfig:
     """The paper's language MetaLM: a 24-layer 2048-hidden decoder and a 24-layer 1024-hidden text encoder whose
     last two layers are trained, docked through a linear connector."""
@@ -63,7 +68,9 @@ def _decoder(defaults: dict, overrides: dict) -> DecoderConfig:
         raise ValueError(f"bad decoder override ({err})") from err
 
 
-PRESETS: dict[str, Callable[..., MetaLMConfig]] = {"tiny": tiny, "language-xl": language_xl, "vl-medium": vl_medium}
+PRESETS: dict[str, Callable[..., MetaLMConfig]] = {
+    "tiny": tiny, "tiny-gpt": tiny_gpt, "language-xl": language_xl, "vl-medium": vl_medium,
+}  # fmt: skip
 
 
 def get_preset(name: str, **decoder_overrides) -> MetaLMConfig:

@@ -39,3 +39,26 @@ def hf_dir(request, tmp_path):
     model = tiny_gpt2() if request.param == "gpt2" else tiny_llama()
     model.save_pretrained(tmp_path)
     return model, tmp_path
+
+
+def tiny_metalm(vocab: int, *, text: bool = True, vision: bool = True, img_size: int = 8, patch_size: int = 4,
+                max_len: int = 64, vision_freeze: str = "none", **decoder):  # fmt: skip
+    """A small random MetaLM (seeded): a 2-layer 32-wide decoder, a 1-layer ViT and a 1-layer native text encoder
+    that shares the decoder's tokenizer."""
+    from metalm import MetaLM
+    from metalm.config import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLMConfig
+
+    torch.manual_seed(0)
+    encoders = {}
+    if vision:
+        encoders["vision"] = EncoderConfig(
+            "timm", dict(model_name="vit_tiny_patch16_224", img_size=img_size, patch_size=patch_size, embed_dim=16,
+                         depth=1, num_heads=2), freeze=vision_freeze, connector=ConnectorConfig("mlp"),
+        )  # fmt: skip
+    if text:
+        encoders["text"] = EncoderConfig(
+            "native_text", dict(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, max_len=max_len),
+            connector=ConnectorConfig("linear"),
+        )  # fmt: skip
+    dec = dict(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, max_seq_len=max_len, init_std=0.2, **decoder)
+    return MetaLM(MetaLMConfig(DecoderConfig(**dec), encoders)).eval()

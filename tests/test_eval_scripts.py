@@ -13,13 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import tiny_metalm
 
 from data.tokenizer import Tokenizer
 from eval import caption, glue, multiple_choice, nlvr2, snli_ve, vqa
 from eval.metrics import cider_d, vqa_score
-from metalm import MetaLM
-from metalm.config import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
@@ -38,18 +36,7 @@ def checkpoint(tmp_path_factory) -> Path:
     """A tiny random MetaLM with a vision and a native text encoder, and a BPE tokenizer, saved as training does."""
     out = tmp_path_factory.mktemp("ckpt") / "final"
     tok = Tokenizer.train(fixture_texts(), vocab_size=600)
-    torch.manual_seed(0)
-    vocab = tok.vocab_size
-    config = MetaLMConfig(
-        DecoderConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, max_seq_len=1024, init_std=0.2),
-        {
-            "vision": EncoderConfig("timm", dict(model_name="vit_tiny_patch16_224", img_size=8, patch_size=4,
-                                                 embed_dim=16, depth=1, num_heads=2), connector=ConnectorConfig("mlp")),
-            "text": EncoderConfig("native_text", dict(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, max_len=1024),
-                                  connector=ConnectorConfig("linear")),
-        },
-    )  # fmt: skip
-    MetaLM(config).save_pretrained(out)
+    tiny_metalm(tok.vocab_size, max_len=1024).save_pretrained(out)
     tok.save(out)
     return out
 
@@ -197,8 +184,18 @@ def test_bad_input_is_named_or_counted(checkpoint, tmp_path):
     assert res["n"] == 3 and sum(res["skipped"].values()) == 1
     d = FIX / "vqav2"
     with pytest.raises(FileNotFoundError, match="COCO_val2014"):
-        vqa.main(common(checkpoint, tmp_path, "--questions", str(d / "v2_OpenEnded_mscoco_val2014_questions.json"),
-                        "--annotations", str(d / "v2_mscoco_val2014_annotations.json"), "--images", str(tmp_path)))
+        vqa.main(
+            common(
+                checkpoint,
+                tmp_path,
+                "--questions",
+                str(d / "v2_OpenEnded_mscoco_val2014_questions.json"),
+                "--annotations",
+                str(d / "v2_mscoco_val2014_annotations.json"),
+                "--images",
+                str(tmp_path),
+            )
+        )
     with pytest.raises(ValueError, match="demonstration"):
         glue.main(common(checkpoint, tmp_path, "--task", "rte", "--data", str(FIX / "rte" / "dev.tsv"), "--shots", "1"))
 

@@ -123,3 +123,16 @@ def test_resume_with_another_number_of_workers_warns(tmp_path, caplog):
     assert not caplog.records
     warn_if_workers_changed(TrainConfig(out=str(tmp_path), num_workers=0, resume=True))
     assert "saved with num_workers = 2 but this run has 0" in caplog.text
+
+
+def test_the_gpt_baseline_preset_pretrains_on_text_alone(world, tmp_path):
+    """``--preset tiny-gpt``: the same decoder with no encoders, trained causally on the documents (the report's
+    baseline); no spans, no images, no captions to score."""
+    proc = pretrain(["--world", str(world), "--out", str(tmp_path / "gpt"), "--max_steps", "2", "--preset",
+                     "tiny-gpt", *SMALL])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = MetaLM.from_pretrained(tmp_path / "gpt" / "final")
+    assert len(model.encoders) == 0
+    summary = json.loads((tmp_path / "gpt" / "summary.json").read_text())
+    assert "heldout_captions" not in summary and summary["vision_warmup"] == {}
+    assert "validation loss" in proc.stdout

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_metalm
 from PIL import Image
 
 from data.pipeline import image_tensor
 from data.tokenizer import Tokenizer
 from eval.scoring import DecodeSettings, EncodedSeg, ImageSeg, Scorer, SpecialSeg, cut_at_stop
 from metalm import MetaLM
-from metalm.config import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLMConfig
 from metalm.docking import Dock, contiguous_positions, span_dock
 
 TEXTS = [
@@ -27,21 +27,7 @@ def tokenizer() -> Tokenizer:
 
 
 def tiny_model(vocab: int, with_text: bool = True, with_vision: bool = True) -> MetaLM:
-    torch.manual_seed(0)
-    encoders = {}
-    if with_text:
-        encoders["text"] = EncoderConfig(
-            "native_text", dict(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, max_len=64),
-            connector=ConnectorConfig("linear"),
-        )  # fmt: skip
-    if with_vision:
-        encoders["vision"] = EncoderConfig(
-            "timm", dict(model_name="vit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=16, depth=1,
-                         num_heads=2), connector=ConnectorConfig("mlp"),
-        )  # fmt: skip
-    config = MetaLMConfig(DecoderConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, max_seq_len=64,
-                                        init_std=0.2), encoders)  # fmt: skip
-    return MetaLM(config).eval()
+    return tiny_metalm(vocab, text=with_text, vision=with_vision)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def _f(default: Any, help: str, **kw) -> Any:
 @dataclass
 class TrainConfig:
     # model
-    preset: str = _f("tiny", "model preset (tiny, language-xl, vl-medium)")
+    preset: str = _f("tiny", "model preset (tiny, tiny-gpt: its decoder alone, language-xl, vl-medium)")
     model: dict = _f({}, "decoder field overrides for the preset, e.g. {n_layers: 6} (YAML or JSON)")
     init_from: str = _f("", "start from this MetaLM checkpoint directory instead of random weights")
     # data
@@ -118,7 +118,7 @@ def _parse_value(f: dataclasses.Field, text: str) -> Any:
         raise argparse.ArgumentTypeError(f"--{f.name}: expected {kind.__name__}, got {text!r}") from err
 
 
-def load_config_source(source: str) -> dict[str, Any]:
+def load_config_source(source: str, cls: type[TrainConfig] = TrainConfig) -> dict[str, Any]:
     """Field values from a named config or a YAML file; unknown keys are an error naming the file."""
     if source in NAMED:
         return dict(NAMED[source])
@@ -131,18 +131,19 @@ def load_config_source(source: str) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown config fields {unknown}; see --help for the fields")
     return data
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
+def build_parser(description: str, cls: type[TrainConfig] = TrainConfig, defaults: dict | None = None):
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default="tiny", help=f"named config ({', '.join(NAMED)}) or a YAML file")
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = (defaults or {}).get(f.name, default)
         parser.add_argument(
             f"--{f.name}",
             type=lambda text, f=f: _parse_value(f, text),
@@ -155,25 +156,32 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: list[str] | None = None, description: str = "") -> TrainConfig:
-    """Defaults, then --config, then flags; values are checked against their field's choices."""
+def parse_config(
+    argv: list[str] | None = None,
+    description: str = "",
+    cls: type[TrainConfig] = TrainConfig,
+    defaults: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults (the dataclass's, then ``defaults``: a script's own, e.g. finetuning's shorter schedule), then
+    --config, then flags; values are checked against their field's choices. ``cls`` may extend TrainConfig with a
+    script's own fields."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # boolean switches may be given bare: --resume means --resume=true
-    bools = {f"--{f.name}" for f in dataclasses.fields(TrainConfig) if f.type == "bool"}
+    bools = {f"--{f.name}" for f in dataclasses.fields(cls) if f.type == "bool"}
     argv = [f"{a}=true" if a in bools else a for a in argv]
-    args = build_parser(description).parse_args(argv)
-    values = load_config_source(args.config)
-    for f in dataclasses.fields(TrainConfig):
+    args = build_parser(description, cls, defaults).parse_args(argv)
+    values = {**(defaults or {}), **load_config_source(args.config, cls)}
+    for f in dataclasses.fields(cls):
         flag = getattr(args, f.name)
         if flag is not None:
             values[f.name] = flag
-    config = TrainConfig(**values)
+    config = cls(**values)
     check_config(config)
     return config
 
 
 def check_config(config: TrainConfig) -> None:
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(config):
         choices = f.metadata.get("choices")
         if choices and getattr(config, f.name) not in choices:
             raise ValueError(f"{f.name} = {getattr(config, f.name)!r}: expected one of {', '.join(choices)}")

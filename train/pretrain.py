@@ -240,7 +240,7 @@ def run(cfg: TrainConfig) -> dict:
         vals = [m["val_loss"] for m in result.metrics if "val_loss" in m]
         summary.update(first_loss=result.losses[0], last_loss=result.losses[-1], val_loss=vals[-1],
                        unigram_loss=baseline, final=str(result.final_dir))  # fmt: skip
-        for split in ("heldout", "val"):
+        for split in ("heldout", "val") if pcfg.vision_encoder else ():  # a text-only model has nothing to caption
             summary[f"{split}_captions"] = caption_split(model.eval(), tokenizer, pcfg, world, env.device, split)
         (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         report(summary, cfg)
@@ -300,6 +300,9 @@ def report(summary: dict, cfg: TrainConfig) -> None:
     skipped = summary["reader"]["skipped"]
     if skipped:
         print(f"skipped samples: {skipped}")
+    if "heldout_captions" not in summary:
+        print(f"loss curve: {Path(cfg.out) / 'loss.png'}; metrics: {Path(cfg.out) / 'metrics.jsonl'}")
+        return
     held, val = summary["heldout_captions"], summary["val_captions"]
     print(
         f"greedy captions of {held['n']} held-out images: the right set of shapes in {held['shapes_named']:.0%}, "
