@@ -98,3 +98,38 @@ def qa_prompt(question: str, image: str | Path | Image.Image | None = None) -> l
 def caption_prompt(image: str | Path | Image.Image) -> list[Segment]:
     """The image alone: the decoder continues with its caption, as in pretraining."""
     return [ImageSeg(image)]
+
+
+# Conversations (instruction tuning and the demos): each user turn may carry images; the model writes after
+# "Assistant:" and its turn ends with a newline (or </s>). With ``encode_user`` the user's words go through the
+# bidirectional text encoder, as MetaLM reads an instruction; the assistant's words are always causal.
+USER, ASSISTANT = "User:", "Assistant:"
+CHAT_STOP = ("\nUser:", "\n")
+
+
+@dataclass
+class Turn:
+    role: str  # "user" or "assistant"
+    text: str
+    images: Sequence[str | Path | Image.Image] = ()
+
+
+def chat_prompt(turns: Sequence[Turn], encode_user: bool = False) -> list[Segment]:
+    """``[images] User: {text}\\nAssistant: {answer}\\n ...``, ending with ``Assistant:`` after a user turn so the
+    model continues with its answer."""
+    from data.prompts import through_encoder
+
+    out: list[Segment] = []
+    for turn in turns:
+        if turn.role == "user":
+            user: list[Segment] = [f"{USER} {turn.text.strip()}\n"]
+            out += [ImageSeg(i) for i in turn.images]
+            out += through_encoder(user) if encode_user else user
+            out.append(ASSISTANT)
+        elif turn.role == "assistant":
+            if turn.images:
+                raise ValueError("an assistant turn cannot carry images")
+            out.append(f" {turn.text.strip()}\n")
+        else:
+            raise ValueError(f"turn role {turn.role!r}: expected 'user' or 'assistant'")
+    return out
