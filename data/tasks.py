@@ -975,6 +975,48 @@ def read_choice_jsonl(jsonl: StrPath, *, on_error: OnError = "error") -> TaskDat
     return _read_jsonl(jsonl, "choice jsonl", build, on_error)
 
 
+@dataclass
+class InstructionExample:
+    """One instruction-following example: what to do, an optional input text and image, and the expected output.
+    ``task`` names its task cluster (for held-out-cluster zero-shot tests); ``""`` when the file has none."""
+
+    id: ExampleId
+    task: str
+    instruction: str
+    input: str
+    output: str
+    image: Path | None = None
+
+
+def read_instructions(
+    jsonl: StrPath, image_root: StrPath | None = None, *, on_error: OnError = "error"
+) -> TaskData[InstructionExample]:
+    """FLAN-style instruction data, one JSON object a line::
+
+        {"instruction": "Count the shapes.", "input": "", "output": "three", "image": "images/a.png", "task": "count"}
+
+    ``instruction`` and ``output`` are required strings; ``input`` (default ``""``), ``image`` (a path relative to
+    ``image_root``, default the file's folder; ``null`` or absent for text-only) and ``task`` (the task cluster,
+    default ``""``) are optional; ``id`` defaults to the record index. The bundled world's
+    ``instructions_{split}.jsonl`` is in this format."""
+    root = Path(image_root) if image_root is not None else Path(jsonl).parent
+    images = _ImageFiles(Path(jsonl))
+
+    def build(path: Path, n: int, index: int, rec: dict) -> InstructionExample:
+        where = f"{path}:{n}"
+        instruction, output = _get(rec, "instruction", where), _get(rec, "output", where)
+        if not instruction.strip():
+            raise TaskDataError(f"{where}: field 'instruction' is empty; expected the task in words", "bad_field")
+        text = _get(rec, "input", where) if "input" in rec else ""
+        task = _get(rec, "task", where) if "task" in rec else ""
+        image = None
+        if rec.get("image") is not None:
+            image = images.find([root / _get(rec, "image", where)], f"line {n}")
+        return InstructionExample(rec.get("id", index), task, instruction, text, output, image)
+
+    return _read_jsonl(jsonl, "instruction jsonl", build, on_error)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The bundled world
 

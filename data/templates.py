@@ -133,3 +133,25 @@ def chat_prompt(turns: Sequence[Turn], encode_user: bool = False) -> list[Segmen
         else:
             raise ValueError(f"turn role {turn.role!r}: expected 'user' or 'assistant'")
     return out
+
+
+# FLAN-style instruction templates: each training example is rendered by one chosen at random, so the model learns
+# the task rather than one phrasing; evaluation uses the first.
+INSTRUCTION_TEMPLATES = (
+    "{instruction}\n{input}",
+    "Instruction: {instruction}\nInput: {input}",
+    "{input}\n\n{instruction}",
+    "Read the task and answer it. {instruction} {input}",
+    "Task: {instruction}\n{input}\nGive only the answer.",
+)
+
+
+def instruction_text(instruction: str, input: str = "", template: int = 0) -> str:
+    """The user's words for an (instruction, input) pair under template number ``template``; an empty input
+    leaves the instruction alone."""
+    instruction, input = instruction.strip(), input.strip()
+    if not instruction:
+        raise ValueError("an instruction is empty; expected the task in words")
+    if not input:
+        return instruction
+    return INSTRUCTION_TEMPLATES[template % len(INSTRUCTION_TEMPLATES)].format(instruction=instruction, input=input)

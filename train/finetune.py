@@ -35,7 +35,7 @@ from data.tokenizer import Tokenizer  # noqa: E402
 from metalm.loss import IGNORE_INDEX  # noqa: E402
 from metalm.model import MetaLM  # noqa: E402
 from train.config import TrainConfig, _f, parse_config  # noqa: E402
-from train.loop import setup_env, train  # noqa: E402
+from train.loop import setup_env, train, validation_loss  # noqa: E402
 
 log = logging.getLogger("metalm.finetune")
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,19 +204,26 @@ def eval_command(cfg: FinetuneConfig, checkpoint: Path, encode: bool) -> list[st
     return ["eval/glue.py", *common, "--task", cfg.task, "--data", cfg.val_data]
 
 
-def run(cfg: FinetuneConfig) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+def load_pretrained(cfg: TrainConfig, encode_flag: str, flag: str):
+    """The process environment, the ``--init_from`` model (freeze policies applied) and tokenizer, its prompt
+    encoder, and whether prompts go through the text encoder (``encode_flag``: auto / true / false)."""
     if not cfg.init_from:
-        raise ValueError("finetuning needs a pretrained checkpoint: --init_from runs/tiny/final")
+        raise ValueError("this script starts from a pretrained checkpoint: give --init_from, e.g. runs/tiny/final")
     env = setup_env()
     torch.manual_seed(cfg.seed)
     model = MetaLM.from_pretrained(cfg.init_from)
     tokenizer = Tokenizer.load(cfg.init_from)
     configure_freeze(model, cfg)
     prompts = PromptEncoder(model, tokenizer)
-    encode = {"auto": prompts.text is not None, "true": True, "false": False}[cfg.encode_input]
+    encode = {"auto": prompts.text is not None, "true": True, "false": False}[encode_flag]
     if encode and prompts.text is None:
-        raise ValueError("--encode_input true: this model has no text encoder that shares the decoder's tokenizer")
+        raise ValueError(f"{flag} true: this model has no text encoder that shares the decoder's tokenizer")
+    return env, model, tokenizer, prompts, encode
+
+
+def run(cfg: FinetuneConfig) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    env, model, tokenizer, prompts, encode = load_pretrained(cfg, cfg.encode_input, "--encode_input")
     train_examples = read_examples(cfg, "train")
     val_examples = read_examples(cfg, "val")
     max_len = model.config.decoder.max_seq_len
@@ -228,19 +235,7 @@ def run(cfg: FinetuneConfig) -> dict:
         log.info("%s: %d training and %d validation examples; %d of %d parameters trainable; encoder-read input: %s",
                  cfg.task, len(train_examples), len(val_examples), trainable, model.num_params(), encode)  # fmt: skip
 
-    @torch.no_grad()
-    def evaluate(m: MetaLM, step: int) -> dict[str, float]:
-        was = m.training
-        m.eval()
-        total, n = 0.0, 0
-        for i in range(min(cfg.eval_batches, val_batcher.per_epoch)):
-            batch = val_batcher.batch(i).to(env.device)
-            out = m(batch.input_ids, batch.docks, batch.attention_mask, batch.labels)
-            total += float(out.loss) * out.n_targets
-            n += out.n_targets
-        m.train(was)
-        return {"val_loss": total / max(n, 1)}
-
+    evaluate = validation_loss(val_batcher.batch, min(cfg.eval_batches, val_batcher.per_epoch), env.device)
     result = train(cfg, model, batcher, env, evaluate, save_extra=tokenizer.save)
     summary = {"task": cfg.task, "steps": result.step, "encode_input": encode, "stopped_by_signal":
                result.stopped_by_signal, "train_examples": len(train_examples)}  # fmt: skip

@@ -454,3 +454,23 @@ def train(
     if env.main and metrics.path.is_file():
         plot_losses(metrics.path, out / "loss.png")
     return result
+
+
+def validation_loss(batch_at: Callable[[int], Any], n_batches: int, device: torch.device):
+    """An ``evaluate`` callback for ``train``: the mean loss per target over validation batches ``batch_at(0..n-1)``
+    (the same batches every time), in eval mode."""
+
+    @torch.no_grad()
+    def evaluate(model: MetaLM, step: int) -> dict[str, float]:
+        was = model.training
+        model.eval()
+        total, n = 0.0, 0
+        for i in range(n_batches):
+            batch = batch_at(i).to(device)
+            out = model(batch.input_ids, batch.docks, batch.attention_mask, batch.labels)
+            total += float(out.loss) * out.n_targets
+            n += out.n_targets
+        model.train(was)
+        return {"val_loss": total / max(n, 1)}
+
+    return evaluate

@@ -1,0 +1,81 @@
+"""Instruction following: answers generated for (instruction, input, image) examples, scored by exact match per
+task cluster after the VQA answer normalisation (case, punctuation, articles, number words). Used to measure
+zero-shot transfer to task clusters held out of instruction tuning (``train/instruct.py``).
+
+    python eval/instruct.py --checkpoint runs/instruct/final --data data/world/instructions_val.jsonl \\
+        --tasks count,truth
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import from the repository root, not from eval/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from eval.cli import base_parser  # noqa: E402
+
+
+def run(args, scorer=None) -> dict:
+    from data.tasks import read_instructions
+    from data.templates import CHAT_STOP, Turn, chat_prompt, instruction_text
+    from eval.common import Query, answer, finish, load_scorer, settings_from
+    from eval.metrics import normalize_vqa_answer
+
+    data = read_instructions(args.data, args.image_root, on_error=args.on_error)
+    wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    by_task: dict[str, list] = defaultdict(list)
+    for ex in data.examples:
+        if (not wanted or ex.task in wanted) and (not args.limit or len(by_task[ex.task]) < args.limit):
+            by_task[ex.task].append(ex)
+    missing = sorted(set(wanted) - set(by_task))
+    if missing:
+        raise ValueError(f"{args.data}: no examples of task(s) {missing}; it has {sorted({e.task for e in data})}")
+    examples = [ex for task in sorted(by_task) for ex in by_task[task]]
+    scorer = scorer or load_scorer(args)
+    encode = {"auto": scorer.prompts.text is not None, "true": True, "false": False}[args.encode_user]
+
+    def prompt(ex):
+        text = instruction_text(ex.instruction, ex.input, args.template)
+        return chat_prompt([Turn("user", text, [ex.image] if ex.image else [])], encode_user=encode)
+
+    queries = [Query(ex.id, prompt(ex)) for ex in examples]
+
+    def metric(answers: list[str]) -> dict[str, float]:
+        hits: dict[str, list[bool]] = defaultdict(list)
+        for ex, got in zip(examples, answers, strict=True):
+            hits[ex.task].append(normalize_vqa_answer(got) == normalize_vqa_answer(ex.output))
+        per_task = {f"exact_match/{t}": sum(h) / len(h) for t, h in sorted(hits.items())}
+        return {"exact_match": sum(per_task.values()) / len(per_task), **per_task}
+
+    settings = settings_from(args, CHAT_STOP)
+    outcome = answer(scorer, queries, [], [0], 1, args.seed, settings, metric, "exact_match")
+    for row, ex in zip(outcome.predictions, examples, strict=True):
+        row.update(task=ex.task, expected=ex.output)
+    header = {"n": len(examples), "tasks": {t: len(v) for t, v in sorted(by_task.items())},
+              "template": f"[image] User: {{instruction text, template {args.template}}}\\nAssistant: [answer]",
+              "encode_user": encode, "decoding": settings.to_dict(), "data": data.report.to_dict(),
+              "skipped": dict(data.report.skipped)}  # fmt: skip
+    return finish(args, args.benchmark, header, outcome)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = base_parser(__doc__.split("\n\n")[0], generative=True)
+    p.set_defaults(max_new_tokens=24, limit=100)
+    p.add_argument("--data", default="data/world/instructions_val.jsonl", help="instruction jsonl")
+    p.add_argument("--image-root", default=None, help="folder the image paths are relative to (default: the file's)")
+    p.add_argument("--tasks", default="", help="comma-separated task clusters to score (default: all)")
+    p.add_argument("--template", type=int, default=0, help="which of data.templates.INSTRUCTION_TEMPLATES")
+    p.add_argument("--encode-user", choices=("auto", "true", "false"), default="auto",
+                   help="read the user's words through the text encoder (auto: when the model has one)")  # fmt: skip
+    p.add_argument("--benchmark", default="instructions", help="name in the results")
+    args = p.parse_args(argv)
+    if args.shots != "0":
+        p.error("--shots: instruction following is scored zero-shot here")
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()

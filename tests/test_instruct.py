@@ -1,0 +1,133 @@
+"""train/instruct.py: random templates, packing, answer-only labels, held-out clusters, and a run end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_metalm
+
+from data.prompts import PromptEncoder
+from data.tasks import TaskDataError, read_instructions
+from data.tokenizer import Tokenizer
+from data.world import generate_world
+from metalm import MetaLM
+from metalm.docking import docked_mask
+from metalm.loss import IGNORE_INDEX
+from train.instruct import InstructBatcher, split_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("w") / "world"
+    generate_world(out, seed=2, n_train=40, n_val=16, n_test=2, n_heldout=4, n_docs=20)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pre") / "final"
+    texts = [json.loads(line)["text"] for line in (world / "text" / "corpus_train.jsonl").read_text().splitlines()]
+    texts += [json.dumps(json.loads(line)) for line in (world / "instructions_train.jsonl").read_text().splitlines()]
+    tok = Tokenizer.train(texts, vocab_size=500)
+    tiny_metalm(tok.vocab_size, img_size=32, patch_size=8, max_len=256, positions="learned").save_pretrained(out)
+    tok.save(out)
+    return out
+
+
+def batcher(world, pretrained, pack=True, rank=0, world_size=1, encode=True, seq_len=256):
+    model, tok = MetaLM.from_pretrained(pretrained), Tokenizer.load(pretrained)
+    examples, _ = split_tasks(read_instructions(world / "instructions_train.jsonl").examples, {"count", "truth"})
+    return InstructBatcher(examples, PromptEncoder(model, tok), tok, 4, seq_len, 0, encode, pack, rank, world_size)
+
+
+def test_held_out_clusters_never_reach_training(world):
+    data = read_instructions(world / "instructions_train.jsonl")
+    train, held = split_tasks(data.examples, {"count", "truth"})
+    assert {e.task for e in held} == {"count", "truth"} and not {e.task for e in train} & {"count", "truth"}
+    assert len(train) + len(held) == len(data)
+
+
+def test_plan_packs_every_example_once_within_seq_len_with_mixed_templates(world, pretrained):
+    b = batcher(world, pretrained, seq_len=256)
+    rows = b.plan(0)
+    used = Counter(i for row in rows for i, _ in row)
+    assert sorted(used) == list(range(len(b.examples))) and set(used.values()) == {1}
+    assert all(sum(b.length(b.examples[i], t) for i, t in row) <= 256 for row in rows)
+    assert len(rows) < len(b.examples) / 1.5  # packing puts several examples in a row
+    assert len({t for row in rows for _, t in row}) > 1  # templates are drawn at random
+    assert b.plan(0) == rows and batcher(world, pretrained, seq_len=256).plan(1) != rows
+
+
+def test_labels_are_the_outputs_only_and_never_docked(world, pretrained):
+    b = batcher(world, pretrained)
+    batch = b.batch(0)
+    docked = docked_mask(batch.docks, *batch.input_ids.shape, batch.input_ids.device)
+    assert not (docked & (batch.labels != IGNORE_INDEX)).any()
+    assert {d.encoder for d in batch.docks} == {"text", "vision"} or {d.encoder for d in batch.docks} == {"text"}
+    for r, row in enumerate(b.rows_of(0)):
+        want = []
+        for i, _ in row:
+            want += b.tok.encode(" " + b.examples[i].output.strip()) + [b.tok.eos_id]
+        assert batch.labels[r][batch.labels[r] != IGNORE_INDEX].tolist() == want
+    # the measured lengths are the real ones
+    row = b.rows_of(0)[0]
+    assert int(batch.attention_mask[0].sum()) == sum(b.length(b.examples[i], t) for i, t in row)
+
+
+def test_batches_are_pure_functions_of_their_index_and_ranks_disjoint(world, pretrained):
+    b = batcher(world, pretrained)
+    steps0 = len(b.plan(0)) // 4
+    late = steps0 + 1  # in the second epoch
+    again = batcher(world, pretrained)
+    assert torch.equal(b.batch(late).input_ids, again.batch(late).input_ids)
+    r0, r1 = batcher(world, pretrained, rank=0, world_size=2), batcher(world, pretrained, rank=1, world_size=2)
+    for step in range(2):
+        a = {i for row in r0.rows_of(step) for i, _ in row}
+        c = {i for row in r1.rows_of(step) for i, _ in row}
+        assert a and c and not a & c
+
+
+def test_unpacked_rows_hold_one_example(world, pretrained):
+    b = batcher(world, pretrained, pack=False)
+    assert all(len(row) == 1 for row in b.plan(0))
+
+
+def test_instruction_jsonl_errors_name_file_and_line(tmp_path):
+    f = tmp_path / "ins.jsonl"
+    f.write_text('{"instruction": "Count.", "output": "two"}\n{"instruction": "", "output": "x"}\n')
+    with pytest.raises(TaskDataError, match=r"ins.jsonl:2: field 'instruction' is empty"):
+        read_instructions(f)
+    assert len(read_instructions(f, on_error="skip")) == 1
+    f.write_text('{"instruction": "Look.", "output": "red", "image": "missing.png"}\n{"output": "x"}\n')
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        read_instructions(f)
+    f.write_text('{"instruction": "Look.", "output": "red"}\n{"output": "x"}\n')
+    with pytest.raises(TaskDataError, match=r"ins.jsonl:2: missing field 'instruction'"):
+        read_instructions(f)
+
+
+def test_instruct_end_to_end_reports_held_out_clusters_before_and_after(world, pretrained, tmp_path):
+    out = tmp_path / "ins"
+    args = ["--init_from", str(pretrained), "--world", str(world), "--out", str(out), "--max_steps", "4",
+            "--batch_size", "2", "--eval_batches", "1", "--eval_every", "0", "--log_every", "1",
+            "--peak_flops", "1e11", "--eval_limit", "3"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    proc = subprocess.run(launcher + [str(ROOT / "train" / "instruct.py"), *args], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    table = summary["exact_match"]
+    assert {t for t, row in table.items() if row["kind"] == "held out"} == {"count", "truth"}
+    assert all(0.0 <= row["before"] <= 1.0 and 0.0 <= row["after"] <= 1.0 for row in table.values())
+    assert "count" in proc.stdout and "held out" in proc.stdout
+    assert MetaLM.from_pretrained(out / "final") is not None
