@@ -218,3 +218,21 @@ def test_encode_input_sends_the_query_through_the_text_encoder(checkpoint, tmp_p
     encoded = glue.main(base + ["--encode-input", "--out", str(tmp_path / "enc.json")])
     assert encoded["encode_input"] and not plain["encode_input"]
     assert [r["logprobs"] for r in predictions(plain)] != [r["logprobs"] for r in predictions(encoded)]
+
+
+def test_world_runs_every_task_and_scores_unseen_pairs(checkpoint, tmp_path):
+    from data.world import generate_world
+    from eval import world
+
+    w = tmp_path / "world"
+    generate_world(w, seed=3, n_train=12, n_val=6, n_test=2, n_heldout=4, n_docs=10)
+    out = tmp_path / "world.json"
+    summary = world.main(["--checkpoint", str(checkpoint), "--world", str(w), "--split", "heldout", "--out", str(out),
+                          "--limit", "4", "--shots", "0,1", "--trials", "1", "--max-new-tokens", "3",
+                          "--caption-tokens", "4"])  # fmt: skip
+    assert set(summary["tasks"]) == {"captions", "vqa", "entail", "choice"}
+    captions = summary["tasks"]["captions"]["results"]
+    assert [r["shots"] for r in captions] == [0, 1] and "unseen_pair_named" in captions[0]
+    assert json.loads(out.read_text())["split"] == "heldout"
+    for task in summary["tasks"].values():
+        assert Path(task["file"]).is_file()

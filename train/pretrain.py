@@ -270,19 +270,27 @@ def caption_split(
     training; ``val`` images show only seen pairs.)"""
     from PIL import Image
 
-    from data.world import COLORS, SHAPES
+    from data.world import COLORS, HELDOUT_PAIRS, SHAPES, mentions
 
     scenes = [json.loads(line) for line in (world / f"scenes_{split}.jsonl").open()][:n]
-    rows, shapes_ok, colors_ok = [], 0, 0
+    rows, shapes_ok, colors_ok, unseen, unseen_ok = [], 0, 0, 0, 0
     for scene in scenes:
         with Image.open(world / scene["file_name"]) as img:
             got = caption(model, tokenizer, pcfg, img.convert("RGB"), device)
         words = got.replace(",", " ").replace(".", " ").split()
-        shapes_ok += {w for w in words if w in SHAPES} == {t[1] for t in scene["things"]}
+        shapes = {w for w in words if w in SHAPES} == {t[1] for t in scene["things"]}
+        shapes_ok += shapes
         colors_ok += {w for w in words if w in COLORS} == {t[0] for t in scene["things"]}
-        rows.append({"image": scene["file_name"], "caption": got, "scene": scene["things"]})
+        pairs = {(c, s) for c, s, _ in scene["things"]} & set(HELDOUT_PAIRS)
+        if pairs:
+            unseen += 1
+            unseen_ok += all(mentions(got, c, s) for c, s in pairs)
+        rows.append({"image": scene["file_name"], "caption": got, "scene": scene["things"], "shapes_named": shapes})
+    # show captions that name the right shapes first, then ones that do not
+    examples = [r for r in rows if r["shapes_named"]][:3] + [r for r in rows if not r["shapes_named"]][:3]
     return {"n": len(scenes), "shapes_named": shapes_ok / max(len(scenes), 1),
-            "colors_named": colors_ok / max(len(scenes), 1), "examples": rows[:6]}  # fmt: skip
+            "colors_named": colors_ok / max(len(scenes), 1), "unseen_pair_named": unseen_ok / max(unseen, 1),
+            "examples": examples}  # fmt: skip
 
 
 def report(summary: dict, cfg: TrainConfig) -> None:
@@ -307,11 +315,13 @@ def report(summary: dict, cfg: TrainConfig) -> None:
     print(
         f"greedy captions of {held['n']} held-out images: the right set of shapes in {held['shapes_named']:.0%}, "
         f"of colours in {held['colors_named']:.0%} (validation images with seen pairs: shapes "
-        f"{val['shapes_named']:.0%}, colours {val['colors_named']:.0%}); for example:"
+        f"{val['shapes_named']:.0%}, colours {val['colors_named']:.0%}); they name the unseen colour-shape pair "
+        f"itself in {held['unseen_pair_named']:.0%}. For example:"
     )
     for row in held["examples"]:
         truth = ", ".join(" ".join(t) for t in row["scene"])
-        print(f"  {row['image']}: {row['caption']!r}   (scene: {truth})")
+        mark = "right shapes" if row["shapes_named"] else "wrong shapes"
+        print(f"  {row['image']}: {row['caption']!r}   (scene: {truth}; {mark})")
     print(f"loss curve: {Path(cfg.out) / 'loss.png'}; metrics: {Path(cfg.out) / 'metrics.jsonl'}")
 
 
