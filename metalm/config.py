@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 POSITIONS = ("sinusoidal", "learned", "rotary")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
@@ -120,3 +122,9 @@ class MetaLMConfig:
         except (KeyError, TypeError) as err:
             raise ValueError(f"{source}: not a MetaLM config ({err})") from err
         return cls(decoder=decoder, encoders=encoders)
+
+
+def eager_checks() -> bool:
+    """Whether to run the input checks that read tensor values (``int(x.max())``): they give clear errors in eager
+    mode but would break a ``torch.compile`` graph into pieces, so compiled code skips them."""
+    return not torch.compiler.is_compiling()

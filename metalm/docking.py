@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from metalm.config import eager_checks
+
 
 @dataclass
 class Dock:
@@ -73,18 +75,19 @@ def scatter_docked(embeds: torch.Tensor, dock: Dock, vectors: torch.Tensor, vect
             f"encoder {dock.encoder!r} returned {vectors.shape[0]} segments but the dock has "
             f"{dock.positions.shape[0]} position rows and {dock.batch_index.shape[0]} batch indices"
         )
-    bad = (n_vec != n_slot).nonzero()
-    if len(bad):
-        i = int(bad[0, 0])
-        raise ValueError(
-            f"encoder {dock.encoder!r} gave {int(n_vec[i])} vectors for segment {i} but the dock has {int(n_slot[i])} "
-            "placeholder positions for it; expected one position per vector"
-        )
-    if int(dock.batch_index.min()) < 0 or int(dock.batch_index.max()) >= b:
-        raise ValueError(f"dock {dock.encoder!r}: batch_index outside 0 .. {b - 1}")
-    pos = dock.positions[slots]
-    if len(pos) and (int(pos.min()) < 0 or int(pos.max()) >= t):
-        raise ValueError(f"dock {dock.encoder!r}: positions outside 0 .. {t - 1}")
+    if eager_checks():
+        bad = (n_vec != n_slot).nonzero()
+        if len(bad):
+            i = int(bad[0, 0])
+            raise ValueError(
+                f"encoder {dock.encoder!r} gave {int(n_vec[i])} vectors for segment {i} but the dock has "
+                f"{int(n_slot[i])} placeholder positions for it; expected one position per vector"
+            )
+        if int(dock.batch_index.min()) < 0 or int(dock.batch_index.max()) >= b:
+            raise ValueError(f"dock {dock.encoder!r}: batch_index outside 0 .. {b - 1}")
+        pos = dock.positions[slots]
+        if len(pos) and (int(pos.min()) < 0 or int(pos.max()) >= t):
+            raise ValueError(f"dock {dock.encoder!r}: positions outside 0 .. {t - 1}")
     # vectors are packed left in each row (mask True first), slots likewise, so the k-th real vector of a row
     # goes to the k-th slot of that row
     vec_order = torch.argsort((~vector_mask).to(torch.int8), dim=1, stable=True)
