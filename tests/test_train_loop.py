@@ -124,6 +124,10 @@ def test_learning_rate_schedule():
 def test_config_cli_yaml_and_errors(tmp_path, capsys):
     cfg = parse_config(["--max_steps", "7", "--resume", "--model", "{n_layers: 2}"])
     assert cfg.max_steps == 7 and cfg.resume is True and cfg.model == {"n_layers": 2}
+    # a boolean takes a bare flag, a following value, or =value
+    assert parse_config(["--resume", "false", "--compile"]).resume is False
+    assert parse_config(["--compile", "--resume"]).compile is True
+    assert parse_config(["--resume=no"]).resume is False and parse_config(["--resume", "yes"]).resume is True
     (tmp_path / "run.yaml").write_text("lr: 0.01\nseq_len: 128\n")
     cfg = parse_config(["--config", str(tmp_path / "run.yaml"), "--seq_len", "64"])
     assert cfg.lr == 0.01 and cfg.seq_len == 64  # flags win over the file

@@ -166,9 +166,11 @@ def parse_config(
     --config, then flags; values are checked against their field's choices. ``cls`` may extend TrainConfig with a
     script's own fields."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # boolean switches may be given bare: --resume means --resume=true
+    # boolean switches may be given bare (--resume means --resume=true) or with a value (--resume false)
     bools = {f"--{f.name}" for f in dataclasses.fields(cls) if f.type == "bool"}
-    argv = [f"{a}=true" if a in bools else a for a in argv]
+    literals = {"1", "0", "true", "false", "yes", "no", "on", "off"}
+    argv = [f"{a}=true" if a in bools and (i + 1 == len(argv) or argv[i + 1].lower() not in literals) else a
+            for i, a in enumerate(argv)]  # fmt: skip
     args = build_parser(description, cls, defaults).parse_args(argv)
     values = {**(defaults or {}), **load_config_source(args.config, cls)}
     for f in dataclasses.fields(cls):
