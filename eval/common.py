@@ -14,7 +14,6 @@ decoding settings, skipped inputs, scores) and the predictions as jsonl beside i
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import random
 import time
@@ -63,6 +62,37 @@ class Outcome:
     predictions: list[dict]
 
 
+class FittedPrompts:
+    """Few-shot prompts that fit the decoder's window: when the demonstrations, the query and ``reserve`` tokens
+    for what follows (an option, a label word, the answer) do not fit, the earliest demonstrations are dropped,
+    and the prompts so shortened are counted for the results (``stats``)."""
+
+    def __init__(self, scorer: Scorer, mode: str, encode_query: bool) -> None:
+        self.scorer, self.mode, self.encode_query = scorer, mode, encode_query
+        self.shortened, self.demos_shown, self.prompts = 0, 0, 0
+
+    def __call__(self, demos: Sequence[Demo], query: Prompt, reserve: int) -> Prompt:
+        self.prompts += 1
+        for start in range(len(demos) + 1):
+            prompt = few_shot_prompt(demos[start:], query, self.mode, encode_query=self.encode_query)
+            fits = len(self.scorer.encode(prompt).ids) + reserve <= self.scorer.max_len if demos else True
+            if fits or start == len(demos):  # the query alone too long: the scorer says so
+                self.shortened += start > 0
+                self.demos_shown += len(demos) - start
+                return prompt
+        raise AssertionError("unreachable")
+
+    def stats(self) -> dict:
+        """Counts since the last call, then reset: prompts shortened to fit, mean demonstrations shown."""
+        out = {"prompts_shortened": self.shortened, "mean_demonstrations": self.demos_shown / max(self.prompts, 1)}
+        self.shortened = self.demos_shown = self.prompts = 0
+        return out
+
+
+def _tokens(scorer: Scorer, text: str) -> int:
+    return len(scorer.tokenizer.encode(text))
+
+
 def _trials(shots: int, trials: int) -> int:
     return 1 if shots == 0 else trials
 
@@ -84,7 +114,8 @@ def classify(
     """Accuracy of label ranking with and without calibration. Contextual calibration needs ``content_free``
     prompts (the template with its inputs emptied); prototypical calibration fits its mixture on the test inputs'
     own label log-probabilities (unlabeled; transductive, as Han et al. 2022 allow)."""
-    shown = functools.partial(few_shot_prompt, mode=mode, encode_query=encode_query)
+    shown = FittedPrompts(scorer, mode, encode_query)
+    reserve = max(_tokens(scorer, v) for v in verbalizers)
     k_labels = len(verbalizers)
     results, predictions = [], []
     gold = np.asarray(labels)
@@ -92,12 +123,12 @@ def classify(
         per_trial: dict[str, list[float]] = {c: [] for c in CALIBRATIONS}
         for t in range(_trials(k, trials)):
             demos = sample_demos(pool, k, random.Random(seed + t))
-            prompts = [shown(demos, q.prompt) for q in queries]
+            prompts = [shown(demos, q.prompt, reserve) for q in queries]
             options = [[(p, v) for v in verbalizers] for p in prompts]
             scores = scorer.rank(options, desc=f"{k}-shot trial {t}")
             logp = np.array([[s.logprob for s in row] for row in scores])
             preds = {"none": logp.argmax(1)}
-            cf_prompts = [shown(demos, cf) for cf in content_free]
+            cf_prompts = [shown(demos, cf, reserve) for cf in content_free]
             if cf_prompts:
                 cf = scorer.rank([[(p, v) for v in verbalizers] for p in cf_prompts], desc="content-free")
                 cf_logp = np.array([[s.logprob for s in row] for row in cf])
@@ -112,7 +143,7 @@ def classify(
                 predictions.append({"id": q.key, "shots": k, "trial": t, "prediction": verbalizers[int(p)].strip(),
                                     "label": verbalizers[y].strip(),
                                     "logprobs": [round(float(v), 4) for v in row]})  # fmt: skip
-        entry: dict = {"shots": k, "mode": mode, "n": len(queries)}
+        entry: dict = {"shots": k, "mode": mode, "n": len(queries), **shown.stats()}
         for name, accs in per_trial.items():
             if accs:
                 m, s = mean_std(accs)
@@ -138,14 +169,14 @@ def choose(
 ) -> Outcome:
     """Multiple choice: ``examples`` are ``(id, [(context, continuation), ...])``; the demonstrations are prefixed
     to every option's context. ``acc`` ranks by summed log-probability, ``acc_norm`` by mean per token."""
-    shown = functools.partial(few_shot_prompt, mode=mode, encode_query=encode_query)
+    shown = FittedPrompts(scorer, mode, encode_query)
     results, predictions = [], []
     gold = np.asarray(labels)
     for k in shots:
         accs, norms = [], []
         for t in range(_trials(k, trials)):
             demos = sample_demos(pool, k, random.Random(seed + t))
-            options = [[(shown(demos, ctx), cont) for ctx, cont in opts] for _, opts in examples]
+            options = [[(shown(demos, ctx, _tokens(scorer, cont)), cont) for ctx, cont in opts] for _, opts in examples]
             scores = scorer.rank(options, desc=f"{k}-shot trial {t}")
             total = np.array([int(np.argmax([s.logprob for s in row])) for row in scores])
             norm = np.array([int(np.argmax([s.mean for s in row])) for row in scores])
@@ -156,7 +187,8 @@ def choose(
                                     "prediction_norm": int(pn), "label": int(y),
                                     "logprobs": [round(s.logprob, 4) for s in row]})  # fmt: skip
         (m, s), (mn, sn) = mean_std(accs), mean_std(norms)
-        results.append({"shots": k, "mode": mode, "n": len(examples), "acc": {"trials": accs, "mean": m, "std": s},
+        results.append({"shots": k, "mode": mode, "n": len(examples), **shown.stats(),
+                        "acc": {"trials": accs, "mean": m, "std": s},
                         "acc_norm": {"trials": norms, "mean": mn, "std": sn}, "metric": "acc", "score": m})  # fmt: skip
     return Outcome(results, predictions)
 
@@ -175,19 +207,19 @@ def answer(
     encode_query: bool = False,
 ) -> Outcome:
     """Generated answers, scored by ``metric(answers) -> {name: value}`` (answers in query order)."""
-    shown = functools.partial(few_shot_prompt, mode=mode, encode_query=encode_query)
+    shown = FittedPrompts(scorer, mode, encode_query)
     results, predictions = [], []
     for k in shots:
         per_trial: dict[str, list[float]] = {}
         for t in range(_trials(k, trials)):
             demos = sample_demos(pool, k, random.Random(seed + t))
-            answers = scorer.generate([shown(demos, q.prompt) for q in queries], settings,
+            answers = scorer.generate([shown(demos, q.prompt, settings.max_new_tokens) for q in queries], settings,
                                       desc=f"{k}-shot trial {t}")  # fmt: skip
             for name, value in metric(answers).items():
                 per_trial.setdefault(name, []).append(float(value))
             predictions += [{"id": q.key, "shots": k, "trial": t, "prediction": a}
                             for q, a in zip(queries, answers, strict=True)]  # fmt: skip
-        entry: dict = {"shots": k, "mode": mode, "n": len(queries)}
+        entry: dict = {"shots": k, "mode": mode, "n": len(queries), **shown.stats()}
         for name, vals in per_trial.items():
             m, s = mean_std(vals)
             entry[name] = {"trials": vals, "mean": m, "std": s}

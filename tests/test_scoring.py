@@ -171,3 +171,20 @@ def test_from_checkpoint_loads_model_and_tokenizer(scorer, tokenizer, tmp_path):
     loaded = Scorer.from_checkpoint(tmp_path / "ckpt", progress=False)
     req = [("a red", " circle")]
     assert loaded.score(req)[0].logprob == pytest.approx(scorer.score(req)[0].logprob, abs=1e-5)
+
+
+def test_few_shot_prompts_drop_the_earliest_demonstrations_to_fit(scorer):
+    from eval.common import FittedPrompts
+    from eval.icl import Demo
+
+    demos = [Demo(f"a red circle {i} and a blue square on the right.", " yes", i) for i in range(6)]
+    fit = FittedPrompts(scorer, "causal", False)
+    prompt = fit(demos, "is there a purple square?", reserve=5)
+    n = len(scorer.encode(prompt).ids)
+    assert n + 5 <= scorer.max_len
+    shown = [d for d in demos if f"circle {d.key} " in prompt[0]]
+    assert shown and shown == demos[-len(shown) :] and len(shown) < len(demos)  # the latest ones stay
+    assert fit(demos[:1], "is", reserve=1) == [demos[0].prompt + demos[0].answer + "\n\nis"]
+    stats = fit.stats()
+    assert stats["prompts_shortened"] == 1 and stats["mean_demonstrations"] == (len(shown) + 1) / 2
+    assert fit.stats()["prompts_shortened"] == 0  # reset

@@ -1,0 +1,216 @@
+"""The paper's claims in miniature: MetaLM against a plain causal GPT of the same decoder size, on the bundled world.
+
+    python eval/report.py                       # trains both models, finetunes, evaluates, writes the report
+    python eval/report.py --metalm runs/tiny/final   # reuse the main command's checkpoint instead of pretraining
+
+Both models have the ``tiny`` decoder and are pretrained for the same number of steps on batches of the same size
+and length (equal decoder compute): MetaLM on the world's documents (with semi-causal spans through its text
+encoder) and image-caption pairs, the GPT on the same documents read causally. Then, as the paper does:
+
+- **finetuning**: both are finetuned on the world's entailment task for the same steps (MetaLM reads the input
+  through its bidirectional encoder, the GPT causally); MetaLM is also finetuned on VQA;
+- **zero-shot**: held-out colour-shape pairs for captions and (after VQA finetuning) questions; the language tasks
+  with no demonstrations;
+- **in-context**: k = 0, 1, 4 demonstrations (several seeded trials), with no, contextual and prototypical
+  calibration; MetaLM also with its demonstrations docked through the encoder.
+
+The numbers go to ``eval/results/report.md`` (tables and plots) and ``report.json``, whatever they say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import from the repository root, not from eval/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sh(cmd: list[str], log: Path) -> None:
+    """Run one training command, its output appended to ``log``; a failure names the command and the log."""
+    print("$", " ".join(cmd), flush=True)
+    with log.open("a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        done = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"command failed ({done.returncode}): {' '.join(cmd)}; see {log}")
+
+
+def torchrun(script: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", script, *args]
+
+
+def pretrain(args: argparse.Namespace, runs: Path, log: Path) -> dict[str, Path]:
+    common = ["--max_steps", str(args.steps), "--world", args.world, "--eval_every", "0", "--seed", str(args.seed)]
+    models = {}
+    if args.metalm:
+        models["metalm"] = Path(args.metalm)
+    else:
+        sh(torchrun("train/pretrain.py", "--out", str(runs / "metalm"), *common), log)
+        models["metalm"] = runs / "metalm" / "final"
+    if args.gpt:
+        models["gpt"] = Path(args.gpt)
+    else:
+        # the GPT reads the same world tokenizer, so both score the same token sequences
+        tok = models["metalm"]
+        sh(torchrun("train/pretrain.py", "--preset", "tiny-gpt", "--tokenizer", str(tok), "--out",
+                    str(runs / "gpt"), "--vision_warmup_steps", "0", *common), log)  # fmt: skip
+        models["gpt"] = runs / "gpt" / "final"
+    return models
+
+
+def finetune(args: argparse.Namespace, name: str, base: Path, task: str, runs: Path, log: Path) -> Path:
+    out = runs / f"{name}-{task}"
+    if args.reuse and (out / "final" / "model.safetensors").is_file():
+        print(f"reusing {out / 'final'}")
+        return out / "final"
+    sh(torchrun("train/finetune.py", "--init_from", str(base), "--task", task, "--out", str(out), "--world",
+                args.world, "--max_steps", str(args.finetune_steps), "--final_eval", "false",
+                "--seed", str(args.seed)), log)  # fmt: skip
+    return out / "final"
+
+
+def world_eval(ckpt: Path, out: Path, split: str, tasks: str, extra: list[str]) -> dict:
+    from eval import world
+
+    argv = ["--checkpoint", str(ckpt), "--out", str(out), "--split", split, "--tasks", tasks, *extra]
+    return world.main(argv)["tasks"]
+
+
+def headline(entry: dict, key: str) -> tuple[float, float]:
+    value = entry.get(key)
+    return (value["mean"], value["std"]) if isinstance(value, dict) else (float("nan"), float("nan"))
+
+
+def fmt(mean_std: tuple[float, float]) -> str:
+    m, s = mean_std
+    if m != m:  # nan
+        return "–"
+    return f"{m:.3f} ± {s:.3f}" if s else f"{m:.3f}"
+
+
+def run(args: argparse.Namespace) -> dict:
+    runs, results = Path(args.runs), Path(args.results)
+    runs.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+    log = runs / "report.log"
+    started = time.time()
+    models = pretrain(args, runs, log)
+    ft = {("metalm", "world-entail"): finetune(args, "metalm", models["metalm"], "world-entail", runs, log),
+          ("gpt", "world-entail"): finetune(args, "gpt", models["gpt"], "world-entail", runs, log),
+          ("metalm", "world-vqa"): finetune(args, "metalm", models["metalm"], "world-vqa", runs, log)}  # fmt: skip
+    limit = ["--limit", str(args.limit), "--trials", str(args.trials), "--seed", str(args.seed)]
+    evals = results / "report-evals"
+    report: dict = {"settings": vars(args), "models": {k: str(v) for k, v in models.items()}}
+
+    # in-context and zero-shot on the language tasks, both models; MetaLM also with encoder-read demonstrations
+    icl = {}
+    for name, mode in (("gpt", "causal"), ("metalm", "causal"), ("metalm", "encoder")):
+        icl[f"{name}/{mode}"] = world_eval(models[name], evals / f"icl-{name}-{mode}.json", "val", "entail,choice",
+                                           ["--shots", args.shots, "--icl-mode", mode, *limit])  # fmt: skip
+    report["in_context"] = icl
+    # zero-shot captions: seen pairs (val) and held-out pairs, MetaLM only (the GPT cannot see images)
+    report["captions"] = {split: world_eval(models["metalm"], evals / f"captions-{split}.json", split, "captions",
+                                            ["--shots", "0", *limit])["captions"]  # fmt: skip
+                          for split in ("val", "heldout")}
+    # finetuned: entailment for both; VQA for MetaLM on seen and held-out pairs
+    report["finetuned"] = {
+        "metalm/entail": world_eval(ft["metalm", "world-entail"], evals / "ft-metalm-entail.json", "val", "entail",
+                                    ["--shots", "0", "--encode-input", *limit])["entail"],
+        "gpt/entail": world_eval(ft["gpt", "world-entail"], evals / "ft-gpt-entail.json", "val", "entail",
+                                 ["--shots", "0", *limit])["entail"],
+        **{f"metalm/vqa-{split}": world_eval(ft["metalm", "world-vqa"], evals / f"ft-metalm-vqa-{split}.json", split,
+                                             "vqa", ["--shots", "0", "--encode-input", *limit])["vqa"]
+           for split in ("val", "heldout")},
+        "metalm/vqa-before-finetuning": world_eval(models["metalm"], evals / "zs-metalm-vqa.json", "val", "vqa",
+                                                   ["--shots", "0", *limit])["vqa"],
+    }  # fmt: skip
+    report["minutes"] = (time.time() - started) / 60
+    (results / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_markdown(report, results)
+    return report
+
+
+def write_markdown(report: dict, results: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = report["settings"]
+    lines = ["# MetaLM vs a causal GPT on the bundled world (claims in miniature)", "",
+             f"Both models: the `tiny` decoder, {s['steps']} pretraining steps of the same batch size and length "
+             f"(seed {s['seed']}); finetuning {s['finetune_steps']} steps; up to {s['limit']} evaluation examples; "
+             f"{s['trials']} seeded demonstration sets per k > 0 (mean ± std). Produced by `python eval/report.py` "
+             f"in {report['minutes']:.0f} minutes on CPU.", ""]  # fmt: skip
+    lines += ["## Finetuning", "", "| model | task | metric | score |", "|---|---|---|---|"]
+    for key, res in report["finetuned"].items():
+        model, task = key.split("/")
+        entry = res["results"][0]
+        metric = "vqa_accuracy" if "vqa" in task else "none"
+        lines.append(f"| {model} | {task} | {'VQA accuracy' if 'vqa' in task else 'accuracy'} | "
+                     f"{fmt(headline(entry, metric))} |")  # fmt: skip
+    lines += ["", "## Zero-shot captions (MetaLM; the GPT cannot see images)", "",
+              "| split | CIDEr-D | BLEU-4 | names the scene's shapes | names its colours |", "|---|---|---|---|---|"]
+    for split, res in report["captions"].items():
+        e = res["results"][0]
+        lines.append(f"| {split} | {fmt(headline(e, 'cider_d'))} | {fmt(headline(e, 'bleu_4'))} | "
+                     f"{fmt(headline(e, 'shapes_named'))} | {fmt(headline(e, 'colors_named'))} |")  # fmt: skip
+    lines += ["", "## In-context learning (language tasks)", "",
+              "Entailment: accuracy with no / contextual / prototypical calibration. Multiple choice: accuracy by "
+              "summed log-probability.", "",
+              "| model (demonstrations) | k | entail: none | contextual | prototypical | choice: acc |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, tasks in report["in_context"].items():
+        entail, choice = tasks["entail"]["results"], tasks["choice"]["results"]
+        for e, c in zip(entail, choice, strict=True):
+            lines.append(f"| {key} | {e['shots']} | {fmt(headline(e, 'none'))} | {fmt(headline(e, 'contextual'))} | "
+                         f"{fmt(headline(e, 'prototypical'))} | {fmt(headline(c, 'acc'))} |")  # fmt: skip
+        ks = [e["shots"] for e in entail]
+        for cal, style in (("none", "-"), ("contextual", "--"), ("prototypical", ":")):
+            axes[0].errorbar(ks, [headline(e, cal)[0] for e in entail], [headline(e, cal)[1] for e in entail],
+                             linestyle=style, marker="o", capsize=3, label=f"{key} {cal}")  # fmt: skip
+        axes[1].errorbar(ks, [headline(c, "acc")[0] for c in choice], [headline(c, "acc")[1] for c in choice],
+                         marker="o", capsize=3, label=key)  # fmt: skip
+    axes[0].set(title="entailment", xlabel="demonstrations k", ylabel="accuracy")
+    axes[1].set(title="multiple choice", xlabel="demonstrations k", ylabel="accuracy")
+    axes[0].legend(fontsize=6)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(results / "report-icl.png", dpi=120)
+    plt.close(fig)
+    lines += ["", "![in-context accuracy](report-icl.png)", ""]
+    out = results / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"report: {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("--steps", type=int, default=480, help="pretraining steps of each model")
+    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--metalm", default="", help="reuse this pretrained MetaLM checkpoint (e.g. runs/tiny/final)")
+    p.add_argument("--gpt", default="", help="reuse this pretrained GPT baseline checkpoint")
+    p.add_argument("--reuse", action="store_true", help="reuse finetuned models already under --runs")
+    p.add_argument("--world", default="data/world")
+    p.add_argument("--shots", default="0,1,4")
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--limit", type=int, default=200, help="evaluation examples per task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", default="runs/report", help="where the trained models go")
+    p.add_argument("--results", default="eval/results", help="where report.md, report.json and plots go")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
