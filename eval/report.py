@@ -117,9 +117,12 @@ def run(args: argparse.Namespace) -> dict:
                                            ["--shots", args.shots, "--icl-mode", mode, *limit])  # fmt: skip
     report["in_context"] = icl
     # zero-shot captions: seen pairs (val) and held-out pairs, MetaLM only (the GPT cannot see images)
-    report["captions"] = {split: world_eval(models["metalm"], evals / f"captions-{split}.json", split, "captions",
-                                            ["--shots", "0", *limit])["captions"]  # fmt: skip
-                          for split in ("val", "heldout")}
+    report["captions"] = {
+        split: world_eval(
+            models["metalm"], evals / f"captions-{split}.json", split, "captions", ["--shots", "0", *limit]
+        )["captions"]  # fmt: skip
+        for split in ("val", "heldout")
+    }
     # finetuned: entailment for both; VQA for MetaLM on seen and held-out pairs
     report["finetuned"] = {
         "metalm/entail": world_eval(ft["metalm", "world-entail"], evals / "ft-metalm-entail.json", "val", "entail",
@@ -157,12 +160,18 @@ def write_markdown(report: dict, results: Path) -> Path:
         metric = "vqa_accuracy" if "vqa" in task else "none"
         lines.append(f"| {model} | {task} | {'VQA accuracy' if 'vqa' in task else 'accuracy'} | "
                      f"{fmt(headline(entry, metric))} |")  # fmt: skip
-    lines += ["", "## Zero-shot captions (MetaLM; the GPT cannot see images)", "",
-              "| split | CIDEr-D | BLEU-4 | names the scene's shapes | names its colours |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Zero-shot captions (MetaLM; the GPT cannot see images)",
+        "",
+        "| split | CIDEr-D | BLEU-4 | names the scene's shapes | names its colours | names the unseen pair |",
+        "|---|---|---|---|---|---|",
+    ]
     for split, res in report["captions"].items():
         e = res["results"][0]
         lines.append(f"| {split} | {fmt(headline(e, 'cider_d'))} | {fmt(headline(e, 'bleu_4'))} | "
-                     f"{fmt(headline(e, 'shapes_named'))} | {fmt(headline(e, 'colors_named'))} |")  # fmt: skip
+                     f"{fmt(headline(e, 'shapes_named'))} | {fmt(headline(e, 'colors_named'))} | "
+                     f"{fmt(headline(e, 'unseen_pair_named'))} |")  # fmt: skip
     lines += ["", "## In-context learning (language tasks)", "",
               "Entailment: accuracy with no / contextual / prototypical calibration. Multiple choice: accuracy by "
               "summed log-probability.", "",
