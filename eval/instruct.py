@@ -3,7 +3,7 @@ task cluster after the VQA answer normalisation (case, punctuation, articles, nu
 zero-shot transfer to task clusters held out of instruction tuning (``train/instruct.py``).
 
     python eval/instruct.py --checkpoint runs/instruct/final --data data/world/instructions_val.jsonl \\
-        --tasks count,truth
+        --tasks yesno,count
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def test_instruct_end_to_end_reports_held_out_clusters_before_and_after(world, p
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     table = summary["exact_match"]
-    assert {t for t, row in table.items() if row["kind"] == "held out"} == {"count", "truth"}
+    assert {t for t, row in table.items() if row["kind"] == "held out"} == {"yesno", "count"}
     assert all(0.0 <= row["before"] <= 1.0 and 0.0 <= row["after"] <= 1.0 for row in table.values())
     assert "count" in proc.stdout and "held out" in proc.stdout
     assert MetaLM.from_pretrained(out / "final") is not None

@@ -46,7 +46,7 @@ class InstructConfig(TrainConfig):
     data: str = _f("", "instruction jsonl to train on (default: the world's instructions_train.jsonl)")
     val_data: str = _f("", "instruction jsonl to validate and evaluate on (default: the world's val file)")
     image_root: str = _f("", "folder image paths are relative to (default: each file's folder)")
-    heldout_tasks: str = _f("count,truth", "comma-separated task clusters never trained on (zero-shot tests)")
+    heldout_tasks: str = _f("yesno,count", "comma-separated task clusters never trained on (zero-shot tests)")
     pack: bool = _f(True, "pack several short examples into each row of seq_len tokens")
     encode_user: str = _f("auto", "read the user's words through the text encoder (auto: when the model has one)",
                           choices=("auto", "true", "false"))  # fmt: skip
