@@ -72,8 +72,8 @@ def finetune(args: argparse.Namespace, name: str, base: Path, task: str, runs: P
         print(f"reusing {out / 'final'}")
         return out / "final"
     sh(torchrun("train/finetune.py", "--init_from", str(base), "--task", task, "--out", str(out), "--world",
-                args.world, "--max_steps", str(args.finetune_steps), "--final_eval", "false",
-                "--seed", str(args.seed)), log)  # fmt: skip
+                args.world, "--max_steps", str(args.finetune_steps), "--lr", str(args.finetune_lr),
+                "--final_eval", "false", "--seed", str(args.seed)), log)  # fmt: skip
     return out / "final"
 
 
@@ -150,8 +150,9 @@ def write_markdown(report: dict, results: Path) -> Path:
     s = report["settings"]
     lines = ["# MetaLM vs a causal GPT on the bundled world (claims in miniature)", "",
              f"Both models: the `tiny` decoder, {s['steps']} pretraining steps of the same batch size and length "
-             f"(seed {s['seed']}); finetuning {s['finetune_steps']} steps; up to {s['limit']} evaluation examples; "
-             f"{s['trials']} seeded demonstration sets per k > 0 (mean ± std). Produced by `python eval/report.py` "
+             f"(seed {s['seed']}); finetuning {s['finetune_steps']} steps at lr {s.get('finetune_lr', 3e-4):g}; up "
+             f"to {s['limit']} evaluation examples; {s['trials']} seeded demonstration sets per k > 0 (mean ± std). "
+             f"Produced by `python eval/report.py` "
              f"in {report['minutes']:.0f} minutes on CPU.", ""]  # fmt: skip
     lines += ["## Finetuning", "", "| model | task | metric | score |", "|---|---|---|---|"]
     for key, res in report["finetuned"].items():
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--steps", type=int, default=480, help="pretraining steps of each model")
-    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--finetune-steps", type=int, default=800)
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--metalm", default="", help="reuse this pretrained MetaLM checkpoint (e.g. runs/tiny/final)")
     p.add_argument("--gpt", default="", help="reuse this pretrained GPT baseline checkpoint")
     p.add_argument("--reuse", action="store_true", help="reuse finetuned models already under --runs")
