@@ -268,9 +268,9 @@ def _json_list(obj: object, name: str, path: Path) -> list:
     return value
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict] | _Skipped]:
-    """(line number, object) per good line, a skip per malformed one; raises if no line is good."""
-    good, first_bad = 0, None
+def jsonl_lines(path: Path) -> Iterator[tuple[int, dict | ValueError]]:
+    """(line number, object) per non-blank line of a jsonl file, with the ``ValueError`` in place of the object
+    for a line that is not one JSON object (blank lines are skipped)."""
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.strip():
@@ -280,11 +280,20 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict] | _Skipped]:
                 if not isinstance(obj, dict):
                     raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
             except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                first_bad = first_bad or f"line {n}: {e}"
-                yield _Skipped(f"{path}:{n}", "bad_json", str(e))
-                continue
-            good += 1
+                obj = e
             yield n, obj
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict] | _Skipped]:
+    """(line number, object) per good line, a skip per malformed one; raises if no line is good."""
+    good, first_bad = 0, None
+    for n, obj in jsonl_lines(path):
+        if isinstance(obj, ValueError):
+            first_bad = first_bad or f"line {n}: {obj}"
+            yield _Skipped(f"{path}:{n}", "bad_json", str(obj))
+            continue
+        good += 1
+        yield n, obj
     if first_bad is not None and good == 0:
         raise ValueError(f"{path}: no valid JSON line; first error at {first_bad}")
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from data.shards import existing
+from data.shards import existing, jsonl_lines
 
 StrPath = str | os.PathLike
 OnError = Literal["error", "skip"]
@@ -249,19 +249,10 @@ def _bad_label(where: str, label: Any, allowed: Sequence[Any], task: str) -> Tas
 
 def _jsonl(path: Path) -> Iterator[tuple[int, int, dict | TaskDataError]]:
     """(line number, record index among non-blank lines, object or the error for a malformed line)."""
-    with path.open("rb") as f:
-        index = 0
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                if not isinstance(obj, dict):
-                    raise ValueError(f"got a JSON {type(obj).__name__}")
-            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                obj = TaskDataError(f"{path}:{n}: malformed line ({e}); expected one JSON object per line", "bad_json")
-            yield n, index, obj
-            index += 1
+    for index, (n, obj) in enumerate(jsonl_lines(path)):
+        if isinstance(obj, ValueError):
+            obj = TaskDataError(f"{path}:{n}: malformed line ({obj}); expected one JSON object per line", "bad_json")
+        yield n, index, obj
 
 
 def _record(obj: dict | TaskDataError) -> dict:
