@@ -122,7 +122,21 @@ def read_examples(cfg: FinetuneConfig, split: str) -> list[Example]:
     return out
 
 
-class ExampleBatcher:
+class IndexedBatches:
+    """Batches that are a pure function of their index; ``self(skip)`` is the endless stream the training loop
+    takes, starting after the ``skip`` batches a resumed run has already consumed."""
+
+    def batch(self, index: int) -> Batch:
+        raise NotImplementedError
+
+    def __call__(self, skip: int):
+        index = skip
+        while True:
+            yield self.batch(index)
+            index += 1
+
+
+class ExampleBatcher(IndexedBatches):
     """Seeded, epoch-wise shuffled batches of examples, each ``prompt + answer + </s>`` with labels on the answer
     and ``</s>`` only. Batch ``i`` is the same whether or not earlier ones were skipped (exact resume)."""
 
@@ -166,12 +180,6 @@ class ExampleBatcher:
             end = len(row.ids)
             labels[r, end - n : end] = ids[r, end - n : end]
         return Batch(ids, labels, mask, docks)
-
-    def __call__(self, skip: int):
-        index = skip
-        while True:
-            yield self.batch(index)
-            index += 1
 
 
 def configure_freeze(model: MetaLM, cfg: FinetuneConfig) -> None:
@@ -221,6 +229,17 @@ def load_pretrained(cfg: TrainConfig, encode_flag: str, flag: str):
     return env, model, tokenizer, prompts, encode
 
 
+def report_final(result, summary: dict, val_name: str) -> None:
+    """Add the run's first and last training loss, last validation loss and final checkpoint to ``summary``, and
+    print them."""
+    vals = [m["val_loss"] for m in result.metrics if "val_loss" in m]
+    summary.update(first_loss=result.losses[0], last_loss=result.losses[-1], val_loss=vals[-1],
+                   final=str(result.final_dir))  # fmt: skip
+    print(f"\nfinal checkpoint: {result.final_dir}")
+    print(f"training loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} over {result.step} steps; "
+          f"{val_name} {summary['val_loss']:.3f}")  # fmt: skip
+
+
 def run(cfg: FinetuneConfig) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     env, model, tokenizer, prompts, encode = load_pretrained(cfg, cfg.encode_input, "--encode_input")
@@ -240,12 +259,7 @@ def run(cfg: FinetuneConfig) -> dict:
     summary = {"task": cfg.task, "steps": result.step, "encode_input": encode, "stopped_by_signal":
                result.stopped_by_signal, "train_examples": len(train_examples)}  # fmt: skip
     if result.final_dir is not None and env.main:
-        vals = [m["val_loss"] for m in result.metrics if "val_loss" in m]
-        summary.update(first_loss=result.losses[0], last_loss=result.losses[-1], val_loss=vals[-1],
-                       final=str(result.final_dir))  # fmt: skip
-        print(f"\nfinal checkpoint: {result.final_dir}")
-        print(f"training loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} over {result.step} steps; "
-              f"validation loss {summary['val_loss']:.3f}")  # fmt: skip
+        report_final(result, summary, "validation loss")
         if cfg.final_eval:
             cmd = [sys.executable, *eval_command(cfg, result.final_dir, encode)]
             cmd[1] = str(ROOT / cmd[1])

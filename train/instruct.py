@@ -34,7 +34,7 @@ from data.templates import INSTRUCTION_TEMPLATES, Turn, chat_prompt, instruction
 from data.tokenizer import Tokenizer  # noqa: E402
 from metalm.loss import IGNORE_INDEX  # noqa: E402
 from train.config import TrainConfig, _f, parse_config  # noqa: E402
-from train.finetune import load_pretrained  # noqa: E402
+from train.finetune import IndexedBatches, load_pretrained, report_final  # noqa: E402
 from train.loop import train, validation_loss  # noqa: E402
 
 log = logging.getLogger("metalm.instruct")
@@ -60,7 +60,7 @@ INSTRUCT_DEFAULTS = dict(max_steps=300, lr=3e-4, warmup_steps=30, out="runs/inst
                          ckpt_every=100, vision_warmup_steps=0)  # fmt: skip
 
 
-class InstructBatcher:
+class InstructBatcher(IndexedBatches):
     """Seeded batches of packed rows. Epoch ``e`` shuffles the examples, gives each a random template, and packs
     them greedily into rows of at most ``seq_len`` tokens; batch ``i`` is a pure function of ``i`` (exact resume),
     and ranks take disjoint rows of the same step."""
@@ -149,12 +149,6 @@ class InstructBatcher:
                 labels[r, s:e] = ids[r, s:e]
         return Batch(ids, labels, mask, docks)
 
-    def __call__(self, skip: int):
-        index = skip
-        while True:
-            yield self.batch(index)
-            index += 1
-
 
 def split_tasks(examples: list[InstructionExample], heldout: set[str]):
     return [e for e in examples if e.task not in heldout], [e for e in examples if e.task in heldout]
@@ -199,12 +193,7 @@ def run(cfg: InstructConfig) -> dict:
     summary: dict = {"steps": result.step, "heldout_tasks": sorted(heldout), "encode_user": encode,
                      "train_examples": len(train_ex), "stopped_by_signal": result.stopped_by_signal}  # fmt: skip
     if result.final_dir is not None and env.main:
-        vals = [m["val_loss"] for m in result.metrics if "val_loss" in m]
-        summary.update(first_loss=result.losses[0], last_loss=result.losses[-1], val_loss=vals[-1],
-                       final=str(result.final_dir))  # fmt: skip
-        print(f"\nfinal checkpoint: {result.final_dir}")
-        print(f"training loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} over {result.step} steps; "
-              f"validation loss (trained clusters) {summary['val_loss']:.3f}")  # fmt: skip
+        report_final(result, summary, "validation loss (trained clusters)")
         if cfg.final_eval:
             out = Path(cfg.out)
             before = evaluate_instructions(Path(cfg.init_from), cfg, val_file, out / "eval-before.json", encode)
