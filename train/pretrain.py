@@ -32,7 +32,7 @@ from metalm.loss import IGNORE_INDEX
 from metalm.presets import get_preset
 from metalm.semicausal import semicausal_labels
 from train.config import TrainConfig, parse_config
-from train.loop import Env, latest_checkpoint, setup_env, train
+from train.loop import Env, latest_checkpoint, setup_env, train, validation_loss
 
 log = logging.getLogger("metalm.pretrain")
 
@@ -204,9 +204,10 @@ def run(cfg: TrainConfig) -> dict:
         return load_batches(stream, num_workers, prefetch_factor=cfg.prefetch_factor,
                             pin_memory=env.device.type == "cuda", stats=counts)  # fmt: skip
 
-    def val_batches():
-        return batches(iter_samples(text_val, resample=True), iter_samples(caption_val, resample=True), tokenizer,
+    # the same validation batches every evaluation: built once
+    val_iter = batches(iter_samples(text_val, resample=True), iter_samples(caption_val, resample=True), tokenizer,
                        pcfg)  # fmt: skip
+    val = [next(val_iter) for _ in range(cfg.eval_batches)]
 
     counts: Counter = Counter()
     # the unigram counts read the first batches in-process (training's own with --num_workers 0; the same data with
@@ -215,20 +216,11 @@ def run(cfg: TrainConfig) -> dict:
     for _ in range(16):
         batch = next(sample_iter)
         counts.update(batch.input_ids[batch.attention_mask.bool()].tolist())
-    baseline = unigram_loss(val_batches(), cfg.eval_batches, counts, tokenizer.vocab_size)
+    baseline = unigram_loss(iter(val), len(val), counts, tokenizer.vocab_size)
+    val_loss = validation_loss(val.__getitem__, len(val), env.device)
 
-    @torch.no_grad()
     def evaluate(m: MetaLM, step: int) -> dict[str, float]:
-        was_training = m.training
-        m.eval()
-        it, total, n = val_batches(), 0.0, 0
-        for _ in range(cfg.eval_batches):
-            batch = next(it).to(env.device)
-            out = m(batch.input_ids, batch.docks, batch.attention_mask, batch.labels)
-            total += float(out.loss) * out.n_targets
-            n += out.n_targets
-        m.train(was_training)
-        return {"val_loss": total / max(n, 1), "unigram_loss": baseline}
+        return {**val_loss(m, step), "unigram_loss": baseline}
 
     if cfg.resume and env.main:
         warn_if_workers_changed(cfg)
