@@ -123,9 +123,11 @@ class Scorer:
     @torch.no_grad()
     def score(self, requests: Sequence[tuple[Prompt, str]], desc: str = "scoring") -> list[OptionScore]:
         """Log-probability of each plain-text continuation given its prompt, in input order."""
+        requests = list(requests)  # holds every prompt object for the whole call, so ids stay unique
         encoded = []
+        seen: dict[int, Encoded] = {}  # options of one example share their prompt object: encode (and load) it once
         for prompt, continuation in requests:
-            enc = self.encode(prompt)
+            enc = seen.get(id(prompt)) or seen.setdefault(id(prompt), self.encode(prompt))
             cont = self.tokenizer.encode(continuation)
             if not cont:
                 raise ValueError(f"continuation {continuation!r} has no tokens; nothing to score")
