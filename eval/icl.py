@@ -7,8 +7,9 @@ A demonstration is an input prompt (text and images) followed by its answer. Two
   bidirectional text encoder and docks at its positions (images are docked as always); only the query is read
   causally. The scored or generated answer of the query is never docked, so the semi-causal rule holds.
 
-Demonstrations are drawn without replacement from a pool by a seeded RNG, never the query itself; each trial uses
-its own seed so results are reported as mean and standard deviation over trials.
+Demonstrations are drawn without replacement from a pool (a training split) by a seeded RNG; the scripts use one
+set for all queries of a trial, each trial with its own seed, and report mean and standard deviation over trials
+(eval/common.py).
 """
 
 from __future__ import annotations
@@ -70,27 +71,6 @@ def sample_demos(pool: Sequence[Demo], k: int, rng: random.Random, exclude: Hash
     if len(candidates) < k:
         raise ValueError(f"{k}-shot prompts need {k} demonstrations but the pool has only {len(candidates)}")
     return rng.sample(candidates, k)
-
-
-def trial_prompts(
-    queries: Sequence[tuple[Hashable, Prompt | str]],
-    pool: Sequence[Demo],
-    k: int,
-    seed: int,
-    mode: str = "causal",
-    sep: str = "\n\n",
-    per_query: bool = False,
-) -> list[Prompt]:
-    """One trial's prompts for every ``(key, query)``: by default one demonstration set for the whole trial (as in
-    Zhao et al. 2021; calibration needs the content-free and estimate inputs to see the same demonstrations);
-    ``per_query`` draws fresh demonstrations for each query instead."""
-    rng = random.Random(seed)
-    fixed = sample_demos(pool, k, rng) if not per_query else None
-    prompts = []
-    for key, query in queries:
-        demos = fixed if fixed is not None else sample_demos(pool, k, rng, exclude=key)
-        prompts.append(few_shot_prompt(demos, query, mode, sep))
-    return prompts
 
 
 def shots_list(text: str) -> list[int]:

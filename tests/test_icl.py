@@ -7,7 +7,7 @@ import random
 import pytest
 
 from data.prompts import EncodedSeg, ImageSeg
-from eval.icl import Demo, few_shot_prompt, sample_demos, shots_list, through_encoder, trial_prompts
+from eval.icl import Demo, few_shot_prompt, sample_demos, shots_list, through_encoder
 
 POOL = [Demo(f"Question: q{i}? Answer:", f" a{i}", key=i) for i in range(10)]
 
@@ -43,16 +43,6 @@ def test_demos_are_seeded_distinct_and_exclude_the_query():
     assert a != c
     with pytest.raises(ValueError, match="pool has only 9"):
         sample_demos(POOL, 10, random.Random(0), exclude=0)
-
-
-def test_trial_prompts_share_one_demo_set_unless_per_query():
-    queries = [(i, f"Question: q{i}? Answer:") for i in range(3)]
-    fixed = trial_prompts(queries, POOL, 2, seed=0)
-    prefixes = {p[0].rsplit("\n\n", 1)[0] for p in fixed}
-    assert len(prefixes) == 1
-    per = trial_prompts(queries, POOL, 2, seed=0, per_query=True)
-    for (key, _), p in zip(queries, per, strict=True):
-        assert f"q{key}? Answer: a{key}" not in p[0]
 
 
 def test_shots_list():
