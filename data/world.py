@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from PIL import Image, ImageDraw
 
-VERSION = 1
+VERSION = 2
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
     "green": (40, 165, 55),
@@ -275,29 +275,63 @@ INSTRUCTIONS = {
                 "Here are two scenes. Answer the question about them."),
     "truth": ("Is the claim true for the scene? Answer yes or no.", "Read the scene and say whether the claim holds.",
               "Does the description support the claim? Answer yes or no."),
+    "shapes": ("List the shapes in the image from left to right.", "Name the shapes you see, left to right.",
+               "Which shapes are in the picture? Go from left to right."),
+    "slot": ("What is at the given place in the picture? Say nothing if it is empty.",
+             "Name the colored shape at this place of the image.", "Tell me what sits at this place in the picture."),
+    "locate": ("Where in the picture is this shape? Answer left, middle or right.",
+               "Find the shape in the image and give its place.", "Say where the shape is: left, middle or right."),
+    "check": ("Check the question against the picture and answer yes or no.",
+              "Look at the image. Is this right? Say yes or no.",
+              "Answer the question about the picture with yes or no."),
+    "choose": ("Which of the options appears in the picture?", "Pick the option that is in the image.",
+               "One of these is in the picture. Which one?"),
+    "mention": ("List the colors the text mentions, in order.", "Which colors are named in the description? List them.",
+                "Extract the colors from the text."),
+    "change": ("Apply the change to the scene and describe the result.", "Describe the scene after the change.",
+               "What does the scene look like after the change?"),
+    "relation": ("Read the scene and answer the question about where things are.",
+                 "Answer the question using the scene description.", "Use the scene to say which shape is meant."),
 }  # fmt: skip
 IMAGE_TASKS = ("caption", "vqa", "count", "yesno", "colors")
 TEXT_TASKS = ("compare", "truth")
+# Clusters added in world version 2. They are drawn from a random stream of their own, so every file version 1
+# wrote (images, captions, VQA, text tasks, corpus, the first instructions) stays byte for byte the same.
+MORE_IMAGE_TASKS = ("shapes", "slot", "locate", "choose", "check")
+MORE_TEXT_TASKS = ("mention", "change", "relation")
+
+
+# The answers a closed-set question allows, listed with it as FLAN lists OPTIONS (in a fixed order).
+ANSWER_SETS: dict[str, tuple[str, ...]] = {
+    "color": tuple(COLORS), "shape": SHAPES, "position": SLOTS, "yesno": ("yes", "no"), "count": NUMBERS[1:4],
+}  # fmt: skip
+
+
+def _instruction(task: str, instruction: str, image: str | None, text: str, output: str,
+                 options: Sequence[str] = ()) -> dict:  # fmt: skip
+    """One instruction record (``data.tasks.read_instructions``); ``options`` only for closed-set tasks."""
+    row = {"task": task, "instruction": instruction, "image": image, "input": text, "output": output}
+    return {**row, "options": list(options)} if options else row
 
 
 def image_instruction(scene: Scene, image: str, rng: random.Random, pairs: Sequence[tuple[str, str]]) -> dict:
     """One instruction about an image file, of a random image task."""
     task = rng.choice(IMAGE_TASKS)
     pool = question_pool(scene, rng, pairs)
+    options: Sequence[str] = ()
     if task == "caption":
         text, output = "", caption(scene, rng)
     elif task == "vqa":
         qa = rng.choice(pool[rng.choice([k for k in ("color", "shape", "position") if k in pool])])
-        text, output = qa.question, qa.answer
+        text, output, options = qa.question, qa.answer, ANSWER_SETS[qa.kind]
     elif task == "count":
-        text, output = "", NUMBERS[len(scene.things)]
+        text, output, options = "", NUMBERS[len(scene.things)], ANSWER_SETS["count"]
     elif task == "yesno":
         qa = rng.choice(pool["yesno"])
-        text, output = qa.question, qa.answer
+        text, output, options = qa.question, qa.answer, ANSWER_SETS["yesno"]
     else:
         text, output = "", ", ".join(t.color for t in scene.things)
-    return {"task": task, "instruction": rng.choice(INSTRUCTIONS[task]), "image": image, "input": text,
-            "output": output}  # fmt: skip
+    return _instruction(task, rng.choice(INSTRUCTIONS[task]), image, text, output, options)
 
 
 def text_instruction(rng: random.Random, scene_of: Callable[[], Scene], pairs: Sequence[tuple[str, str]]) -> dict:
@@ -307,7 +341,7 @@ def text_instruction(rng: random.Random, scene_of: Callable[[], Scene], pairs: S
     if task == "truth":
         true = rng.random() < 0.5
         text = f"scene: {caption(a, rng)} claim: {claim(a, rng, pairs, true).lower()}"
-        output = "yes" if true else "no"
+        output, options = "yes" if true else "no", ANSWER_SETS["yesno"]
     else:
         b = scene_of()
         text = f"scene a: {caption(a, rng)} scene b: {caption(b, rng)} "
@@ -315,13 +349,86 @@ def text_instruction(rng: random.Random, scene_of: Callable[[], Scene], pairs: S
             text += "which scene has more shapes?"
             na, nb = len(a.things), len(b.things)
             output = "scene a" if na > nb else "scene b" if nb > na else "same"
+            options = ("scene a", "scene b", "same")
         else:
             color, shape, _ = rng.choice(rng.choice((a, b)).things)
             text += f"which scenes have {_a(color)} {color} {shape}?"
             ina, inb = bool(a.find(color, shape)), bool(b.find(color, shape))
             output = "both" if ina and inb else "scene a" if ina else "scene b"
-    return {"task": task, "instruction": rng.choice(INSTRUCTIONS[task]), "image": None, "input": text,
-            "output": output}  # fmt: skip
+            options = ("scene a", "scene b", "both")
+    return _instruction(task, rng.choice(INSTRUCTIONS[task]), None, text, output, options)
+
+
+def more_image_instruction(scene: Scene, image: str, rng: random.Random, pairs: Sequence[tuple[str, str]]) -> dict:
+    """One instruction about an image file, of a random task in ``MORE_IMAGE_TASKS``."""
+    task = rng.choice(MORE_IMAGE_TASKS)
+    unique = [t for t in scene.things if len(scene.find(t.color, t.shape)) == 1]
+    if task == "locate" and not unique:
+        task = "slot"
+    options: Sequence[str] = ()
+    if task == "shapes":
+        text, output = "", ", ".join(t.shape for t in scene.things)
+    elif task == "slot":
+        slot = rng.choice(SLOTS)
+        found = scene.at(slot)
+        text, output = f"place: {slot}", f"{found.color} {found.shape}" if found else "nothing"
+    elif task == "locate":
+        t = rng.choice(unique)
+        text, output, options = f"shape: {t.color} {t.shape}", t.slot, ANSWER_SETS["position"]
+    elif task == "check":  # a yes/no question on one shape's color or kind (not on what exists: that is "yesno")
+        t, true = rng.choice(scene.things), rng.random() < 0.5
+        if rng.random() < 0.5:
+            color = t.color if true else rng.choice([c for c in COLORS if c != t.color and (c, t.shape) in pairs])
+            text = f"is the shape {WHERE[t.slot]} {color}?"
+        else:
+            shape = t.shape if true else rng.choice([s for s in SHAPES if s != t.shape and (t.color, s) in pairs])
+            text = f"is the shape {WHERE[t.slot]} a {shape}?"
+        output, options = "yes" if true else "no", ANSWER_SETS["yesno"]
+    else:
+        t = rng.choice(scene.things)
+        absent = [p for p in pairs if p not in scene.pairs()]
+        options = [f"{t.color} {t.shape}"] + [f"{c} {s}" for c, s in rng.sample(absent, 2)]
+        rng.shuffle(options)
+        text, output = "", f"{t.color} {t.shape}"
+    return _instruction(task, rng.choice(INSTRUCTIONS[task]), image, text, output, options)
+
+
+def _changed(scene: Scene, rng: random.Random, pairs: Sequence[tuple[str, str]]) -> tuple[str, Scene]:
+    """A change in words (add a thing to an empty place, or take one away) and the scene after it."""
+    empty = [s for s in SLOTS if scene.at(s) is None]
+    if empty and (len(scene.things) == 1 or rng.random() < 0.5):
+        color, shape = rng.choice(pairs)
+        added = Thing(color, shape, rng.choice(empty))
+        return f"add {_named(added)} {WHERE[added.slot]}", Scene(tuple(sorted((*scene.things, added), key=_slot_index)))
+    gone = rng.choice(scene.things)
+    return f"take away the shape {WHERE[gone.slot]}", Scene(tuple(t for t in scene.things if t != gone))
+
+
+def _neighbour(scene: Scene, thing: Thing, side: str) -> Thing | None:
+    """The nearest thing to the ``side`` ('left' or 'right') of ``thing``, if any."""
+    i = scene.things.index(thing) + (-1 if side == "left" else 1)
+    return scene.things[i] if 0 <= i < len(scene.things) else None
+
+
+def more_text_instruction(rng: random.Random, scene_of: Callable[[], Scene], pairs: Sequence[tuple[str, str]]) -> dict:
+    """One text-only instruction of a random task in ``MORE_TEXT_TASKS``."""
+    task = rng.choice(MORE_TEXT_TASKS)
+    a = scene_of()
+    unique = [t for t in a.things if len(a.find(t.color, t.shape)) == 1]
+    if task == "relation" and not unique:  # every shape has a twin: "the red circle" would be ambiguous
+        task = "mention"
+    if task == "mention":
+        text, output = caption(a, rng), ", ".join(t.color for t in a.things)
+    elif task == "change":
+        change, new = _changed(a, rng, pairs)
+        text, output = f"scene: {caption(a, rng)} change: {change}", _phrase(new)
+    else:
+        t = rng.choice(unique)
+        side = rng.choice(("left", "right"))
+        near = _neighbour(a, t, side)
+        text = f"scene: {caption(a, rng)} question: what is just to the {side} of the {t.color} {t.shape}?"
+        output = f"{near.color} {near.shape}" if near else "nothing"
+    return _instruction(task, rng.choice(INSTRUCTIONS[task]), None, text, output)
 
 
 NAMES = (("Anna", "she"), ("Ben", "he"), ("Clara", "she"), ("David", "he"), ("Emma", "she"), ("Felix", "he"),
@@ -511,6 +618,11 @@ def _write_split(root: Path, split: str, n: int, n_docs: int, params: dict, next
         return sample_scene(task_rng, pairs, required)
 
     instructions += [text_instruction(task_rng, scene_of, pairs) for _ in range(max(1, n // 2))]
+    more_rng = rng("instructions-v2")
+    instructions += [more_image_instruction(scene, f"images/{split}/{i:06d}.png", more_rng, pairs)
+                     for i, scene in enumerate(scenes)]  # fmt: skip
+    instructions += [more_text_instruction(more_rng, lambda: sample_scene(more_rng, pairs, required), pairs)
+                     for _ in range(max(1, n // 2))]  # fmt: skip
     entail = []
     for i in range(n):
         scene, true = scene_of(), task_rng.random() < 0.5
@@ -617,11 +729,21 @@ def _swap_in(tmp: Path, out: Path, params: dict) -> None:
             raise
         shutil.rmtree(tmp)
     if old is not None:
-        log.warning("replaced the world at %s (it had other parameters)", out)
+        log.warning("replaced the world at %s (it was another version or had other parameters)", out)
         shutil.rmtree(old)
 
 
 ensure_world = generate_world
+
+
+def current_world(out_dir: str | os.PathLike) -> Path:
+    """The world at ``out_dir`` brought up to this ``VERSION`` with the parameters it was made with (whatever its
+    size); a directory without a world gets the default one."""
+    meta = _read_meta(Path(out_dir))
+    if meta is None or meta.get("version") == VERSION or not isinstance(meta.get("params"), dict):
+        return generate_world(out_dir) if meta is None else Path(os.path.abspath(out_dir))
+    log.info("world at %s is version %s; regenerating it as version %d", out_dir, meta.get("version"), VERSION)
+    return generate_world(out_dir, **meta["params"])
 
 
 def mentions(text: str, color: str, shape: str) -> bool:

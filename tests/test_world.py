@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 import re
@@ -137,7 +138,9 @@ def test_public_formats(small):
         docs = load_jsonl(small / "text" / f"corpus_{split}.jsonl")
         assert docs and all(len(d["text"].split()) >= 100 and "\n\n" in d["text"] for d in docs)
         tasks = load_jsonl(small / f"instructions_{split}.jsonl")
-        assert all(set(t) == {"task", "instruction", "image", "input", "output"} and t["output"] for t in tasks)
+        assert all({"task", "instruction", "image", "input", "output"} <= set(t) and t["output"] for t in tasks)
+        assert all(set(t) <= {"task", "instruction", "image", "input", "output", "options"} for t in tasks)
+        assert all(t["output"] in t.get("options", [t["output"]]) and len(t.get("options", "xx")) > 1 for t in tasks)
         assert all(t["image"] is None or (small / t["image"]).is_file() for t in tasks)
     assert len(load_jsonl(small / "text" / "corpus_train.jsonl")) == SMALL["n_docs"]
     tasks = {t["task"] for s in SPLITS for t in load_jsonl(small / f"instructions_{s}.jsonl")}
@@ -319,3 +322,136 @@ def test_cli(tmp_path, capsys):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sizes"] == {"train": 5, "val": 2, "test": 2, "heldout": 2} and meta["params"]["seed"] == 1
     assert set(meta["colors"]) == set(COLORS) and meta["shapes"] == list(SHAPES)
+
+
+def version1_digest(root: Path) -> str:
+    """A digest of everything world version 1 wrote: pixels, JSON without its ``info`` header, text files, and the
+    first rows of each instruction file (the version 1 instructions, without the options version 2 gave them;
+    later versions append their own rows)."""
+    h = hashlib.sha256()
+    sizes = json.loads((root / "meta.json").read_text())["sizes"]
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if not p.is_file() or rel == "meta.json":
+            continue
+        if p.suffix == ".png":
+            data = np.asarray(Image.open(p).convert("RGB")).tobytes()
+        elif p.suffix == ".json":
+            data = json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "info"}, sort_keys=True)
+            data = data.encode()
+        elif rel.startswith("instructions_"):  # version 2 also added each closed-set task's options
+            n = sizes[rel.removeprefix("instructions_").removesuffix(".jsonl")]
+            rows = [json.loads(line) for line in p.read_text().splitlines()[: n + max(1, n // 2)]]
+            data = "".join(json.dumps({k: v for k, v in r.items() if k != "options"}, separators=(",", ":")) + "\n"
+                           for r in rows).encode()  # fmt: skip
+        else:
+            data = p.read_bytes()
+        h.update(rel.encode() + b"\0" + data)
+    return h.hexdigest()
+
+
+def test_later_versions_keep_every_file_version_1_wrote(small):
+    # computed with world version 1 (commit 9ec5d03): a change that moves any random stream of the version 1 files
+    # changes the corpus, tokenizer and checkpoints trained on the world, and the numbers in the README
+    assert version1_digest(small) == "f265b9fc54c2af0d179b8af99560535c641631d83191d52fa65bd7135a87b8c4"
+    rows = load_jsonl(small / "instructions_train.jsonl")
+    v1 = SMALL["n_train"] + SMALL["n_train"] // 2
+    assert {r["task"] for r in rows[:v1]} <= set(world.IMAGE_TASKS + world.TEXT_TASKS)
+    assert {r["task"] for r in rows[v1:]} == set(world.MORE_IMAGE_TASKS + world.MORE_TEXT_TASKS)
+
+
+def test_an_older_world_is_brought_up_to_date_with_its_own_parameters(small, tmp_path):
+    out = generate_world(tmp_path / "w", seed=3, **SMALL)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "version": world.VERSION - 1}))
+    (out / "instructions_val.jsonl").write_text("")
+    assert world.current_world(out) == out
+    assert json.loads((out / "meta.json").read_text()) == meta
+    assert files(out) == files(small)
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    assert world.current_world(out) == out and (out / "meta.json").stat().st_mtime_ns == stamp  # current: untouched
+
+
+def scene_of_caption(text: str) -> Scene:
+    """An independent reading of every caption template."""
+    text = re.sub(r"^(a picture of |\w+ shapes?: )", "", text)
+    found = re.findall(r"an? (\w+) (\w+) (?:on|in) the (\w+)", text)
+    found += [(c, s, w) for w, c, s in re.findall(r"(?:on|in) the (\w+) there is an? (\w+) (\w+)", text)]
+    return Scene(tuple(Thing(*t) for t in found))
+
+
+def parse_thing(text: str) -> tuple[str, str]:
+    color, shape = text.split()
+    assert color in COLORS and shape in SHAPES, text
+    return color, shape
+
+
+def test_more_instruction_tasks_are_right():
+    rng = random.Random(5)
+    seen = Counter()
+    for i in range(400):
+        scene = world.sample_scene(rng, SEEN_PAIRS)
+        ex = world.more_image_instruction(scene, f"{i}.png", rng, SEEN_PAIRS)
+        seen[ex["task"]] += 1
+        assert ex["image"] == f"{i}.png" and ex["instruction"] in world.INSTRUCTIONS[ex["task"]]
+        if ex["task"] == "shapes":
+            assert ex["output"].split(", ") == [t.shape for t in scene.things]
+        elif ex["task"] == "slot":
+            found = scene.at(ex["input"].removeprefix("place: "))
+            assert ex["output"] == (f"{found.color} {found.shape}" if found else "nothing")
+        elif ex["task"] == "locate":
+            color, shape = parse_thing(ex["input"].removeprefix("shape: "))
+            (t,) = scene.find(color, shape)
+            assert ex["output"] == t.slot and ex["options"] == list(SLOTS)
+        elif ex["task"] == "check":
+            m = re.fullmatch(r"is the shape (on the left|in the middle|on the right) (?:a )?(\w+)\?", ex["input"])
+            t = scene.at({v: k for k, v in world.WHERE.items()}[m[1]])
+            assert ex["output"] == ("yes" if m[2] in (t.color, t.shape) else "no") and ex["options"] == ["yes", "no"]
+            named = (m[2], t.shape) if m[2] in COLORS else (t.color, m[2])
+            assert named in SEEN_PAIRS  # a "no" never hints at a held-out pair
+        else:
+            assert ex["input"] == ""
+            options = [parse_thing(o) for o in ex["options"]]
+            assert len(set(options)) == 3 and set(options) <= set(SEEN_PAIRS)
+            assert [o in scene.pairs() for o in options].count(True) == 1
+            assert parse_thing(ex["output"]) in scene.pairs()
+    for _ in range(400):
+        ex = world.more_text_instruction(rng, lambda: world.sample_scene(rng, SEEN_PAIRS), SEEN_PAIRS)
+        seen[ex["task"]] += 1
+        assert ex["image"] is None and ex["instruction"] in world.INSTRUCTIONS[ex["task"]]
+        if ex["task"] == "mention":
+            assert ex["output"].split(", ") == [t.color for t in scene_of_caption(ex["input"]).things]
+            continue
+        described, rest = re.fullmatch(r"scene: (.+\.) (change: .+|question: .+)", ex["input"]).groups()
+        scene = scene_of_caption(described)
+        if ex["task"] == "change":
+            after = {t.slot: t for t in scene.things}
+            if m := re.fullmatch(r"change: add an? (\w+) (\w+) (?:on|in) the (\w+)", rest):
+                assert m[3] not in after
+                after[m[3]] = Thing(m[1], m[2], m[3])
+            else:
+                del after[re.fullmatch(r"change: take away the shape (?:on|in) the (\w+)", rest)[1]]
+            assert ex["output"] == world._phrase(Scene(tuple(after.values())))
+        else:
+            side, color, shape = re.fullmatch(
+                r"question: what is just to the (left|right) of the (\w+) (\w+)\?", rest
+            ).groups()
+            (i,) = [i for i, t in enumerate(scene.things) if (t.color, t.shape) == (color, shape)]  # one such
+            j = i - 1 if side == "left" else i + 1
+            near = scene.things[j] if 0 <= j < len(scene.things) else None
+            assert ex["output"] == (f"{near.color} {near.shape}" if near else "nothing")
+    assert set(seen) == set(world.MORE_IMAGE_TASKS + world.MORE_TEXT_TASKS) and min(seen.values()) > 60
+
+
+def test_closed_set_tasks_list_their_options(small):
+    rows = [r for s in SPLITS for r in load_jsonl(small / f"instructions_{s}.jsonl")]
+    closed = {"vqa", "count", "yesno", "truth", "compare", "locate", "choose", "check"}
+    assert {r["task"] for r in rows if "options" in r} == closed
+    assert not [r for r in rows if (r["task"] in closed) != ("options" in r)]
+    for r in rows:
+        if r["task"] in ("yesno", "truth", "check"):
+            assert r["options"] == ["yes", "no"]
+        elif r["task"] == "count":
+            assert r["options"] == ["one", "two", "three"]
+        elif r["task"] == "vqa":
+            assert r["options"] in (list(COLORS), list(SHAPES), list(SLOTS))

@@ -25,7 +25,7 @@ from data.pipeline import BatchStream, PipelineConfig, batches, image_tensor, lo
 from data.reader import ReaderStats, expand_urls, iter_samples
 from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
-from data.world import generate_world
+from data.world import current_world, generate_world
 from metalm import MetaLM
 from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
@@ -49,10 +49,11 @@ def on_main_first(env: Env, fn, *args, **kwargs):
 
 
 def prepare_world(cfg: TrainConfig) -> Path:
-    """The bundled world at ``cfg.world``: used as it is when present (whatever its size), generated otherwise."""
+    """The bundled world at ``cfg.world``: used as it is when present (whatever its size; brought up to the current
+    world version with its own parameters), generated otherwise."""
     world = Path(cfg.world)
     if (world / "meta.json").is_file():
-        return world
+        return current_world(world)
     return Path(generate_world(world, seed=cfg.seed))
 
 
