@@ -969,7 +969,9 @@ def read_choice_jsonl(jsonl: StrPath, *, on_error: OnError = "error") -> TaskDat
 @dataclass
 class InstructionExample:
     """One instruction-following example: what to do, an optional input text and image, and the expected output.
-    ``task`` names its task cluster (for held-out-cluster zero-shot tests); ``""`` when the file has none."""
+    ``task`` names its task cluster (for held-out-cluster zero-shot tests); ``""`` when the file has none.
+    ``options`` lists the allowed answers of a closed-set task (FLAN's OPTIONS), the output among them; empty for
+    open-ended tasks."""
 
     id: ExampleId
     task: str
@@ -977,6 +979,7 @@ class InstructionExample:
     input: str
     output: str
     image: Path | None = None
+    options: tuple[str, ...] = ()
 
 
 def read_instructions(
@@ -984,12 +987,14 @@ def read_instructions(
 ) -> TaskData[InstructionExample]:
     """FLAN-style instruction data, one JSON object a line::
 
-        {"instruction": "Count the shapes.", "input": "", "output": "three", "image": "images/a.png", "task": "count"}
+        {"instruction": "Count the shapes.", "input": "", "output": "three", "image": "images/a.png", "task": "count",
+         "options": ["one", "two", "three"]}
 
     ``instruction`` and ``output`` are required strings; ``input`` (default ``""``), ``image`` (a path relative to
-    ``image_root``, default the file's folder; ``null`` or absent for text-only) and ``task`` (the task cluster,
-    default ``""``) are optional; ``id`` defaults to the record index. The bundled world's
-    ``instructions_{split}.jsonl`` is in this format."""
+    ``image_root``, default the file's folder; ``null`` or absent for text-only), ``task`` (the task cluster,
+    default ``""``) and ``options`` (the answers a closed-set task allows, at least two distinct strings, one of
+    them the output; absent, ``null`` or ``[]`` for open-ended tasks) are optional; ``id`` defaults to the record
+    index. The bundled world's ``instructions_{split}.jsonl`` is in this format."""
     root = Path(image_root) if image_root is not None else Path(jsonl).parent
     images = _ImageFiles(Path(jsonl))
 
@@ -1003,7 +1008,16 @@ def read_instructions(
         image = None
         if rec.get("image") is not None:
             image = images.find([root / _get(rec, "image", where)], f"line {n}")
-        return InstructionExample(rec.get("id", index), task, instruction, text, output, image)
+        options: tuple[str, ...] = ()
+        if rec.get("options"):
+            options = tuple(o.strip() for o in _strings(rec, "options", where, 2))
+            if len(set(options)) < len(options) or not all(options):
+                raise TaskDataError(f"{where}: field 'options' is {rec['options']!r}; expected distinct non-empty "
+                                    "answers", "bad_field")  # fmt: skip
+            if output.strip() not in options:
+                raise TaskDataError(f"{where}: output {output!r} is not one of the options {list(options)}",
+                                    "bad_label")  # fmt: skip
+        return InstructionExample(rec.get("id", index), task, instruction, text, output, image, options)
 
     return _read_jsonl(jsonl, "instruction jsonl", build, on_error)
 

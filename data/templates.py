@@ -146,12 +146,16 @@ INSTRUCTION_TEMPLATES = (
 )
 
 
-def instruction_text(instruction: str, input: str = "", template: int = 0) -> str:
+OPTIONS = "Options:"
+
+
+def instruction_text(instruction: str, input: str = "", template: int = 0, options: Sequence[str] = ()) -> str:
     """The user's words for an (instruction, input) pair under template number ``template``; an empty input
-    leaves the instruction alone."""
+    leaves the instruction alone. A closed-set task's ``options`` follow on their own line, as FLAN lists them."""
     instruction, input = instruction.strip(), input.strip()
     if not instruction:
         raise ValueError("an instruction is empty; expected the task in words")
-    if not input:
-        return instruction
-    return INSTRUCTION_TEMPLATES[template % len(INSTRUCTION_TEMPLATES)].format(instruction=instruction, input=input)
+    text = instruction
+    if input:
+        text = INSTRUCTION_TEMPLATES[template % len(INSTRUCTION_TEMPLATES)].format(instruction=instruction, input=input)
+    return f"{text}\n{OPTIONS} {', '.join(options)}" if options else text

@@ -2,8 +2,10 @@
 task cluster after the VQA answer normalisation (case, punctuation, articles, number words). Used to measure
 zero-shot transfer to task clusters held out of instruction tuning (``train/instruct.py``).
 
-    python eval/instruct.py --checkpoint runs/instruct/final --data data/world/instructions_val.jsonl \\
-        --tasks yesno,count
+Examples that list their allowed answers (``options``, FLAN's OPTIONS: yes/no, a count, which scene) show them
+in the prompt and are also scored by rank classification, as FLAN scores its classification tasks: the model's
+answer is the option it gives the highest log-probability after ``Assistant:``. This measures whether the model
+knows the answer apart from whether it writes it in the expected form; chance is one over the number of options.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from eval.cli import base_parser  # noqa: E402
 
 def run(args, scorer=None) -> dict:
     from data.tasks import read_instructions
-    from data.templates import CHAT_STOP, Turn, chat_prompt, instruction_text
+    from data.templates import CHAT_STOP
     from eval.common import Query, answer, finish, load_scorer, settings_from
     from eval.metrics import normalize_vqa_answer
 
@@ -37,11 +39,7 @@ def run(args, scorer=None) -> dict:
     scorer = scorer or load_scorer(args)
     encode = {"auto": scorer.prompts.text is not None, "true": True, "false": False}[args.encode_user]
 
-    def prompt(ex):
-        text = instruction_text(ex.instruction, ex.input, args.template)
-        return chat_prompt([Turn("user", text, [ex.image] if ex.image else [])], encode_user=encode)
-
-    queries = [Query(ex.id, prompt(ex)) for ex in examples]
+    queries = [Query(ex.id, instruction_query(ex, args.template, encode)) for ex in examples]
 
     def metric(answers: list[str]) -> dict[str, float]:
         hits: dict[str, list[bool]] = defaultdict(list)
@@ -54,11 +52,42 @@ def run(args, scorer=None) -> dict:
     outcome = answer(scorer, queries, [], [0], 1, args.seed, settings, metric, "exact_match")
     for row, ex in zip(outcome.predictions, examples, strict=True):
         row.update(task=ex.task, expected=ex.output)
+    ranked = [i for i, ex in enumerate(examples) if ex.options]
+    if ranked:
+        picks = rank_options(scorer, [queries[i] for i in ranked], [list(examples[i].options) for i in ranked])
+        hits, chance = defaultdict(list), defaultdict(list)
+        for i, pick in zip(ranked, picks, strict=True):
+            ex = examples[i]
+            outcome.predictions[i]["option"] = pick
+            hits[ex.task].append(pick == ex.output.strip())
+            chance[ex.task].append(1 / len(ex.options))
+        entry = outcome.results[0]
+        for task, h in sorted(hits.items()):
+            entry[f"option_accuracy/{task}"] = {"trials": [sum(h) / len(h)], "mean": sum(h) / len(h), "std": 0.0}
+            entry[f"option_chance/{task}"] = sum(chance[task]) / len(chance[task])
     header = {"n": len(examples), "tasks": {t: len(v) for t, v in sorted(by_task.items())},
               "template": f"[image] User: {{instruction text, template {args.template}}}\\nAssistant: [answer]",
               "encode_user": encode, "decoding": settings.to_dict(), "data": data.report.to_dict(),
               "skipped": dict(data.report.skipped)}  # fmt: skip
     return finish(args, args.benchmark, header, outcome)
+
+
+def instruction_query(ex, template: int, encode_user: bool):
+    """The prompt for one example: its image, then the user's words (and options) under ``template``, then
+    ``Assistant:``."""
+    from data.templates import Turn, chat_prompt, instruction_text
+
+    text = instruction_text(ex.instruction, ex.input, template, ex.options)
+    return chat_prompt([Turn("user", text, [ex.image] if ex.image else [])], encode_user=encode_user)
+
+
+def rank_options(scorer, queries, options: list[list[str]]) -> list[str]:
+    """The option each query's prompt gives the highest summed log-probability as the answer."""
+    scores = scorer.rank([[(q.prompt, " " + o) for o in opts] for q, opts in zip(queries, options, strict=True)],
+                         desc="ranking options")  # fmt: skip
+    return [
+        opts[max(range(len(opts)), key=lambda i: row[i].logprob)] for opts, row in zip(options, scores, strict=True)
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:

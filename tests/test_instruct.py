@@ -126,8 +126,73 @@ def test_instruct_end_to_end_reports_held_out_clusters_before_and_after(world, p
                           env=env, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    table = summary["exact_match"]
+    table = summary["clusters"]
     assert {t for t, row in table.items() if row["kind"] == "held out"} == {"yesno", "count"}
     assert all(0.0 <= row["before"] <= 1.0 and 0.0 <= row["after"] <= 1.0 for row in table.values())
-    assert "count" in proc.stdout and "held out" in proc.stdout
+    ranked = {t for t, row in table.items() if "option_chance" in row}  # clusters whose examples list options
+    assert {"yesno", "count", "vqa", "truth"} <= ranked and not {"caption", "colors", "change"} & ranked
+    for task, chance in (("yesno", 1 / 2), ("count", 1 / 3), ("truth", 1 / 2)):
+        assert table[task]["option_chance"] == pytest.approx(chance)
+    for task in ranked:
+        assert 0.0 <= table[task]["option_before"] <= 1.0 and 0.0 <= table[task]["option_after"] <= 1.0
     assert MetaLM.from_pretrained(out / "final") is not None
+
+
+def test_options_are_read_checked_and_shown(tmp_path):
+    from data.templates import instruction_text
+
+    rows = [{"instruction": "Is it red?", "output": "yes", "options": ["yes", "no"]},
+            {"instruction": "Describe it.", "output": "a red circle.", "options": None},
+            {"instruction": "Hi", "output": "x"}]  # fmt: skip
+    f = tmp_path / "ins.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ex = read_instructions(f).examples
+    assert [e.options for e in ex] == [("yes", "no"), (), ()]
+    assert instruction_text(ex[0].instruction, "", 0, ex[0].options) == "Is it red?\nOptions: yes, no"
+    assert instruction_text("Do it.", "in", 1, ("a", "b")) == "Instruction: Do it.\nInput: in\nOptions: a, b"
+    assert instruction_text("Do it.", "in", 1) == "Instruction: Do it.\nInput: in"
+    bad = [(["yes"], "a list of at least 2 strings"), (["yes", "yes"], "distinct"),
+           (["maybe", "no"], "output 'yes' is not one of the options"), ("yes", "a list")]  # fmt: skip
+    for options, message in bad:
+        f.write_text(json.dumps({"instruction": "Is it red?", "output": "yes", "options": options}) + "\n")
+        with pytest.raises(TaskDataError, match=f"ins.jsonl:1: .*{message}"):
+            read_instructions(f)
+
+
+def test_eval_rank_classifies_examples_with_options_and_agrees_with_its_predictions(world, pretrained, tmp_path):
+    from eval import instruct as ev
+    from eval.scoring import Scorer
+
+    rows = [json.loads(line) for line in (world / "instructions_val.jsonl").read_text().splitlines()]
+    image = next(r["image"] for r in rows if r["image"])
+    mine = [{"task": "yesno", "instruction": "Say yes or no.", "image": image, "input": "is it red?", "output": a,
+             "options": ["yes", "no"]} for a in ("yes", "no", "no")]  # fmt: skip
+    mine += [{"task": "caption", "instruction": "Describe it.", "image": image, "output": f"a {c} circle."}
+             for c in ("red", "blue")]  # fmt: skip
+    mine += [{"task": "truth", "instruction": "True?", "input": "scene: a red circle. claim: it is red.", "output": a,
+              "options": ["yes", "no", "maybe"]} for a in ("yes", "no")]  # fmt: skip
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in mine))
+    out = tmp_path / "r.json"
+    args = ["--checkpoint", str(pretrained), "--data", str(data), "--image-root", str(world), "--out", str(out),
+            "--max-new-tokens", "2", "--batch-size", "4"]  # fmt: skip
+    result = ev.main(args)
+    entry = result["results"][0]
+    assert {k for k in entry if k.startswith("option_")} == {
+        "option_accuracy/yesno", "option_chance/yesno", "option_accuracy/truth", "option_chance/truth"}  # fmt: skip
+    rows = [json.loads(line) for line in Path(result["predictions"]).read_text().splitlines()]
+    scorer = Scorer.from_checkpoint(pretrained, progress=False)
+    for task, n in (("yesno", 2), ("truth", 3)):
+        mine = [r for r in rows if r["task"] == task]
+        hits = [r["option"] == r["expected"] for r in mine]
+        assert entry[f"option_accuracy/{task}"]["mean"] == pytest.approx(sum(hits) / len(hits))
+        assert entry[f"option_chance/{task}"] == pytest.approx(1 / n)
+    assert not any("option" in r for r in rows if r["task"] == "caption")
+    # the pick is the option the model scores highest after "Assistant:"
+    data = {e.id: e for e in read_instructions(data, world).examples}
+    for row in rows:
+        ex = data[row["id"]]
+        if ex.options:
+            query = ev.instruction_query(ex, 0, scorer.prompts.text is not None)
+            scores = scorer.score([(query, " " + o) for o in ex.options])
+            assert row["option"] == ex.options[max(range(len(ex.options)), key=lambda i: scores[i].logprob)]

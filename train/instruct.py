@@ -4,10 +4,12 @@
 
 Each example (instruction, optional input and image, output; see ``data.tasks.read_instructions``) is rendered by
 one of several templates chosen at random (``data.templates.INSTRUCTION_TEMPLATES``) into a chat turn
-``[image] User: ...\\nAssistant:`` followed by the output and ``</s>``; the loss counts the output only. Short
-examples are packed into rows of ``--seq_len`` tokens. The task clusters in ``--heldout_tasks`` are never trained
-on: at the end ``eval/instruct.py`` scores them (and the trained clusters) on the validation file for the starting
-checkpoint and the tuned one, so the printed table shows zero-shot transfer to unseen instruction types.
+``[image] User: ...\\nAssistant:`` followed by the output and ``</s>``; a closed-set task's options are
+listed after the input, as FLAN lists them. The loss counts the output only. Short examples are packed into rows
+of ``--seq_len`` tokens. The task clusters in ``--heldout_tasks`` are never trained on: at the end
+``eval/instruct.py`` scores them (and the trained clusters) on the validation file for the starting checkpoint and
+the tuned one, by exact match of the generated answer and, where the examples list options, by rank
+classification, so the printed table shows zero-shot transfer to unseen instruction types.
 With ``--encode_user`` (auto: when the model has a text encoder) the user's words go through the bidirectional
 text encoder, as MetaLM reads an instruction; the answer is written causally.
 """
@@ -77,7 +79,7 @@ class InstructBatcher(IndexedBatches):
         self._steps: dict[int, int] = {}  # steps per epoch, kept after the plan itself is dropped
 
     def render(self, ex: InstructionExample, template: int):
-        text = instruction_text(ex.instruction, ex.input, template)
+        text = instruction_text(ex.instruction, ex.input, template, ex.options)
         prompt = chat_prompt([Turn("user", text, [ex.image] if ex.image else [])], self.encode_user)
         return prompt, self.tok.encode(" " + ex.output.strip()) + [self.tok.eos_id]
 
@@ -171,10 +173,10 @@ def run(cfg: InstructConfig) -> dict:
     world = Path(cfg.world)
     train_file = Path(cfg.data) if cfg.data else world / "instructions_train.jsonl"
     val_file = Path(cfg.val_data) if cfg.val_data else world / "instructions_val.jsonl"
-    if not cfg.data and not train_file.is_file():
-        from data.world import generate_world
+    if not cfg.data or not cfg.val_data:  # the world's files: make or update them
+        from data.world import current_world
 
-        generate_world(world)
+        current_world(world)
     root = cfg.image_root or None
     heldout = {t.strip() for t in cfg.heldout_tasks.split(",") if t.strip()}
     train_ex, _ = split_tasks(read_instructions(train_file, root).examples, heldout)
@@ -200,13 +202,20 @@ def run(cfg: InstructConfig) -> dict:
             after = evaluate_instructions(result.final_dir, cfg, val_file, out / "eval-after.json", encode)
             b, a = before["results"][0], after["results"][0]
             table = {}
-            print("exact match per task cluster (validation), before -> after instruction tuning:")
+            print("per task cluster (validation), before -> after instruction tuning:")
+            print(f"  {'cluster':10s} {'':10s} {'exact match':>14s}   {'rank classification (chance)':>30s}")
             for key in sorted(k for k in a if k.startswith("exact_match/")):
                 task = key.split("/", 1)[1]
-                kind = "held out" if task in heldout else "trained"
-                table[task] = {"kind": kind, "before": b[key]["mean"], "after": a[key]["mean"]}
-                print(f"  {task:10s} ({kind:8s}): {b[key]['mean']:.2f} -> {a[key]['mean']:.2f}")
-            summary["exact_match"] = table
+                row = table[task] = {"kind": "held out" if task in heldout else "trained",
+                                     "before": b[key]["mean"], "after": a[key]["mean"]}  # fmt: skip
+                line = f"  {task:10s} {'(' + row['kind'] + ')':10s} {row['before']:6.2f} -> {row['after']:4.2f}"
+                if f"option_accuracy/{task}" in a:
+                    row["option_chance"] = a[f"option_chance/{task}"]
+                    row["option_before"] = b[f"option_accuracy/{task}"]["mean"]
+                    row["option_after"] = a[f"option_accuracy/{task}"]["mean"]
+                    line += f"   {row['option_before']:10.2f} -> {row['option_after']:.2f} ({row['option_chance']:.2f})"
+                print(line)
+            summary["clusters"] = table
         (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
