@@ -75,10 +75,13 @@ class FittedPrompts:
         self.prompts += 1
         for start in range(len(demos) + 1):
             prompt = few_shot_prompt(demos[start:], query, self.mode, encode_query=self.encode_query)
-            fits = len(self.scorer.encode(prompt).ids) + reserve <= self.scorer.max_len if demos else True
-            if fits or start == len(demos):  # the query alone too long: the scorer says so
-                self.shortened += start > 0
+            if not demos:
+                return prompt
+            encoded = self.scorer.encode(prompt)
+            if len(encoded.ids) + reserve <= self.scorer.max_len or start == len(demos):  # too long alone: the
+                self.shortened += start > 0  # scorer says so
                 self.demos_shown += len(demos) - start
+                self.scorer.keep(prompt, encoded)  # measured once, scored without encoding it again
                 return prompt
         raise AssertionError("unreachable")
 

@@ -85,6 +85,7 @@ class Scorer:
                 " they do not belong together"
             )
         self.prompts = PromptEncoder(model, tokenizer, vision, text)
+        self._kept: dict[int, tuple[Prompt | str, Encoded]] = {}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> Scorer:
@@ -99,8 +100,17 @@ class Scorer:
     # ---- prompts -> ids and docks ----
 
     def encode(self, prompt: Prompt | str) -> Encoded:
-        """Decoder ids and docks of a prompt (see ``data.prompts``)."""
+        """Decoder ids and docks of a prompt (see ``data.prompts``); one handed to ``keep`` is not encoded again."""
+        kept = self._kept.pop(id(prompt), None)
+        if kept is not None and kept[0] is prompt:
+            return kept[1]
         return self.prompts.encode(prompt)
+
+    def keep(self, prompt: Prompt | str, encoded: Encoded) -> None:
+        """Hold ``encoded`` for the next ``score``/``rank``/``generate`` call that gets this very ``prompt`` object
+        (a caller that measured a prompt need not have its images read twice). Held encodings last until the end
+        of that next call."""
+        self._kept[id(prompt)] = (prompt, encoded)
 
     def _check_len(self, n: int, what: str) -> None:
         if n > self.max_len:
@@ -151,6 +161,7 @@ class Scorer:
                 total = float(logp.gather(1, target[:, None]).sum())
                 greedy = bool((logits.argmax(-1) == target).all())
                 results[i] = OptionScore(total, len(cont), greedy)
+        self._kept.clear()
         return results  # type: ignore[return-value]
 
     def rank(self, options: Sequence[Sequence[tuple[Prompt, str]]], desc: str = "ranking") -> list[list[OptionScore]]:
@@ -191,6 +202,7 @@ class Scorer:
                 if self.tokenizer.eos_id in new:
                     new = new[: new.index(self.tokenizer.eos_id)]
                 answers[i] = cut_at_stop(self.tokenizer.decode(new), settings.stop)
+        self._kept.clear()
         return answers  # type: ignore[return-value]
 
 

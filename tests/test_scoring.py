@@ -188,3 +188,29 @@ def test_few_shot_prompts_drop_the_earliest_demonstrations_to_fit(scorer):
     stats = fit.stats()
     assert stats["prompts_shortened"] == 1 and stats["mean_demonstrations"] == (len(shown) + 1) / 2
     assert fit.stats()["prompts_shortened"] == 0  # reset
+
+
+def test_a_measured_few_shot_prompt_is_encoded_once(scorer, monkeypatch):
+    from eval.common import FittedPrompts
+    from eval.icl import Demo
+
+    demos = [Demo([ImageSeg(image(0)), "shape 0:"], " yes", 0), Demo("shape 1:", " no", 1)]
+    fit = FittedPrompts(scorer, "causal", False)
+    queries = [[ImageSeg(image(10 + q)), "shape?"] for q in range(2)]
+    want = [scorer.score([(few, " yes")])[0].logprob for few in (few_shot(demos, q) for q in queries)]
+    calls = []
+    real = scorer.prompts.encode
+    monkeypatch.setattr(scorer.prompts, "encode", lambda p: calls.append(id(p)) or real(p))
+    prompts = [fit(demos, q, reserve=2) for q in queries]
+    got = [s.logprob for s in scorer.score([(p, " yes") for p in prompts])]
+    assert got == pytest.approx(want, abs=1e-5)
+    assert sorted(calls) == sorted(id(p) for p in prompts)  # measured once, not encoded again to be scored
+    assert scorer._kept == {}  # nothing held after the call
+    scorer.score([(prompts[0], " yes")])
+    assert calls.count(id(prompts[0])) == 2  # a later call encodes afresh
+
+
+def few_shot(demos, query):
+    from eval.icl import few_shot_prompt
+
+    return few_shot_prompt(demos, query, "causal")
