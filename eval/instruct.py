@@ -5,13 +5,14 @@ zero-shot transfer to task clusters held out of instruction tuning (``train/inst
 Examples that list their allowed answers (``options``, FLAN's OPTIONS: yes/no, a count, which scene) show them
 in the prompt and are also scored by rank classification, as FLAN scores its classification tasks: the model's
 answer is the option it gives the highest log-probability after ``Assistant:``. This measures whether the model
-knows the answer apart from whether it writes it in the expected form; chance is one over the number of options.
+knows the answer apart from whether it writes it in the expected form. Beside it: chance (one over the number of
+options) and the majority baseline (always the cluster's most frequent answer).
 """
 
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import from the repository root, not from eval/
@@ -55,16 +56,19 @@ def run(args, scorer=None) -> dict:
     ranked = [i for i, ex in enumerate(examples) if ex.options]
     if ranked:
         picks = rank_options(scorer, [queries[i] for i in ranked], [list(examples[i].options) for i in ranked])
-        hits, chance = defaultdict(list), defaultdict(list)
+        hits, chance, gold = defaultdict(list), defaultdict(list), defaultdict(list)
         for i, pick in zip(ranked, picks, strict=True):
             ex = examples[i]
             outcome.predictions[i]["option"] = pick
             hits[ex.task].append(pick == ex.output.strip())
             chance[ex.task].append(1 / len(ex.options))
+            gold[ex.task].append(ex.output.strip())
         entry = outcome.results[0]
         for task, h in sorted(hits.items()):
             entry[f"option_accuracy/{task}"] = {"trials": [sum(h) / len(h)], "mean": sum(h) / len(h), "std": 0.0}
             entry[f"option_chance/{task}"] = sum(chance[task]) / len(chance[task])
+            # what always giving the cluster's most frequent answer would score here
+            entry[f"option_majority/{task}"] = Counter(gold[task]).most_common(1)[0][1] / len(h)
     header = {"n": len(examples), "tasks": {t: len(v) for t, v in sorted(by_task.items())},
               "template": f"[image] User: {{instruction text, template {args.template}}}\\nAssistant: [answer]",
               "encode_user": encode, "decoding": settings.to_dict(), "data": data.report.to_dict(),

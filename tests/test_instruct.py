@@ -178,8 +178,9 @@ def test_eval_rank_classifies_examples_with_options_and_agrees_with_its_predicti
             "--max-new-tokens", "2", "--batch-size", "4"]  # fmt: skip
     result = ev.main(args)
     entry = result["results"][0]
-    assert {k for k in entry if k.startswith("option_")} == {
-        "option_accuracy/yesno", "option_chance/yesno", "option_accuracy/truth", "option_chance/truth"}  # fmt: skip
+    assert {k for k in entry if k.startswith("option_")} == {f"option_{m}/{t}" for m in ("accuracy", "chance",
+                                                              "majority") for t in ("yesno", "truth")}  # fmt: skip
+    assert entry["option_majority/yesno"] == pytest.approx(2 / 3) and entry["option_majority/truth"] == 0.5
     rows = [json.loads(line) for line in Path(result["predictions"]).read_text().splitlines()]
     scorer = Scorer.from_checkpoint(pretrained, progress=False)
     for task, n in (("yesno", 2), ("truth", 3)):

@@ -58,8 +58,8 @@ class InstructConfig(TrainConfig):
     final_eval: bool = _f(True, "score held-out and trained clusters before and after tuning (eval/instruct.py)")
 
 
-INSTRUCT_DEFAULTS = dict(max_steps=300, lr=3e-4, warmup_steps=30, out="runs/instruct", eval_every=100,
-                         ckpt_every=100, vision_warmup_steps=0)  # fmt: skip
+INSTRUCT_DEFAULTS = dict(max_steps=900, lr=3e-4, warmup_steps=30, out="runs/instruct", eval_every=300,
+                         ckpt_every=300, vision_warmup_steps=0)  # fmt: skip
 
 
 class InstructBatcher(IndexedBatches):
@@ -203,7 +203,9 @@ def run(cfg: InstructConfig) -> dict:
             b, a = before["results"][0], after["results"][0]
             table = {}
             print("per task cluster (validation), before -> after instruction tuning:")
-            print(f"  {'cluster':10s} {'':10s} {'exact match':>14s}   {'rank classification (chance)':>30s}")
+            print(
+                f"  {'cluster':21s} {'exact match':>14s} {'rank classification':>22s} {'chance':>7s} {'majority':>9s}"
+            )
             for key in sorted(k for k in a if k.startswith("exact_match/")):
                 task = key.split("/", 1)[1]
                 row = table[task] = {"kind": "held out" if task in heldout else "trained",
@@ -211,9 +213,11 @@ def run(cfg: InstructConfig) -> dict:
                 line = f"  {task:10s} {'(' + row['kind'] + ')':10s} {row['before']:6.2f} -> {row['after']:4.2f}"
                 if f"option_accuracy/{task}" in a:
                     row["option_chance"] = a[f"option_chance/{task}"]
+                    row["option_majority"] = a[f"option_majority/{task}"]
                     row["option_before"] = b[f"option_accuracy/{task}"]["mean"]
                     row["option_after"] = a[f"option_accuracy/{task}"]["mean"]
-                    line += f"   {row['option_before']:10.2f} -> {row['option_after']:.2f} ({row['option_chance']:.2f})"
+                    line += (f" {row['option_before']:14.2f} -> {row['option_after']:.2f} {row['option_chance']:7.2f}"
+                             f" {row['option_majority']:9.2f}")  # fmt: skip
                 print(line)
             summary["clusters"] = table
         (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
