@@ -139,8 +139,10 @@ def load_config_source(source: str, cls: type[TrainConfig] = TrainConfig) -> dic
 
 
 def build_parser(description: str, cls: type[TrainConfig] = TrainConfig, defaults: dict | None = None):
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default="tiny", help=f"named config ({', '.join(NAMED)}) or a YAML file")
+    # each help names its field's real default itself: the flags default to None (meaning "not given")
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default="tiny",
+                        help=f"named config ({', '.join(NAMED)}) or a YAML file (default: tiny)")  # fmt: skip
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         default = (defaults or {}).get(f.name, default)
