@@ -1,7 +1,9 @@
 """The bundled world: seeded images of coloured shapes with captions, VQA, text tasks, instructions and a corpus.
 
 Everything is written in public formats (PNG, COCO captions, VQAv2, GLUE tsv, jsonl) so the loaders for real data
-serve it too. A few (color, shape) pairs never appear outside the ``heldout`` split, for zero-shot tests.
+serve it too. A few (color, shape) pairs never appear outside the ``heldout`` split, for zero-shot tests. The
+instructions come in task clusters (``IMAGE_TASKS``, ``TEXT_TASKS``, ``MORE_IMAGE_TASKS``, ``MORE_TEXT_TASKS``),
+so that some can be held out of instruction tuning; closed-set tasks list their ``options``.
 """
 
 from __future__ import annotations
