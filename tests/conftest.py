@@ -62,3 +62,34 @@ def tiny_metalm(vocab: int, *, text: bool = True, vision: bool = True, img_size:
         )  # fmt: skip
     dec = dict(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, max_seq_len=max_len, init_std=0.2, **decoder)
     return MetaLM(MetaLMConfig(DecoderConfig(**dec), encoders)).eval()
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A small bundled world, shared by the finetuning and instruction-tuning tests (read it, do not write to it)."""
+    from data.world import generate_world
+
+    out = tmp_path_factory.mktemp("world") / "world"
+    generate_world(out, seed=2, n_train=40, n_val=16, n_test=2, n_heldout=4, n_docs=20)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_pretrained(small_world, tmp_path_factory):
+    """A tiny random MetaLM (frozen ViT, learned positions) and a BPE tokenizer trained on ``small_world``'s corpus
+    and instructions, saved as pretraining leaves them."""
+    import json
+
+    from data.tokenizer import Tokenizer
+
+    out = tmp_path_factory.mktemp("pretrained") / "final"
+    texts = [
+        json.loads(line)["text"] for line in (small_world / "text" / "corpus_train.jsonl").read_text().splitlines()
+    ]
+    texts += (small_world / "instructions_train.jsonl").read_text().splitlines()
+    tok = Tokenizer.train(texts, vocab_size=500)
+    model = tiny_metalm(tok.vocab_size, img_size=32, patch_size=8, max_len=256, vision_freeze="all",
+                        positions="learned")  # fmt: skip
+    model.save_pretrained(out)
+    tok.save(out)
+    return out

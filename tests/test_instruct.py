@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_metalm
 
 from data.prompts import PromptEncoder
 from data.tasks import TaskDataError, read_instructions
 from data.tokenizer import Tokenizer
-from data.world import generate_world
 from metalm import MetaLM
 from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
@@ -25,22 +23,14 @@ from train.instruct import InstructBatcher, split_tasks
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("w") / "world"
-    generate_world(out, seed=2, n_train=40, n_val=16, n_test=2, n_heldout=4, n_docs=20)
-    return out
+@pytest.fixture
+def world(small_world) -> Path:
+    return small_world
 
 
-@pytest.fixture(scope="module")
-def pretrained(world, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pre") / "final"
-    texts = [json.loads(line)["text"] for line in (world / "text" / "corpus_train.jsonl").read_text().splitlines()]
-    texts += [json.dumps(json.loads(line)) for line in (world / "instructions_train.jsonl").read_text().splitlines()]
-    tok = Tokenizer.train(texts, vocab_size=500)
-    tiny_metalm(tok.vocab_size, img_size=32, patch_size=8, max_len=256, positions="learned").save_pretrained(out)
-    tok.save(out)
-    return out
+@pytest.fixture
+def pretrained(small_pretrained) -> Path:
+    return small_pretrained
 
 
 def batcher(world, pretrained, pack=True, rank=0, world_size=1, encode=True, seq_len=256):
