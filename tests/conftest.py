@@ -65,8 +65,9 @@ def tiny_metalm(vocab: int, *, text: bool = True, vision: bool = True, img_size:
 
 
 @pytest.fixture(scope="session")
-def small_world(tmp_path_factory):
-    """A small bundled world, shared by the finetuning and instruction-tuning tests (read it, do not write to it)."""
+def world(tmp_path_factory):
+    """A small bundled world, shared by the finetuning and instruction-tuning tests (read it, do not write to it).
+    Modules that need another world define their own ``world`` fixture, which takes precedence."""
     from data.world import generate_world
 
     out = tmp_path_factory.mktemp("world") / "world"
@@ -75,18 +76,16 @@ def small_world(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def small_pretrained(small_world, tmp_path_factory):
-    """A tiny random MetaLM (frozen ViT, learned positions) and a BPE tokenizer trained on ``small_world``'s corpus
-    and instructions, saved as pretraining leaves them."""
+def pretrained(world, tmp_path_factory):
+    """A tiny random MetaLM (frozen ViT, learned positions) and a BPE tokenizer trained on ``world``'s corpus and
+    instructions, saved as pretraining leaves them."""
     import json
 
     from data.tokenizer import Tokenizer
 
     out = tmp_path_factory.mktemp("pretrained") / "final"
-    texts = [
-        json.loads(line)["text"] for line in (small_world / "text" / "corpus_train.jsonl").read_text().splitlines()
-    ]
-    texts += (small_world / "instructions_train.jsonl").read_text().splitlines()
+    texts = [json.loads(line)["text"] for line in (world / "text" / "corpus_train.jsonl").read_text().splitlines()]
+    texts += (world / "instructions_train.jsonl").read_text().splitlines()
     tok = Tokenizer.train(texts, vocab_size=500)
     model = tiny_metalm(tok.vocab_size, img_size=32, patch_size=8, max_len=256, vision_freeze="all",
                         positions="learned")  # fmt: skip

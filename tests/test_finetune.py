@@ -22,16 +22,6 @@ from train.finetune import FINETUNE_DEFAULTS, ExampleBatcher, FinetuneConfig, co
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def world(small_world) -> Path:
-    return small_world
-
-
-@pytest.fixture
-def pretrained(small_pretrained) -> Path:
-    return small_pretrained
-
-
 def cfg(world, pretrained, *extra) -> FinetuneConfig:
     return parse_config(["--init_from", str(pretrained), "--world", str(world), "--batch_size", "4", *extra],
                         cls=FinetuneConfig, defaults=FINETUNE_DEFAULTS)  # fmt: skip

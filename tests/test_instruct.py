@@ -23,16 +23,6 @@ from train.instruct import InstructBatcher, split_tasks
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def world(small_world) -> Path:
-    return small_world
-
-
-@pytest.fixture
-def pretrained(small_pretrained) -> Path:
-    return small_pretrained
-
-
 def batcher(world, pretrained, pack=True, rank=0, world_size=1, encode=True, seq_len=256):
     model, tok = MetaLM.from_pretrained(pretrained), Tokenizer.load(pretrained)
     examples, _ = split_tasks(read_instructions(world / "instructions_train.jsonl").examples, {"count", "truth"})
