@@ -159,3 +159,11 @@ def instruction_text(instruction: str, input: str = "", template: int = 0, optio
     if input:
         text = INSTRUCTION_TEMPLATES[template % len(INSTRUCTION_TEMPLATES)].format(instruction=instruction, input=input)
     return f"{text}\n{OPTIONS} {', '.join(options)}" if options else text
+
+
+def instruction_prompt(example, template: int = 0, encode_user: bool = False) -> list[Segment]:
+    """An instruction example (``data.tasks.InstructionExample``: instruction, input, options, optional image) as
+    one user turn under template number ``template``, ending with ``Assistant:``; instruction tuning trains on it
+    and ``eval/instruct.py`` scores it."""
+    text = instruction_text(example.instruction, example.input, template, example.options)
+    return chat_prompt([Turn("user", text, [example.image] if example.image else [])], encode_user=encode_user)

@@ -23,7 +23,7 @@ from eval.cli import base_parser  # noqa: E402
 
 def run(args, scorer=None) -> dict:
     from data.tasks import read_instructions
-    from data.templates import CHAT_STOP
+    from data.templates import CHAT_STOP, instruction_prompt
     from eval.common import Query, answer, finish, load_scorer, settings_from
     from eval.metrics import normalize_vqa_answer
 
@@ -40,7 +40,7 @@ def run(args, scorer=None) -> dict:
     scorer = scorer or load_scorer(args)
     encode = {"auto": scorer.prompts.text is not None, "true": True, "false": False}[args.encode_user]
 
-    queries = [Query(ex.id, instruction_query(ex, args.template, encode)) for ex in examples]
+    queries = [Query(ex.id, instruction_prompt(ex, args.template, encode)) for ex in examples]
 
     def metric(answers: list[str]) -> dict[str, float]:
         hits: dict[str, list[bool]] = defaultdict(list)
@@ -74,15 +74,6 @@ def run(args, scorer=None) -> dict:
               "encode_user": encode, "decoding": settings.to_dict(), "data": data.report.to_dict(),
               "skipped": dict(data.report.skipped)}  # fmt: skip
     return finish(args, args.benchmark, header, outcome)
-
-
-def instruction_query(ex, template: int, encode_user: bool):
-    """The prompt for one example: its image, then the user's words (and options) under ``template``, then
-    ``Assistant:``."""
-    from data.templates import Turn, chat_prompt, instruction_text
-
-    text = instruction_text(ex.instruction, ex.input, template, ex.options)
-    return chat_prompt([Turn("user", text, [ex.image] if ex.image else [])], encode_user=encode_user)
 
 
 def rank_options(scorer, queries, options: list[list[str]]) -> list[str]:

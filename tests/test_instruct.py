@@ -140,6 +140,7 @@ def test_options_are_read_checked_and_shown(tmp_path):
 
 
 def test_eval_rank_classifies_examples_with_options_and_agrees_with_its_predictions(world, pretrained, tmp_path):
+    from data.templates import instruction_prompt
     from eval import instruct as ev
     from eval.scoring import Scorer
 
@@ -174,6 +175,6 @@ def test_eval_rank_classifies_examples_with_options_and_agrees_with_its_predicti
     for row in rows:
         ex = data[row["id"]]
         if ex.options:
-            query = ev.instruction_query(ex, 0, scorer.prompts.text is not None)
+            query = instruction_prompt(ex, 0, scorer.prompts.text is not None)
             scores = scorer.score([(query, " " + o) for o in ex.options])
             assert row["option"] == ex.options[max(range(len(ex.options)), key=lambda i: scores[i].logprob)]

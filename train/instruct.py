@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from data.collate import Batch  # noqa: E402
 from data.prompts import Encoded, EncodedSeg, ImageSeg, PromptEncoder, SpecialSeg  # noqa: E402
 from data.tasks import InstructionExample, read_instructions  # noqa: E402
-from data.templates import INSTRUCTION_TEMPLATES, Turn, chat_prompt, instruction_text  # noqa: E402
+from data.templates import INSTRUCTION_TEMPLATES, instruction_prompt  # noqa: E402
 from data.tokenizer import Tokenizer  # noqa: E402
 from metalm.loss import IGNORE_INDEX  # noqa: E402
 from train.config import TrainConfig, _f, parse_config  # noqa: E402
@@ -79,9 +79,8 @@ class InstructBatcher(IndexedBatches):
         self._steps: dict[int, int] = {}  # steps per epoch, kept after the plan itself is dropped
 
     def render(self, ex: InstructionExample, template: int):
-        text = instruction_text(ex.instruction, ex.input, template, ex.options)
-        prompt = chat_prompt([Turn("user", text, [ex.image] if ex.image else [])], self.encode_user)
-        return prompt, self.tok.encode(" " + ex.output.strip()) + [self.tok.eos_id]
+        answer = self.tok.encode(" " + ex.output.strip()) + [self.tok.eos_id]
+        return instruction_prompt(ex, template, self.encode_user), answer
 
     def length(self, ex: InstructionExample, template: int) -> int:
         prompt, answer = self.render(ex, template)
