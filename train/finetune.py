@@ -35,7 +35,7 @@ from data.tokenizer import Tokenizer  # noqa: E402
 from metalm.loss import IGNORE_INDEX  # noqa: E402
 from metalm.model import MetaLM  # noqa: E402
 from train.config import TrainConfig, _f, parse_config  # noqa: E402
-from train.loop import setup_env, train, validation_loss  # noqa: E402
+from train.loop import setup_env, train, validation_loss, write_summary  # noqa: E402
 
 log = logging.getLogger("metalm.finetune")
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,9 +232,7 @@ def load_pretrained(cfg: TrainConfig, encode_flag: str, flag: str):
 def report_final(result, summary: dict, val_name: str) -> None:
     """Add the run's first and last training loss, last validation loss and final checkpoint to ``summary``, and
     print them."""
-    vals = [m["val_loss"] for m in result.metrics if "val_loss" in m]
-    summary.update(first_loss=result.losses[0], last_loss=result.losses[-1], val_loss=vals[-1],
-                   final=str(result.final_dir))  # fmt: skip
+    summary.update(result.final_losses())
     print(f"\nfinal checkpoint: {result.final_dir}")
     print(f"training loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} over {result.step} steps; "
           f"{val_name} {summary['val_loss']:.3f}")  # fmt: skip
@@ -266,7 +264,7 @@ def run(cfg: FinetuneConfig) -> dict:
             print("evaluating:", " ".join(cmd[1:]), flush=True)
             subprocess.run(cmd, check=True)
             summary["eval"] = json.loads((Path(cfg.out) / "eval.json").read_text())
-        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_summary(cfg.out, summary)
     return summary
 
 

@@ -37,7 +37,7 @@ from data.tokenizer import Tokenizer  # noqa: E402
 from metalm.loss import IGNORE_INDEX  # noqa: E402
 from train.config import TrainConfig, _f, parse_config  # noqa: E402
 from train.finetune import IndexedBatches, load_pretrained, report_final  # noqa: E402
-from train.loop import train, validation_loss  # noqa: E402
+from train.loop import train, validation_loss, write_summary  # noqa: E402
 
 log = logging.getLogger("metalm.instruct")
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +219,7 @@ def run(cfg: InstructConfig) -> dict:
                              f" {row['option_majority']:9.2f}")  # fmt: skip
                 print(line)
             summary["clusters"] = table
-        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_summary(cfg.out, summary)
     return summary
 
 

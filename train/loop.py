@@ -279,6 +279,17 @@ class TrainResult:
     final_dir: Path | None = None
     metrics: list[dict] = field(default_factory=list)
 
+    def final_losses(self) -> dict[str, Any]:
+        """The first and last training loss, the last validation loss and the final checkpoint, for a summary."""
+        vals = [m["val_loss"] for m in self.metrics if "val_loss" in m]
+        return {"first_loss": self.losses[0], "last_loss": self.losses[-1], "val_loss": vals[-1],
+                "final": str(self.final_dir)}  # fmt: skip
+
+
+def write_summary(out: str | Path, summary: dict) -> None:
+    """``out/summary.json``: what a run learned, written atomically."""
+    atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+
 
 class Metrics:
     """JSONL (and TensorBoard where it is installed) on rank 0."""

@@ -32,7 +32,7 @@ from metalm.loss import IGNORE_INDEX
 from metalm.presets import get_preset
 from metalm.semicausal import semicausal_labels
 from train.config import TrainConfig, parse_config
-from train.loop import Env, latest_checkpoint, setup_env, train, validation_loss
+from train.loop import Env, latest_checkpoint, setup_env, train, validation_loss, write_summary
 
 log = logging.getLogger("metalm.pretrain")
 
@@ -230,12 +230,10 @@ def run(cfg: TrainConfig) -> dict:
                "reader": {"samples": stats.samples, "skipped": dict(stats.skipped)},
                "vision_warmup": vision_warmup}  # fmt: skip
     if result.final_dir is not None and env.main:
-        vals = [m["val_loss"] for m in result.metrics if "val_loss" in m]
-        summary.update(first_loss=result.losses[0], last_loss=result.losses[-1], val_loss=vals[-1],
-                       unigram_loss=baseline, final=str(result.final_dir))  # fmt: skip
+        summary.update(result.final_losses(), unigram_loss=baseline)
         for split in ("heldout", "val") if pcfg.vision_encoder else ():  # a text-only model has nothing to caption
             summary[f"{split}_captions"] = caption_split(model.eval(), tokenizer, pcfg, world, env.device, split)
-        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_summary(cfg.out, summary)
         report(summary, cfg)
     return summary
 
