@@ -742,8 +742,10 @@ def current_world(out_dir: str | os.PathLike) -> Path:
     """The world at ``out_dir`` brought up to this ``VERSION`` with the parameters it was made with (whatever its
     size); a directory without a world gets the default one."""
     meta = _read_meta(Path(out_dir))
-    if meta is None or meta.get("version") == VERSION or not isinstance(meta.get("params"), dict):
-        return generate_world(out_dir) if meta is None else Path(os.path.abspath(out_dir))
+    if meta is None:
+        return generate_world(out_dir)
+    if meta.get("version") == VERSION or not isinstance(meta.get("params"), dict):
+        return Path(os.path.abspath(out_dir))
     log.info("world at %s is version %s; regenerating it as version %d", out_dir, meta.get("version"), VERSION)
     return generate_world(out_dir, **meta["params"])
 
