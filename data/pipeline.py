@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data.collate import Batch
+from data.batch import Batch
 from data.reader import ReaderStats, iter_samples
 from metalm.docking import Dock, contiguous_positions, span_dock
 from metalm.loss import IGNORE_INDEX

@@ -15,7 +15,7 @@ def base_parser(description: str, generative: bool = False, classification: bool
     p.add_argument("--checkpoint", required=True, help="MetaLM checkpoint directory (config.json, "
                    "model.safetensors, tokenizer.json), e.g. runs/tiny/final")  # fmt: skip
     p.add_argument("--out", default=None, help="results JSON (predictions go beside it as .predictions.jsonl); "
-                   "default: eval/results/<benchmark>.json")  # fmt: skip
+                   "default: results/<benchmark>.json")  # fmt: skip
     p.add_argument("--shots", default="0", help="comma-separated numbers of in-context demonstrations, e.g. 0,1,4")
     p.add_argument("--trials", type=int, default=3, help="demonstration sets drawn per shot count (k > 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first trial's demonstrations")

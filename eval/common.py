@@ -233,7 +233,7 @@ def answer(
 
 
 def default_out(benchmark: str) -> Path:
-    return Path("eval/results") / f"{benchmark}.json"
+    return Path("results") / f"{benchmark}.json"
 
 
 def write_outputs(args: argparse.Namespace, benchmark: str, header: dict, outcome: Outcome) -> Path:

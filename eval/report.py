@@ -14,7 +14,7 @@ encoder) and image-caption pairs, the GPT on the same documents read causally. T
 - **in-context**: k = 0, 1, 4 demonstrations (several seeded trials), with no, contextual and prototypical
   calibration; MetaLM also with its demonstrations docked through the encoder.
 
-The numbers go to ``eval/results/report.md`` (tables and plots) and ``report.json``, whatever they say.
+The numbers go to ``results/report.md`` (tables and plots) and ``report.json``, whatever they say.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--limit", type=int, default=200, help="evaluation examples per task")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default="runs/report", help="where the trained models go")
-    p.add_argument("--results", default="eval/results", help="where report.md, report.json and plots go")
+    p.add_argument("--results", default="results", help="where report.md, report.json and plots go")
     return run(p.parse_args(argv))
 
 

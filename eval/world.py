@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, scorer=None) -> dict:
 
     world, split = Path(args.world), args.split
     scorer = scorer or load_scorer(args)
-    out = Path(args.out) if args.out else Path("eval/results") / f"world-{split}.json"
+    out = Path(args.out) if args.out else Path("results") / f"world-{split}.json"
     summary: dict = {"checkpoint": str(args.checkpoint), "split": split, "tasks": {}}
     wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(wanted) - set(TASKS))

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from data.collate import Batch
+from data.batch import Batch
 from metalm import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLM, MetaLMConfig
 from metalm.docking import Dock, contiguous_positions, span_dock
 

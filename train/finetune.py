@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
 
 import torch  # noqa: E402
 
-from data.collate import Batch  # noqa: E402
+from data.batch import Batch  # noqa: E402
 from data.prompts import Prompt, PromptEncoder, through_encoder  # noqa: E402
 from data.tokenizer import Tokenizer  # noqa: E402
 from metalm.loss import IGNORE_INDEX  # noqa: E402

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
 
 import torch  # noqa: E402
 
-from data.collate import Batch  # noqa: E402
+from data.batch import Batch  # noqa: E402
 from data.prompts import Encoded, EncodedSeg, ImageSeg, PromptEncoder, SpecialSeg  # noqa: E402
 from data.tasks import InstructionExample, read_instructions  # noqa: E402
 from data.templates import INSTRUCTION_TEMPLATES, instruction_prompt  # noqa: E402

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data.collate import Batch
+from data.batch import Batch
 from data.pipeline import BatchStream, PipelineConfig, batches, image_tensor, load_batches
 from data.reader import ReaderStats, expand_urls, iter_samples
 from data.shards import write_coco_captions, write_text
