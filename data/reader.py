@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import random
-import re
 import tarfile
 import zlib
 from collections import Counter
@@ -30,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import braceexpand
-import torch
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import get_worker_info
 
-from data.shards import IMAGE_EXTS, IMAGE_KINDS, KINDS
+from data.shards import IMAGE_EXTS, IMAGE_KINDS, KINDS, is_remote
 
 _log = logging.getLogger(__name__)
 _WARNINGS = 5
@@ -66,18 +64,15 @@ class ReaderStats:
     def since(self, earlier: ReaderStats) -> ReaderStats:
         """What was counted after ``earlier`` (a ``copy`` of these stats): how a DataLoader worker ships its counts
         to the training process a batch at a time, since each worker process updates only its own stats."""
-        return ReaderStats(self.samples - earlier.samples, self.skipped - earlier.skipped,
-                           self.examples[len(earlier.examples) :])  # fmt: skip
+        return ReaderStats(
+            self.samples - earlier.samples, self.skipped - earlier.skipped, self.examples[len(earlier.examples) :]
+        )
 
     def add(self, other: ReaderStats) -> None:
         """Add counts shipped from another process (see ``since``); examples stay capped."""
         self.samples += other.samples
         self.skipped.update(other.skipped)
         self.examples += other.examples[: max(0, _EXAMPLES - len(self.examples))]
-
-
-def _is_remote(url: str) -> bool:
-    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", url) is not None
 
 
 def expand_urls(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -87,7 +82,7 @@ def expand_urls(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
     urls: list[str] = []
     for item in items:
         for url in braceexpand.braceexpand(str(item)):
-            if _is_remote(url):
+            if is_remote(url):
                 urls.append(url)
             elif os.path.isdir(url):
                 found = sorted(str(p) for p in Path(url).glob("*.tar"))
@@ -135,7 +130,7 @@ def _split_name(name: str) -> tuple[str | None, str]:
 
 
 def _open(url: str):
-    if _is_remote(url):
+    if is_remote(url):
         from webdataset.gopen import gopen
 
         return gopen(url, "rb")
@@ -258,7 +253,7 @@ def _check(urls: list[str], shuffle_buffer: int, epoch: int, resample: bool, ran
     if len(urls) < world_size and not resample:
         raise ValueError(
             f"{len(urls)} shard(s) for {world_size} ranks: rank {len(urls)} and up would get none; write smaller "
-            "shards (--max-per-shard) or read with resample=True, which splits the shards' samples over ranks"
+            "shards (--max_per_shard) or read with resample=True, which splits the shards' samples over ranks"
         )
 
 
@@ -298,9 +293,16 @@ def iter_samples(
 
 
 def _stream(
-    urls: list[str], shuffle_buffer: int, seed: int, epoch: int, resample: bool, rank: int, world_size: int,
-    stats: ReaderStats, share: tuple[int, int] | None,
-) -> Iterator[dict]:  # fmt: skip
+    urls: list[str],
+    shuffle_buffer: int,
+    seed: int,
+    epoch: int,
+    resample: bool,
+    rank: int,
+    world_size: int,
+    stats: ReaderStats,
+    share: tuple[int, int] | None,
+) -> Iterator[dict]:
     worker, workers = share if share is not None else _worker()  # read where the stream is consumed
     while True:
         mine, offset, stride = _share(urls, shuffle_buffer > 0, seed, epoch, rank, world_size, worker, workers)
@@ -323,40 +325,3 @@ def _stream(
                 f"(skipped so far: {dict(stats.skipped)}); resampling would loop forever"
             )
         epoch += 1
-
-
-class ShardDataset(IterableDataset):
-    """``iter_samples`` as a torch IterableDataset for a DataLoader (any number of workers; use ``collate_fn``, as
-    samples hold PIL images). ``rank``/``world_size`` default to torch.distributed's when it is initialized.
-
-    Call ``set_epoch`` before each pass (not with ``persistent_workers``, whose copies keep the old epoch).
-    ``stats`` counts in this process only: each worker process updates its own copy.
-    """
-
-    def __init__(
-        self,
-        urls: str | os.PathLike | Sequence[str | os.PathLike],
-        *,
-        shuffle_buffer: int = 0,
-        seed: int = 0,
-        epoch: int = 0,
-        resample: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ):
-        dist = torch.distributed
-        initialized = dist.is_available() and dist.is_initialized()
-        self.rank = rank if rank is not None else dist.get_rank() if initialized else 0
-        self.world_size = world_size if world_size is not None else dist.get_world_size() if initialized else 1
-        self.urls = expand_urls(urls)
-        _check(self.urls, shuffle_buffer, epoch, resample, self.rank, self.world_size)
-        self.shuffle_buffer, self.seed, self.epoch, self.resample = shuffle_buffer, seed, epoch, resample
-        self.stats = ReaderStats()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[dict]:
-        return iter_samples(self.urls, shuffle_buffer=self.shuffle_buffer, seed=self.seed, epoch=self.epoch,
-                            resample=self.resample, rank=self.rank, world_size=self.world_size,
-                            stats=self.stats)  # fmt: skip

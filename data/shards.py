@@ -31,6 +31,8 @@ from pathlib import Path
 from PIL import Image
 from webdataset import TarWriter
 
+from metalm.io import JSONFileError, iter_jsonl, read_json
+
 StrPath = str | os.PathLike
 
 KINDS: dict[str, tuple[str, ...]] = {
@@ -62,8 +64,12 @@ class ShardReport:
         return dict(Counter(s["reason"] for s in self.skipped))
 
     def to_dict(self) -> dict:
-        return {"samples": self.samples, "shards": self.shards, "skip_counts": self.skip_counts(),
-                "skipped": self.skipped}  # fmt: skip
+        return {
+            "samples": self.samples,
+            "shards": self.shards,
+            "skip_counts": self.skip_counts(),
+            "skipped": self.skipped,
+        }
 
     def summary(self, max_skips: int = 10) -> str:
         """A few lines for a terminal: counts, shards, and the first skipped items."""
@@ -237,22 +243,23 @@ def _write(records: Iterable[_Record | _Skipped], out_pattern: str, max_per_shar
     return report
 
 
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def is_remote(url: str) -> bool:
+    """Whether a shard or image location is a URL for webdataset's ``gopen`` (``pipe:cmd``, ``http://``, ``s3://``,
+    ``gs://`` ...) rather than a local path: it starts with a URL scheme (RFC 3986: a letter, then letters, digits,
+    ``+ - .``) and a colon. The scheme must have at least two characters, so a Windows drive (``C:\\x``, ``C:/x``)
+    stays local, where webdataset's ``urlparse`` would take ``c`` for a scheme it cannot open."""
+    return _URL_SCHEME.match(url) is not None
+
+
 def existing(path: StrPath, what: str) -> Path:
     """``path`` as a Path; a missing one is a FileNotFoundError that says what it was meant to be."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}")
     return path
-
-
-def _read_json(path: StrPath, what: str) -> object:
-    path = existing(path, what)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 ({e})") from None
 
 
 def _field(obj: object, name: str, path: Path, where: str):
@@ -268,29 +275,13 @@ def _json_list(obj: object, name: str, path: Path) -> list:
     return value
 
 
-def jsonl_lines(path: Path) -> Iterator[tuple[int, dict | ValueError]]:
-    """(line number, object) per non-blank line of a jsonl file, with the ``ValueError`` in place of the object
-    for a line that is not one JSON object (blank lines are skipped)."""
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                if not isinstance(obj, dict):
-                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                obj = e
-            yield n, obj
-
-
 def _jsonl(path: Path) -> Iterator[tuple[int, dict] | _Skipped]:
     """(line number, object) per good line, a skip per malformed one; raises if no line is good."""
     good, first_bad = 0, None
-    for n, obj in jsonl_lines(path):
-        if isinstance(obj, ValueError):
-            first_bad = first_bad or f"line {n}: {obj}"
-            yield _Skipped(f"{path}:{n}", "bad_json", str(obj))
+    for n, obj in iter_jsonl(path, "a JSONL file"):
+        if isinstance(obj, JSONFileError):
+            first_bad = first_bad or f"line {n}: {obj.detail}"
+            yield _Skipped(f"{path}:{n}", "bad_json", obj.detail)
             continue
         good += 1
         yield n, obj
@@ -348,7 +339,7 @@ def write_coco_captions(
     caption): one sample per caption, its image's bytes repeated, so every caption is a training pair. Samples of one
     image are consecutive; ``caption_id`` is the annotation id when it has one."""
     path, root = Path(captions_json), existing(image_root, "image root")
-    data = _read_json(path, "COCO captions json")
+    data = read_json(path, "a COCO captions json")
     files = {}
     for i, im in enumerate(_json_list(data, "images", path)):
         files[_field(im, "id", path, f"images[{i}]")] = _field(im, "file_name", path, f"images[{i}]")
@@ -375,10 +366,6 @@ def write_coco_captions(
 
 
 _CC3M_IMAGE_COLUMNS = ("image", "path", "url")
-
-
-def _is_remote(value: str) -> bool:
-    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", value) is not None
 
 
 def _tsv_rows(path: Path) -> Iterator[tuple[str, str, str] | _Skipped]:
@@ -443,7 +430,7 @@ def write_cc3m(
                 yield _Skipped(item, "empty_text", "empty caption")
             elif not isinstance(image, str) or not image.strip():
                 yield _Skipped(item, "missing_image", f"the image cell holds {type(image).__name__}, not a path")
-            elif _is_remote(image):
+            elif is_remote(image):
                 yield _Skipped(item, "remote_image", f"{image}: only local files are read; download the images first")
             else:
                 meta = {"kind": "caption", "caption": caption.strip(), "image_id": image}
@@ -468,10 +455,12 @@ def _vqa_images(image_pattern: str | None, questions: dict, questions_path: Path
             raise ValueError(f"image_pattern {image_pattern!r} may only use {{image_id}}: {e}") from None
         return lambda image_id: image_pattern.format(image_id=image_id)
     path = Path(image_pattern)
-    mapping = _read_json(path, "image mapping json")
+    mapping = read_json(path, "an image mapping json")
     if isinstance(mapping, dict) and "images" in mapping:
-        files = {str(_field(im, "id", path, f"images[{i}]")): _field(im, "file_name", path, f"images[{i}]")
-                 for i, im in enumerate(_json_list(mapping, "images", path))}  # fmt: skip
+        files = {
+            str(_field(im, "id", path, f"images[{i}]")): _field(im, "file_name", path, f"images[{i}]")
+            for i, im in enumerate(_json_list(mapping, "images", path))
+        }
     elif isinstance(mapping, dict):
         files = {str(k): v for k, v in mapping.items()}
     else:
@@ -502,7 +491,7 @@ def write_vqa(
     relative to ``image_root``. A question without an annotation is skipped and reported."""
     qpath, apath = Path(questions_json), Path(annotations_json)
     root = existing(image_root, "image root")
-    qdata, adata = _read_json(qpath, "VQA questions json"), _read_json(apath, "VQA annotations json")
+    qdata, adata = read_json(qpath, "a VQA questions json"), read_json(apath, "a VQA annotations json")
     questions, annotations = _json_list(qdata, "questions", qpath), _json_list(adata, "annotations", apath)
     image_of = _vqa_images(image_pattern, qdata, qpath)
     by_qid = {_field(a, "question_id", apath, f"annotations[{i}]"): a for i, a in enumerate(annotations)}
@@ -529,7 +518,7 @@ def write_vqa(
                 "answers": answers,
                 "answer": _field(ann, "multiple_choice_answer", apath, f"question_id {qid}"),
             }
-            meta.update({k: ann[k] for k in ("question_type", "answer_type") if k in ann})  # fmt: skip
+            meta.update({k: ann[k] for k in ("question_type", "answer_type") if k in ann})
             file = image_of(image_id)
             if file is None:
                 yield _Skipped(item, "missing_image", f"image_id {image_id} is not in {image_pattern}")
@@ -577,8 +566,12 @@ def write_glue(
                 if not cells[label_col].strip():
                     yield _Skipped(item, "missing_label", f"empty {label_col!r}")
                     continue
-                meta = {"kind": "classification", "text": cells[text_col],
-                        "text_b": cells[text_b_col] if text_b_col else None, "label": cells[label_col]}  # fmt: skip
+                meta = {
+                    "kind": "classification",
+                    "text": cells[text_col],
+                    "text_b": cells[text_b_col] if text_b_col else None,
+                    "label": cells[label_col],
+                }
                 if idx_col is not None:
                     meta["idx"] = cells[idx_col]
                 yield _Record(f"{path.stem}-{n}", item, meta)
@@ -653,7 +646,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="format", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, help="shard pattern with a shard number, e.g. 'DIR/name-%%06d.tar'")
-    common.add_argument("--max-per-shard", type=int, default=2000, help="samples per shard (default 2000)")
+    common.add_argument(
+        "--max_per_shard", "--max-per-shard", type=int, default=2000, help="samples per shard (default 2000)"
+    )
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help, description=help)
@@ -665,17 +660,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("image_root", type=Path)
     s = add("cc3m", "CC3M-style caption/image table (.tsv or .parquet) with local image paths")
     s.add_argument("table", type=Path)
-    s.add_argument("--image-root", type=Path, help="directory the image paths are relative to (default: the table's)")
+    s.add_argument(
+        "--image_root",
+        "--image-root",
+        type=Path,
+        help="directory the image paths are relative to (default: the table's)",
+    )
     s = add("vqa", "VQAv2 questions + annotations json and an image root")
     s.add_argument("questions_json", type=Path)
     s.add_argument("annotations_json", type=Path)
     s.add_argument("image_root", type=Path)
-    s.add_argument("--image-pattern", help="format with {image_id}, or a json (COCO captions / id->file mapping)")
+    s.add_argument(
+        "--image_pattern",
+        "--image-pattern",
+        help="format with {image_id}, or a json (COCO captions / id->file mapping)",
+    )
     s = add("glue", "GLUE-style tsv with a header row: classification samples")
     s.add_argument("tsv", type=Path)
-    s.add_argument("--text-col", required=True)
-    s.add_argument("--text-b-col")
-    s.add_argument("--label-col", default="label")
+    s.add_argument("--text_col", "--text-col", required=True)
+    s.add_argument("--text_b_col", "--text-b-col")
+    s.add_argument("--label_col", "--label-col", default="label")
     s = add("jsonl", "multiple-choice or instruction records, one JSON object a line")
     s.add_argument("path", type=Path)
     s.add_argument("--kind", required=True, choices=("choice", "instruction"))
@@ -690,12 +694,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "text": lambda: write_text(args.paths, out, n),
         "coco": lambda: write_coco_captions(args.captions_json, args.image_root, out, n),
         "cc3m": lambda: write_cc3m(args.table, out, n, image_root=args.image_root),
-        "vqa": lambda: write_vqa(args.questions_json, args.annotations_json, args.image_root, out, n,
-                                 image_pattern=args.image_pattern),
-        "glue": lambda: write_glue(args.tsv, args.text_col, out, n, text_b_col=args.text_b_col,
-                                   label_col=args.label_col),
+        "vqa": lambda: write_vqa(
+            args.questions_json, args.annotations_json, args.image_root, out, n, image_pattern=args.image_pattern
+        ),
+        "glue": lambda: write_glue(
+            args.tsv, args.text_col, out, n, text_b_col=args.text_b_col, label_col=args.label_col
+        ),
         "jsonl": lambda: write_jsonl(args.path, args.kind, out, n),
-    }  # fmt: skip
+    }
     try:
         report = jobs[args.format]()
     except (FileNotFoundError, ValueError, ImportError) as e:

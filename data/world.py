@@ -735,9 +735,6 @@ def _swap_in(tmp: Path, out: Path, params: dict) -> None:
         shutil.rmtree(old)
 
 
-ensure_world = generate_world
-
-
 def current_world(out_dir: str | os.PathLike) -> Path:
     """The world at ``out_dir`` brought up to this ``VERSION`` with the parameters it was made with (whatever its
     size); a directory without a world gets the default one."""
@@ -760,12 +757,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m data.world", description=__doc__)
     parser.add_argument("--out", required=True, help="directory to write the world into")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=8000, help="training images")
-    parser.add_argument("--n-val", type=int, default=300, help="validation images")
-    parser.add_argument("--n-test", type=int, default=300, help="test images")
-    parser.add_argument("--n-heldout", type=int, default=200, help="images with a held-out (color, shape) pair")
-    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels")
-    parser.add_argument("--n-docs", type=int, default=3000, help="training corpus documents")
+    parser.add_argument("--n_train", "--n-train", type=int, default=8000, help="training images")
+    parser.add_argument("--n_val", "--n-val", type=int, default=300, help="validation images")
+    parser.add_argument("--n_test", "--n-test", type=int, default=300, help="test images")
+    parser.add_argument(
+        "--n_heldout", "--n-heldout", type=int, default=200, help="images with a held-out (color, shape) pair"
+    )
+    parser.add_argument("--image_size", "--image-size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--n_docs", "--n-docs", type=int, default=3000, help="training corpus documents")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return generate_world(args.out, args.seed, args.n_train, args.n_val, args.n_test, args.n_heldout,

@@ -6,29 +6,18 @@ for nothing here except writing its config class in ``save_decoder``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from metalm.config import DecoderConfig
 from metalm.decoder import Decoder
-from metalm.io import save_safetensors_atomic
+from metalm.io import read_json, save_safetensors_atomic
 
 LLAMA_FAMILY = ("llama", "mistral")
 # our linear layers and GPT-2's Conv1D layers (which store weights transposed), in both directions of conversion
 GPT2_LINEARS = (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
                 ("mlp.proj", "mlp.c_proj"))  # fmt: skip
-
-
-def read_json(path: Path, what: str) -> dict:
-    """Parse a JSON file, with errors that name the file and what it should have been."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; expected the {what}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); expected the {what}") from err
 
 
 def load_hf_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -41,7 +30,7 @@ def load_hf_state_dict(path: Path) -> dict[str, torch.Tensor]:
     ):
         index = path / index_name
         if index.is_file():
-            shards = sorted(set(read_json(index, "shard index")["weight_map"].values()))
+            shards = sorted(set(read_json(index, "the shard index")["weight_map"].values()))
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
                 state.update(loader(str(path / shard)))
@@ -141,7 +130,7 @@ def load_decoder(path: str | Path) -> Decoder:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a directory; expected a transformers checkpoint (config.json + weights)")
-    hf = read_json(path / "config.json", "transformers config of a GPT-2 or Llama model")
+    hf = read_json(path / "config.json", "the transformers config of a GPT-2 or Llama model")
     cfg = decoder_config_from_hf(hf, path / "config.json")
     sd = load_hf_state_dict(path)
     convert = _gpt2_to_ours if hf["model_type"] == "gpt2" else _llama_to_ours

@@ -1,14 +1,73 @@
-"""Atomic file writes: a crash mid-save never leaves a broken file or directory where a good one was."""
+"""File input and output for every room: JSON and JSONL reading whose errors name the file, the line and what was
+expected, and atomic writes, so a crash mid-save never leaves a broken file or directory where a good one was."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
+
+
+class JSONFileError(ValueError):
+    """A JSON file that does not parse, or a JSONL line that is not one JSON object; the message names the file (and
+    line), what went wrong and what was expected. ``detail`` is what went wrong alone."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
+def _file(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; expected {what}")
+    return path
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The parsed content of a UTF-8 JSON file; ``what`` says what it should hold (``"a COCO captions json"``)."""
+    path = _file(path, what)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        detail = f"line {e.lineno} column {e.colno} ({e.msg})"
+        raise JSONFileError(f"{path}: not valid JSON at {detail}; expected {what}", detail) from None
+    except UnicodeDecodeError as e:
+        raise JSONFileError(f"{path}: not UTF-8 ({e}); expected {what}", f"not UTF-8 ({e})") from None
+
+
+def iter_jsonl(path: str | os.PathLike, what: str) -> Iterator[tuple[int, dict | JSONFileError]]:
+    """(line number, object) per non-blank line of a JSONL file, with a ``JSONFileError`` in place of the object
+    for a line that is not one JSON object, so a caller can skip and count bad lines or raise the first."""
+    path = _file(path, what)
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                message = f"{path}:{n}: malformed line ({e}); expected one JSON object per line of {what}"
+                obj = JSONFileError(message, str(e))
+            yield n, obj
+
+
+def read_jsonl(path: str | os.PathLike, what: str) -> list[dict]:
+    """Every object of a JSONL file (blank lines skipped); the first malformed line raises ``JSONFileError``."""
+    rows = []
+    for _, obj in iter_jsonl(path, what):
+        if isinstance(obj, JSONFileError):
+            raise obj
+        rows.append(obj)
+    return rows
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

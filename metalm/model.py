@@ -15,7 +15,7 @@ from metalm.config import EncoderConfig, MetaLMConfig, eager_checks
 from metalm.connectors import build_connector
 from metalm.decoder import Decoder
 from metalm.docking import Dock, docked_mask, scatter_docked
-from metalm.io import atomic_write_dir, atomic_write_text, save_safetensors_atomic
+from metalm.io import atomic_write_dir, atomic_write_text, read_json, save_safetensors_atomic
 from metalm.loss import causal_lm_loss, fused_linear_cross_entropy
 from metalm.semicausal import semicausal_labels
 
@@ -145,14 +145,12 @@ class MetaLM(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from metalm.hf import read_json
-
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(
                 f"{path}: not a directory; expected a MetaLM checkpoint ({CONFIG_NAME} + {WEIGHTS_NAME})"
             )
-        data = read_json(path / CONFIG_NAME, "MetaLM config written by save_pretrained")
+        data = read_json(path / CONFIG_NAME, "the MetaLM config written by save_pretrained")
         if data.get("model_type") != "metalm":
             raise ValueError(f"{path / CONFIG_NAME}: model_type is {data.get('model_type')!r}; expected 'metalm'")
         config = MetaLMConfig.from_dict(data, str(path / CONFIG_NAME))
