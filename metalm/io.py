@@ -55,8 +55,7 @@ def iter_jsonl(path: str | os.PathLike, what: str) -> Iterator[tuple[int, dict |
                 if not isinstance(obj, dict):
                     raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
             except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                message = f"{path}:{n}: malformed line ({e}); expected one JSON object per line of {what}"
-                obj = JSONFileError(message, str(e))
+                obj = JSONFileError(f"{path}:{n}: malformed line ({e}); expected one JSON object per line", str(e))
             yield n, obj
 
 

@@ -618,7 +618,7 @@ def test_other_malformed_input(tmp_path):
         read_winogrande(wg)
     broken = tmp_path / "captions.json"
     broken.write_text('{"images": [')
-    with pytest.raises(TaskDataError, match=rf"{broken}: invalid JSON at line 1"):
+    with pytest.raises(TaskDataError, match=rf"{broken}: not valid JSON at line 1"):
         read_coco_captions(broken, tmp_path)
     with pytest.raises(FileNotFoundError, match="COCO captions json not found"):
         read_coco_captions(tmp_path / "nope.json", tmp_path)
