@@ -26,7 +26,7 @@ class JSONFileError(ValueError):
 def _file(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; expected {what}")
+        raise FileNotFoundError(f"{path}: missing; expected {what}")
     return path
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 import data.reader as reader
 import data.shards as shards
-from data.reader import ReaderStats, ShardDataset, expand_urls, iter_samples
+from data.reader import ReaderStats, expand_urls, iter_samples
 from data.shards import write_cc3m, write_coco_captions, write_glue, write_jsonl, write_text, write_vqa
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +255,7 @@ def test_cli(tmp_path, capsys):
     tsv = tmp_path / "sst.tsv"
     tsv.write_text("sentence\tlabel\n" + "".join(f"review {i}\t{i % 2}\n" for i in range(5)) + "bad row\n")
     out = tmp_path / "shards" / "sst-%06d.tar"
-    cmd = [sys.executable, "-m", "data.shards", "glue", str(tsv), "--text-col", "sentence", "--out", str(out),
+    cmd = [sys.executable, "-m", "data.shards", "glue", str(tsv), "--text_col", "sentence", "--out", str(out),
            "--max-per-shard", "2"]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -300,6 +300,20 @@ def text_shards(tmp_path) -> list[str]:
     report = write_text(docs, str(tmp_path / "shards" / "doc-%06d.tar"), 4)
     assert len(report.shards) == 6
     return report.shards
+
+
+@pytest.mark.parametrize(
+    "url,remote",
+    [("pipe:curl -s https://host/a.tar", True), ("http://host/a.tar", True), ("https://host/a.tar", True),
+     ("s3://bucket/a.tar", True), ("gs://bucket/a.tar", True), ("hf://datasets/x/a.tar", True),
+     ("C:\\shards\\a.tar", False), ("c:/shards/a.tar", False), ("/data/a.tar", False), ("shards/a:b.tar", False),
+     ("a.tar", False), ("./pipe:x.tar", False)],
+)  # fmt: skip
+def test_is_remote(url, remote):
+    """One rule for shard and image locations: a scheme of two or more characters then ':' (a drive letter is local)."""
+    assert shards.is_remote(url) is remote
+    if remote:
+        assert expand_urls(url) == [url]  # passed to webdataset's gopen as it is, never looked up on disk
 
 
 def test_expand_urls(text_shards, tmp_path):
@@ -365,17 +379,24 @@ def _identity(sample):
     return sample
 
 
-def test_shard_dataset_with_workers(text_shards):
-    dataset = ShardDataset(text_shards, shuffle_buffer=4, seed=2)
+class _Samples(IterableDataset):
+    """``iter_samples`` consumed inside DataLoader workers: each worker reads its share from ``get_worker_info``."""
 
-    def keys():
-        loader = DataLoader(dataset, batch_size=None, num_workers=2, collate_fn=_identity)
+    def __init__(self, urls, epoch: int):
+        self.urls, self.epoch = urls, epoch
+
+    def __iter__(self):
+        return iter_samples(self.urls, shuffle_buffer=4, seed=2, epoch=self.epoch)
+
+
+def test_samples_split_over_dataloader_workers(text_shards):
+    def keys(epoch: int) -> list[str]:
+        loader = DataLoader(_Samples(text_shards, epoch), batch_size=None, num_workers=2, collate_fn=_identity)
         return [s["key"] for s in loader]
 
-    first = keys()
-    assert len(first) == 23 and len(set(first)) == 23 and first == keys()
-    dataset.set_epoch(1)
-    second = keys()
+    first = keys(0)
+    assert len(first) == 23 and len(set(first)) == 23 and first == keys(0)
+    second = keys(1)
     assert second != first and sorted(second) == sorted(first)
 
 

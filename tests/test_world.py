@@ -316,8 +316,8 @@ def test_refuses_a_directory_that_is_not_a_world(tmp_path):
 def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         world.main(["--help"])
-    assert exit_.value.code == 0 and "--n-train" in capsys.readouterr().out
-    out = world.main(["--out", str(tmp_path / "w"), "--seed", "1", "--n-train", "5", "--n-val", "2", "--n-test", "2",
+    assert exit_.value.code == 0 and "--n_train" in capsys.readouterr().out
+    out = world.main(["--out", str(tmp_path / "w"), "--seed", "1", "--n_train", "5", "--n-val", "2", "--n-test", "2",
                       "--n-heldout", "2", "--n-docs", "2"])  # fmt: skip
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sizes"] == {"train": 5, "val": 2, "test": 2, "heldout": 2} and meta["params"]["seed"] == 1
