@@ -1,8 +1,9 @@
-"""A small MetaLM and a deterministic stream of semi-causal batches, for training-loop tests (no files needed)."""
+"""The one builder of a tiny MetaLM for the whole test suite, and a deterministic stream of semi-causal batches for
+training-loop tests (no files needed)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -13,24 +14,65 @@ from metalm.docking import Dock, contiguous_positions, span_dock
 VOCAB, SEQ, IMG = 40, 32, 5  # image: 4 patches + class token
 
 
-def small_model(seed: int = 0, dropout: float = 0.0) -> MetaLM:
-    torch.manual_seed(seed)
-    cfg = MetaLMConfig(
-        decoder=DecoderConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=SEQ, dropout=dropout),
-        encoders={
-            "text": EncoderConfig(
-                "native_text",
-                dict(vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2, max_len=SEQ),
-                connector=ConnectorConfig("linear"),
-            ),  # fmt: skip
-            "vision": EncoderConfig(
-                "timm",
-                dict(model_name="vit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2),
-                connector=ConnectorConfig("mlp", layers=2),
+def tiny_config(
+    vocab: int,
+    *,
+    encoders: Sequence[str] = ("vision", "text"),
+    max_len: int = 64,
+    img_size: int = 8,
+    patch_size: int = 4,
+    enc_dim: int = 16,
+    enc_layers: int = 1,
+    vision_freeze: str = "none",
+    vision_connector: ConnectorConfig | None = None,
+    **decoder,
+) -> MetaLMConfig:
+    """The test suite's small MetaLM: a 32-wide decoder (2 layers, 4 heads, init_std 0.2 unless ``decoder`` says
+    otherwise), a timm ViT (mlp connector) and a native text encoder that shares the decoder's tokenizer (linear
+    connector), the encoders named in ``encoders`` in that order (the order fixes the parameters' random init)."""
+    built = {
+        "vision": EncoderConfig(
+            "timm",
+            dict(
+                model_name="vit_tiny_patch16_224",
+                img_size=img_size,
+                patch_size=patch_size,
+                embed_dim=enc_dim,
+                depth=enc_layers,
+                num_heads=2,
             ),
-        },
+            freeze=vision_freeze,
+            connector=vision_connector or ConnectorConfig("mlp"),
+        ),
+        "text": EncoderConfig(
+            "native_text",
+            dict(vocab_size=vocab, dim=enc_dim, n_layers=enc_layers, n_heads=2, max_len=max_len),
+            connector=ConnectorConfig("linear"),
+        ),
+    }
+    dec = dict(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, max_seq_len=max_len, init_std=0.2) | decoder
+    return MetaLMConfig(DecoderConfig(**dec), {name: built[name] for name in encoders})
+
+
+def tiny_metalm(vocab: int, *, seed: int = 0, training: bool = False, **config) -> MetaLM:
+    """``tiny_config(vocab, **config)`` with random weights drawn after ``torch.manual_seed(seed)``, in eval mode
+    unless ``training``."""
+    torch.manual_seed(seed)
+    return MetaLM(tiny_config(vocab, **config)).train(training)
+
+
+def small_model(seed: int = 0, dropout: float = 0.0) -> MetaLM:
+    """The model for ``make_batch``'s stream, in training mode."""
+    return tiny_metalm(
+        VOCAB,
+        seed=seed,
+        training=True,
+        encoders=("text", "vision"),
+        max_len=SEQ,
+        init_std=0.02,
+        vision_connector=ConnectorConfig("mlp", layers=2),
+        dropout=dropout,
     )
-    return MetaLM(cfg)
 
 
 def make_batch(index: int, batch_size: int, seed: int = 0) -> Batch:
@@ -45,8 +87,12 @@ def make_batch(index: int, batch_size: int, seed: int = 0) -> Batch:
     labels = ids.masked_fill(mask == 0, -100)
     start = int(torch.randint(IMG + 2, SEQ - 12, (1,), generator=g))
     spans = [(b, start, start + 4 + b % 3) for b in range(batch_size)]
-    image = Dock("vision", {"pixel_values": torch.randn(batch_size, 3, 8, 8, generator=g)}, torch.arange(batch_size),
-                 contiguous_positions(torch.ones(batch_size, dtype=torch.long), IMG))  # fmt: skip
+    image = Dock(
+        "vision",
+        {"pixel_values": torch.randn(batch_size, 3, 8, 8, generator=g)},
+        torch.arange(batch_size),
+        contiguous_positions(torch.ones(batch_size, dtype=torch.long), IMG),
+    )
     return Batch(ids, labels, mask, [image, span_dock(ids, spans, "text")])
 
 
@@ -64,6 +110,12 @@ def slice_batch(batch: Batch, rows: slice) -> Batch:
     docks = []
     for d in batch.docks:
         keep = (d.batch_index >= rows.start) & (d.batch_index < rows.stop)
-        docks.append(Dock(d.encoder, {k: v[keep] for k, v in d.inputs.items()}, d.batch_index[keep] - rows.start,
-                          d.positions[keep]))  # fmt: skip
+        docks.append(
+            Dock(
+                d.encoder,
+                {k: v[keep] for k, v in d.inputs.items()},
+                d.batch_index[keep] - rows.start,
+                d.positions[keep],
+            )
+        )
     return Batch(batch.input_ids[rows], batch.labels[rows], batch.attention_mask[rows], docks)

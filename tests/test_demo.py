@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_metalm
 from PIL import Image, ImageDraw
+from synthetic import tiny_metalm
 
 from data.templates import Turn, chat_prompt
 from data.tokenizer import Tokenizer

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_metalm
+from synthetic import tiny_metalm
 
 from data.tokenizer import Tokenizer
 from eval import caption, glue, multiple_choice, nlvr2, snli_ve, vqa

@@ -56,10 +56,9 @@ def test_fused_loss_without_gradients_and_bad_labels():
 
 
 def test_metalm_training_forward_equals_logits_forward():
-    from metalm import DecoderConfig, MetaLM, MetaLMConfig
+    from synthetic import tiny_metalm
 
-    torch.manual_seed(0)
-    m = MetaLM(MetaLMConfig(decoder=DecoderConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, max_seq_len=16)))
+    m = tiny_metalm(50, training=True, encoders=(), max_len=16, n_layers=1, init_std=0.02)
     ids = torch.randint(0, 50, (2, 16))
     fused = m(ids, labels=ids)
     assert fused.logits is None

@@ -9,8 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from synthetic import tiny_config
 
-from metalm import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLM, MetaLMConfig
+from metalm import ConnectorConfig, DecoderConfig, MetaLM, MetaLMConfig
 from metalm.docking import Dock, contiguous_positions, span_dock
 from metalm.presets import get_preset
 from metalm.semicausal import IGNORE_INDEX, sample_spans, scaled_span_lengths
@@ -19,16 +20,9 @@ VOCAB, IMG_TOKENS = 53, 17  # 16 patches + class token
 
 
 def small_config(connector: str = "mlp", positions: str = "rotary") -> MetaLMConfig:
-    decoder = DecoderConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=64, positions=positions,
-                            init_std=0.2)  # fmt: skip
-    text = EncoderConfig("native_text", dict(vocab_size=VOCAB, dim=24, n_layers=2, n_heads=2, max_len=64),
-                         connector=ConnectorConfig("linear"))  # fmt: skip
-    vision = EncoderConfig(
-        "timm",
-        dict(model_name="vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2),
-        connector=ConnectorConfig(connector, layers=3, queries=5, heads=2, depth=1),
-    )
-    return MetaLMConfig(decoder=decoder, encoders={"text": text, "vision": vision})
+    vision_connector = ConnectorConfig(connector, layers=3, queries=5, heads=2, depth=1)
+    return tiny_config(VOCAB, encoders=("text", "vision"), img_size=16, enc_dim=24, enc_layers=2,
+                       vision_connector=vision_connector, positions=positions)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from synthetic import tiny_metalm
 
 from data.pipeline import BatchStream, PipelineConfig, batches, document_tokens, load_batches, role_skip
 from data.reader import ReaderStats, expand_urls, iter_samples
 from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
-from metalm import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLM, MetaLMConfig
+from metalm import MetaLM
 from metalm.loss import IGNORE_INDEX
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,14 +121,7 @@ def test_no_leak_on_real_collated_batches(tokenizer):
     leaves the logits that predict it unchanged."""
     torch.manual_seed(0)
     vocab = tokenizer.vocab_size
-    model = MetaLM(MetaLMConfig(
-        decoder=DecoderConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, max_seq_len=48, init_std=0.2),
-        encoders={
-            "text": EncoderConfig("native_text", dict(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, max_len=48),
-                                  connector=ConnectorConfig("linear")),
-            "vision": EncoderConfig("timm", dict(model_name="vit_tiny_patch16_224", img_size=8, patch_size=4,
-                                                 embed_dim=16, depth=1, num_heads=2), connector=ConnectorConfig("mlp")),
-        })).eval()  # fmt: skip
+    model = tiny_metalm(vocab, encoders=("text", "vision"), max_len=48)
     c = cfg(batch_size=2)
     batch = next(batches(documents(7), captions(8), tokenizer, c))
     with torch.no_grad():
@@ -297,16 +291,8 @@ def test_training_on_workers_resumes_exactly(tokenizer, shards, tmp_path):
     vocab = tokenizer.vocab_size
 
     def model(seed: int = 0) -> MetaLM:
-        torch.manual_seed(seed)
-        return MetaLM(MetaLMConfig(
-            decoder=DecoderConfig(vocab_size=vocab, dim=32, n_layers=1, n_heads=2, max_seq_len=32, dropout=0.1),
-            encoders={
-                "text": EncoderConfig("native_text", dict(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, max_len=32),
-                                      connector=ConnectorConfig("linear")),
-                "vision": EncoderConfig("timm", dict(model_name="vit_tiny_patch16_224", img_size=8, patch_size=4,
-                                                     embed_dim=16, depth=1, num_heads=2),
-                                        connector=ConnectorConfig("mlp")),
-            }))  # fmt: skip
+        return tiny_metalm(vocab, seed=seed, training=True, encoders=("text", "vision"), max_len=32, n_layers=1,
+                           n_heads=2, dropout=0.1, init_std=0.02)  # fmt: skip
 
     def data(skip: int):
         return load_batches(BatchStream(text, caps, tokenizer, c, skip=skip), 2)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_metalm
 from PIL import Image
+from synthetic import tiny_metalm
 
 from data.pipeline import image_tensor
 from data.tokenizer import Tokenizer
@@ -27,7 +27,7 @@ def tokenizer() -> Tokenizer:
 
 
 def tiny_model(vocab: int, with_text: bool = True, with_vision: bool = True) -> MetaLM:
-    return tiny_metalm(vocab, text=with_text, vision=with_vision)
+    return tiny_metalm(vocab, encoders=[e for e, on in (("vision", with_vision), ("text", with_text)) if on])
 
 
 @pytest.fixture(scope="module")
