@@ -66,8 +66,16 @@ def test_coco_captions_round_trip(tmp_path):
     src = {i: image_file(tmp_path / "img" / f"{i}.png", i) for i in (1, 2, 3)}
     (tmp_path / "img" / "5.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     images = [{"id": i, "file_name": f"img/{i}.png"} for i in (1, 2, 3, 4, 5)]
-    anns = [(1, 1, "A red circle."), (2, 2, "A blue square."), (3, 1, "Red, round."), (4, 4, "Lost."),
-            (5, 5, "Broken."), (6, 99, "No such image."), (7, 3, "A green triangle."), (8, 2, "  ")]  # fmt: skip
+    anns = [
+        (1, 1, "A red circle."),
+        (2, 2, "A blue square."),
+        (3, 1, "Red, round."),
+        (4, 4, "Lost."),
+        (5, 5, "Broken."),
+        (6, 99, "No such image."),
+        (7, 3, "A green triangle."),
+        (8, 2, "  "),
+    ]
     annotations = [{"id": a, "image_id": i, "caption": c} for a, i, c in anns]
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps({"images": images, "annotations": annotations}))
@@ -90,11 +98,19 @@ def test_coco_captions_round_trip(tmp_path):
 
 @pytest.mark.parametrize("form", ["tsv-header", "tsv-bare", "parquet"])
 def test_cc3m_round_trip(tmp_path, form):
-    src = {"a.png": image_file(tmp_path / "imgs" / "a.png", 1),
-           "sub/b.jpg": image_file(tmp_path / "imgs" / "sub" / "b.jpg", 2, "JPEG"),
-           "c.bmp": image_file(tmp_path / "imgs" / "c.bmp", 3, "BMP")}  # fmt: skip
-    rows = [("a picture", "a.png"), ("a photo", "sub/b.jpg"), ("a bitmap", "c.bmp"), ("gone", "missing.png"),
-            ("", "a.png"), ("remote", "https://example.com/x.jpg")]  # fmt: skip
+    src = {
+        "a.png": image_file(tmp_path / "imgs" / "a.png", 1),
+        "sub/b.jpg": image_file(tmp_path / "imgs" / "sub" / "b.jpg", 2, "JPEG"),
+        "c.bmp": image_file(tmp_path / "imgs" / "c.bmp", 3, "BMP"),
+    }
+    rows = [
+        ("a picture", "a.png"),
+        ("a photo", "sub/b.jpg"),
+        ("a bitmap", "c.bmp"),
+        ("gone", "missing.png"),
+        ("", "a.png"),
+        ("remote", "https://example.com/x.jpg"),
+    ]
     table_dir = tmp_path / "tables"
     table_dir.mkdir()
     if form == "parquet":
@@ -123,19 +139,34 @@ def test_cc3m_round_trip(tmp_path, form):
 
 def test_vqa_round_trip(tmp_path):
     src = {i: image_file(tmp_path / "images" / f"{i}.png", i) for i in (1, 2)}
-    questions = [{"image_id": 1, "question": "What color?", "question_id": 10},
-                 {"image_id": 1, "question": "How many?", "question_id": 11},
-                 {"image_id": 2, "question": "Unanswered?", "question_id": 20},
-                 {"image_id": 3, "question": "No image?", "question_id": 30}]  # fmt: skip
+    questions = [
+        {"image_id": 1, "question": "What color?", "question_id": 10},
+        {"image_id": 1, "question": "How many?", "question_id": 11},
+        {"image_id": 2, "question": "Unanswered?", "question_id": 20},
+        {"image_id": 3, "question": "No image?", "question_id": 30},
+    ]
 
     def ann(qid, mc, answers):
-        return {"question_id": qid, "multiple_choice_answer": mc, "question_type": "what",
-                "answers": [{"answer": a, "answer_id": j + 1} for j, a in enumerate(answers)]}  # fmt: skip
+        return {
+            "question_id": qid,
+            "multiple_choice_answer": mc,
+            "question_type": "what",
+            "answers": [{"answer": a, "answer_id": j + 1} for j, a in enumerate(answers)],
+        }
 
     qfile, afile = tmp_path / "q.json", tmp_path / "a.json"
     qfile.write_text(json.dumps({"data_subtype": "val", "questions": questions}))
-    afile.write_text(json.dumps({"annotations": [ann(10, "red", ["red", "red", "crimson"]), ann(11, "two", ["two"]),
-                                                 ann(30, "none", ["none"])]}))  # fmt: skip
+    afile.write_text(
+        json.dumps(
+            {
+                "annotations": [
+                    ann(10, "red", ["red", "red", "crimson"]),
+                    ann(11, "two", ["two"]),
+                    ann(30, "none", ["none"]),
+                ]
+            }
+        )
+    )
     mapping = tmp_path / "captions.json"
     mapping.write_text(json.dumps({"images": [{"id": i, "file_name": f"images/{i}.png"} for i in (1, 2)]}))
 
@@ -145,7 +176,9 @@ def test_vqa_round_trip(tmp_path):
         assert next(s for s in report.skipped if s["reason"] == "no_annotation")["detail"].startswith("question_id 20")
         samples = read(report.shards)
         assert [(s["question_id"], s["question"], s["answers"], s["answer"]) for s in samples] == [
-            (10, "What color?", ["red", "red", "crimson"], "red"), (11, "How many?", ["two"], "two")]  # fmt: skip
+            (10, "What color?", ["red", "red", "crimson"], "red"),
+            (11, "How many?", ["two"], "two"),
+        ]
         assert all(s["kind"] == "vqa" and s["image_id"] == 1 and s["question_type"] == "what" for s in samples)
         for s in samples:
             np.testing.assert_array_equal(pixels(s), src[1])
@@ -159,12 +192,14 @@ def test_vqa_round_trip(tmp_path):
 
 def test_glue_round_trip(tmp_path):
     tsv = tmp_path / "rte.tsv"
-    tsv.write_text("index\tsentence1\tsentence2\tlabel\n"
-                   '0\tHe said "hi".\tHe spoke.\tentailment\n'
-                   "1\tA cat sat.\tA dog sat.\tnot_entailment\n"
-                   "2\tonly three\tcolumns\n"
-                   "3\tNo label here.\tStill none.\t\n"
-                   "4\tLast one.\tThe end.\tentailment\n")  # fmt: skip
+    tsv.write_text(
+        "index\tsentence1\tsentence2\tlabel\n"
+        '0\tHe said "hi".\tHe spoke.\tentailment\n'
+        "1\tA cat sat.\tA dog sat.\tnot_entailment\n"
+        "2\tonly three\tcolumns\n"
+        "3\tNo label here.\tStill none.\t\n"
+        "4\tLast one.\tThe end.\tentailment\n"
+    )
     report = write_glue(tsv, "sentence1", str(tmp_path / "out" / "rte-%06d.tar"), text_b_col="sentence2")
     assert report.samples == 3 and report.skip_counts() == {"malformed_row": 1, "missing_label": 1}
     assert {s["item"] for s in report.skipped} == {f"{tsv}:4", f"{tsv}:5"}
@@ -172,7 +207,8 @@ def test_glue_round_trip(tmp_path):
     assert [(s["kind"], s["idx"], s["text"], s["text_b"], s["label"]) for s in samples] == [
         ("classification", "0", 'He said "hi".', "He spoke.", "entailment"),
         ("classification", "1", "A cat sat.", "A dog sat.", "not_entailment"),
-        ("classification", "4", "Last one.", "The end.", "entailment")]  # fmt: skip
+        ("classification", "4", "Last one.", "The end.", "entailment"),
+    ]
     single = write_glue(tsv, "sentence1", str(tmp_path / "single" / "rte-%06d.tar"))
     assert read(single.shards)[0]["text_b"] is None
     with pytest.raises(ValueError, match=r"rte\.tsv.*'premise'"):
@@ -180,11 +216,21 @@ def test_glue_round_trip(tmp_path):
 
 
 def test_jsonl_choice_and_instruction(tmp_path):
-    good = [{"question": "Which is round?", "choices": ["circle", "square"], "label": 0},
-            {"question": "Which has three sides?", "choices": ["circle", "triangle"], "label": 1}]  # fmt: skip
+    good = [
+        {"question": "Which is round?", "choices": ["circle", "square"], "label": 0},
+        {"question": "Which has three sides?", "choices": ["circle", "triangle"], "label": 1},
+    ]
     choice = tmp_path / "choice.jsonl"
-    choice.write_text(json.dumps(good[0]) + "\n" + '{"question": "broken\n' + "\n"
-                      + json.dumps({**good[0], "label": 7}) + "\n" + json.dumps(good[1]) + "\n")  # fmt: skip
+    choice.write_text(
+        json.dumps(good[0])
+        + "\n"
+        + '{"question": "broken\n'
+        + "\n"
+        + json.dumps({**good[0], "label": 7})
+        + "\n"
+        + json.dumps(good[1])
+        + "\n"
+    )
     report = write_jsonl(choice, "choice", str(tmp_path / "out" / "choice-%06d.tar"))
     assert report.samples == 2 and report.skip_counts() == {"bad_json": 1, "invalid_record": 1}
     assert {s["item"] for s in report.skipped} == {f"{choice}:2", f"{choice}:4"}
@@ -193,10 +239,17 @@ def test_jsonl_choice_and_instruction(tmp_path):
     assert all(s["kind"] == "choice" and s["image"] is None for s in samples)
 
     src = image_file(tmp_path / "images" / "a.png", 4)
-    rows = [{"task": "caption", "instruction": "Describe the image.", "input": "", "output": "A circle.",
-             "image": "images/a.png"},
-            {"instruction": "Say yes.", "input": "Is it?", "output": "yes", "image": None, "extra": [1, 2]},
-            {"task": "vqa", "instruction": "Answer.", "output": "x", "image": "images/zzz.png"}]  # fmt: skip
+    rows = [
+        {
+            "task": "caption",
+            "instruction": "Describe the image.",
+            "input": "",
+            "output": "A circle.",
+            "image": "images/a.png",
+        },
+        {"instruction": "Say yes.", "input": "Is it?", "output": "yes", "image": None, "extra": [1, 2]},
+        {"task": "vqa", "instruction": "Answer.", "output": "x", "image": "images/zzz.png"},
+    ]
     instr = tmp_path / "instructions.jsonl"
     instr.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = write_jsonl(instr, "instruction", str(tmp_path / "out" / "instr-%06d.tar"))
@@ -215,15 +268,26 @@ def test_jsonl_choice_and_instruction(tmp_path):
 
 def test_text_round_trip(tmp_path):
     jsonl = tmp_path / "docs.jsonl"
-    jsonl.write_text(json.dumps({"text": "First doc.\n\nSecond paragraph.", "url": "u1"}) + "\n"
-                     + json.dumps({"text": " "}) + "\n" + json.dumps({"text": "Third."}) + "\n")  # fmt: skip
+    jsonl.write_text(
+        json.dumps({"text": "First doc.\n\nSecond paragraph.", "url": "u1"})
+        + "\n"
+        + json.dumps({"text": " "})
+        + "\n"
+        + json.dumps({"text": "Third."})
+        + "\n"
+    )
     txt = tmp_path / "book.txt"
     txt.write_text("Chapter one.\n\nIt begins.\n---\nChapter two.\n---\n\n---\nThe end.\n")
     report = write_text([jsonl, str(txt)], str(tmp_path / "out" / "text-%06d.tar"), 3)
     assert report.samples == 5 and len(report.shards) == 2 and report.skip_counts() == {"empty_text": 2}
     samples = read(str(tmp_path / "out" / "text-{000000..000001}.tar"))
-    assert [s["text"] for s in samples] == ["First doc.\n\nSecond paragraph.", "Third.", "Chapter one.\n\nIt begins.",
-                                            "Chapter two.", "The end."]  # fmt: skip
+    assert [s["text"] for s in samples] == [
+        "First doc.\n\nSecond paragraph.",
+        "Third.",
+        "Chapter one.\n\nIt begins.",
+        "Chapter two.",
+        "The end.",
+    ]
     assert samples[0]["url"] == "u1" and all(s["kind"] == "text" and s["image"] is None for s in samples)
 
 
@@ -244,8 +308,9 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="shard number"):
         write_text(docs, str(tmp_path / "no-pattern.tar"))
     allmissing = tmp_path / "c.json"
-    allmissing.write_text(json.dumps({"images": [{"id": 1, "file_name": "gone.png"}],
-                                      "annotations": [{"image_id": 1, "caption": "x"}]}))  # fmt: skip
+    allmissing.write_text(
+        json.dumps({"images": [{"id": 1, "file_name": "gone.png"}], "annotations": [{"image_id": 1, "caption": "x"}]})
+    )
     with pytest.raises(ValueError, match="no samples written"):
         write_coco_captions(allmissing, tmp_path, out)
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
@@ -255,8 +320,19 @@ def test_cli(tmp_path, capsys):
     tsv = tmp_path / "sst.tsv"
     tsv.write_text("sentence\tlabel\n" + "".join(f"review {i}\t{i % 2}\n" for i in range(5)) + "bad row\n")
     out = tmp_path / "shards" / "sst-%06d.tar"
-    cmd = [sys.executable, "-m", "data.shards", "glue", str(tsv), "--text_col", "sentence", "--out", str(out),
-           "--max-per-shard", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "data.shards",
+        "glue",
+        str(tsv),
+        "--text_col",
+        "sentence",
+        "--out",
+        str(out),
+        "--max-per-shard",
+        "2",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "wrote 5 samples to 3 shard(s)" in done.stdout and "malformed_row 1" in done.stdout
@@ -304,11 +380,21 @@ def text_shards(tmp_path) -> list[str]:
 
 @pytest.mark.parametrize(
     "url,remote",
-    [("pipe:curl -s https://host/a.tar", True), ("http://host/a.tar", True), ("https://host/a.tar", True),
-     ("s3://bucket/a.tar", True), ("gs://bucket/a.tar", True), ("hf://datasets/x/a.tar", True),
-     ("C:\\shards\\a.tar", False), ("c:/shards/a.tar", False), ("/data/a.tar", False), ("shards/a:b.tar", False),
-     ("a.tar", False), ("./pipe:x.tar", False)],
-)  # fmt: skip
+    [
+        ("pipe:curl -s https://host/a.tar", True),
+        ("http://host/a.tar", True),
+        ("https://host/a.tar", True),
+        ("s3://bucket/a.tar", True),
+        ("gs://bucket/a.tar", True),
+        ("hf://datasets/x/a.tar", True),
+        ("C:\\shards\\a.tar", False),
+        ("c:/shards/a.tar", False),
+        ("/data/a.tar", False),
+        ("shards/a:b.tar", False),
+        ("a.tar", False),
+        ("./pipe:x.tar", False),
+    ],
+)
 def test_is_remote(url, remote):
     """One rule for shard and image locations: a scheme of two or more characters then ':' (a drive letter is local)."""
     assert shards.is_remote(url) is remote
@@ -404,24 +490,33 @@ def test_corrupt_data_is_skipped_and_counted(tmp_path, caplog):
     png = io.BytesIO()
     Image.new("RGB", (4, 4), (200, 10, 10)).save(png, format="PNG")
     png = png.getvalue()
-    raw_tar(tmp_path / "a-mixed.tar", [
-        ("good1", {"json": as_json({"kind": "text", "text": "fine"})}),
-        ("badjson", {"json": b'{"kind": "text", "te'}),
-        ("brokenimg", {"json": as_json({"kind": "caption", "caption": "x"}), "png": png[:40]}),
-        ("nojson", {"png": png}),
-        ("unknown", {"json": as_json({"kind": "poem", "text": "roses"})}),
-        ("empty", {"json": as_json({"kind": "text", "text": "  \n"})}),
-        ("noimage", {"json": as_json({"kind": "caption", "caption": "where is it"})}),
-        ("nofield", {"json": as_json({"kind": "vqa", "question": "q?", "answer": "a"})}),
-        ("good2", {"json": as_json({"kind": "caption", "caption": "red"}), "png": png}),
-    ])  # fmt: skip
-    whole = raw_tar(tmp_path / "b-cut.tar", [(f"t{i}", {"json": as_json({"kind": "text", "text": "y" * 2000})})
-                                             for i in range(4)])  # fmt: skip
+    raw_tar(
+        tmp_path / "a-mixed.tar",
+        [
+            ("good1", {"json": as_json({"kind": "text", "text": "fine"})}),
+            ("badjson", {"json": b'{"kind": "text", "te'}),
+            ("brokenimg", {"json": as_json({"kind": "caption", "caption": "x"}), "png": png[:40]}),
+            ("nojson", {"png": png}),
+            ("unknown", {"json": as_json({"kind": "poem", "text": "roses"})}),
+            ("empty", {"json": as_json({"kind": "text", "text": "  \n"})}),
+            ("noimage", {"json": as_json({"kind": "caption", "caption": "where is it"})}),
+            ("nofield", {"json": as_json({"kind": "vqa", "question": "q?", "answer": "a"})}),
+            ("good2", {"json": as_json({"kind": "caption", "caption": "red"}), "png": png}),
+        ],
+    )
+    whole = raw_tar(
+        tmp_path / "b-cut.tar", [(f"t{i}", {"json": as_json({"kind": "text", "text": "y" * 2000})}) for i in range(4)]
+    )
     data = whole.read_bytes()
     whole.write_bytes(data[: 2 * 2560 + 512 + 700])  # cut inside the third sample's data
     cut_at_boundary = tmp_path / "c-boundary.tar"  # ends after a json, before its sample's image: no end marker
-    raw_tar(cut_at_boundary, [("u0", {"json": as_json({"kind": "text", "text": "ok"})}),
-                              ("u1", {"json": as_json({"kind": "caption", "caption": "c"}), "png": png})])  # fmt: skip
+    raw_tar(
+        cut_at_boundary,
+        [
+            ("u0", {"json": as_json({"kind": "text", "text": "ok"})}),
+            ("u1", {"json": as_json({"kind": "caption", "caption": "c"}), "png": png}),
+        ],
+    )
     cut_at_boundary.write_bytes(cut_at_boundary.read_bytes()[: 4 * 512])
     (tmp_path / "d-garbage.tar").write_bytes(b"this is not a tar file" * 40)
     raw_tar(tmp_path / "e-last.tar", [("good3", {"json": as_json({"kind": "text", "text": "after the damage"})})])

@@ -203,30 +203,74 @@ def test_flickr30k_token_file():
 
 GLUE_CASES = [
     ("sst2", "sst2/dev.tsv", 4, 0, {"sentence": "it 's a charming and often affecting journey ."}, "1"),
-    ("mnli", "mnli/dev_matched.tsv", 3, 1, {
-        "premise": "This site includes a list of all award winners and a searchable database of Government "
-                   "Executive articles.",
-        "hypothesis": "The Government Executive articles housed on the website are not able to be searched."},
-     "contradiction"),
-    ("rte", "rte/dev.tsv", 3, 1, {
-        "premise": "Yet, we now are discovering that antibiotics are losing their effectiveness against illness. "
-                   "Disease-causing bacteria are mutating faster than we can come up with new antibiotics to fight "
-                   "the new variations.",
-        "hypothesis": "Bacteria is winning the war against antibiotics."}, "entailment"),
-    ("qnli", "qnli/dev.tsv", 3, 0, {
-        "question": "What came into force after the new constitution was herald?",
-        "sentence": "As of that day, the new constitution heralding the Second Republic came into force."},
-     "entailment"),
-    ("mrpc", "mrpc/dev.tsv", 3, 0, {
-        "sentence1": "He said the foodservice pie business doesn 't fit the company 's long-term growth strategy .",
-        "sentence2": '" The foodservice pie business does not fit our long-term growth strategy .'}, "1"),
-    ("qqp", "qqp/dev.tsv", 3, 172974, {
-        "question1": "Is there a reason why we should travel alone?",
-        "question2": "What are some reasons to travel alone?"}, "1"),
+    (
+        "mnli",
+        "mnli/dev_matched.tsv",
+        3,
+        1,
+        {
+            "premise": "This site includes a list of all award winners and a searchable database of Government "
+            "Executive articles.",
+            "hypothesis": "The Government Executive articles housed on the website are not able to be searched.",
+        },
+        "contradiction",
+    ),
+    (
+        "rte",
+        "rte/dev.tsv",
+        3,
+        1,
+        {
+            "premise": "Yet, we now are discovering that antibiotics are losing their effectiveness against illness. "
+            "Disease-causing bacteria are mutating faster than we can come up with new antibiotics to fight "
+            "the new variations.",
+            "hypothesis": "Bacteria is winning the war against antibiotics.",
+        },
+        "entailment",
+    ),
+    (
+        "qnli",
+        "qnli/dev.tsv",
+        3,
+        0,
+        {
+            "question": "What came into force after the new constitution was herald?",
+            "sentence": "As of that day, the new constitution heralding the Second Republic came into force.",
+        },
+        "entailment",
+    ),
+    (
+        "mrpc",
+        "mrpc/dev.tsv",
+        3,
+        0,
+        {
+            "sentence1": "He said the foodservice pie business doesn 't fit the company 's long-term growth strategy .",
+            "sentence2": '" The foodservice pie business does not fit our long-term growth strategy .',
+        },
+        "1",
+    ),
+    (
+        "qqp",
+        "qqp/dev.tsv",
+        3,
+        172974,
+        {
+            "question1": "Is there a reason why we should travel alone?",
+            "question2": "What are some reasons to travel alone?",
+        },
+        "1",
+    ),
     ("cola", "cola/dev.tsv", 3, 2, {"sentence": "The car honked down the road."}, "0"),
-    ("wnli", "wnli/dev.tsv", 2, 1, {
-        "premise": "Jane knocked on Susan's door but she did not answer.", "hypothesis": "Susan did not answer."}, "1"),
-]  # fmt: skip
+    (
+        "wnli",
+        "wnli/dev.tsv",
+        2,
+        1,
+        {"premise": "Jane knocked on Susan's door but she did not answer.", "hypothesis": "Susan did not answer."},
+        "1",
+    ),
+]
 
 
 @pytest.mark.parametrize(("task", "file", "n", "example_id", "texts", "label"), GLUE_CASES)
@@ -445,9 +489,34 @@ def test_world_files_errors(tmp_path, world):
 
 
 def test_registry():
-    names = {"vqav2", "okvqa", "coco", "flickr30k", "nocaps", "nlvr2", "snli-ve", "sst2", "mnli", "rte", "qnli",
-             "mrpc", "qqp", "cola", "hellaswag", "piqa", "copa", "storycloze", "winogrande", "arc-easy",
-             "arc-challenge", "boolq", "world-vqa", "world-captions", "world-entail", "world-choice"}  # fmt: skip
+    names = {
+        "vqav2",
+        "okvqa",
+        "coco",
+        "flickr30k",
+        "nocaps",
+        "nlvr2",
+        "snli-ve",
+        "sst2",
+        "mnli",
+        "rte",
+        "qnli",
+        "mrpc",
+        "qqp",
+        "cola",
+        "hellaswag",
+        "piqa",
+        "copa",
+        "storycloze",
+        "winogrande",
+        "arc-easy",
+        "arc-challenge",
+        "boolq",
+        "world-vqa",
+        "world-captions",
+        "world-entail",
+        "world-choice",
+    }
     assert names <= set(TASKS)
     for name, spec in TASKS.items():
         assert spec.name == name and spec.kind in ("vqa", "caption", "choice", "classification")
@@ -612,8 +681,9 @@ def test_other_malformed_input(tmp_path):
     token.write_text("1000092795.jpg#0\tTwo guys .\nno tab here\n")
     with pytest.raises(TaskDataError, match=rf"{token}:2: malformed line 'no tab here'"):
         read_flickr30k_tokens(token, FIX / "flickr30k" / "flickr30k-images")
-    wg = write_jsonl(tmp_path / "wg.jsonl", [{"qID": "q", "sentence": "no blank", "option1": "a", "option2": "b",
-                                              "answer": "1"}])  # fmt: skip
+    wg = write_jsonl(
+        tmp_path / "wg.jsonl", [{"qID": "q", "sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"}]
+    )
     with pytest.raises(TaskDataError, match="has no '_' blank"):
         read_winogrande(wg)
     broken = tmp_path / "captions.json"

@@ -317,8 +317,24 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         world.main(["--help"])
     assert exit_.value.code == 0 and "--n_train" in capsys.readouterr().out
-    out = world.main(["--out", str(tmp_path / "w"), "--seed", "1", "--n_train", "5", "--n-val", "2", "--n-test", "2",
-                      "--n-heldout", "2", "--n-docs", "2"])  # fmt: skip
+    out = world.main(
+        [
+            "--out",
+            str(tmp_path / "w"),
+            "--seed",
+            "1",
+            "--n_train",
+            "5",
+            "--n-val",
+            "2",
+            "--n-test",
+            "2",
+            "--n-heldout",
+            "2",
+            "--n-docs",
+            "2",
+        ]
+    )
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sizes"] == {"train": 5, "val": 2, "test": 2, "heldout": 2} and meta["params"]["seed"] == 1
     assert set(meta["colors"]) == set(COLORS) and meta["shapes"] == list(SHAPES)
@@ -342,8 +358,9 @@ def version1_digest(root: Path) -> str:
         elif rel.startswith("instructions_"):  # version 2 also added each closed-set task's options
             n = sizes[rel.removeprefix("instructions_").removesuffix(".jsonl")]
             rows = [json.loads(line) for line in p.read_text().splitlines()[: n + max(1, n // 2)]]
-            data = "".join(json.dumps({k: v for k, v in r.items() if k != "options"}, separators=(",", ":")) + "\n"
-                           for r in rows).encode()  # fmt: skip
+            data = "".join(
+                json.dumps({k: v for k, v in r.items() if k != "options"}, separators=(",", ":")) + "\n" for r in rows
+            ).encode()
         else:
             data = p.read_bytes()
         h.update(rel.encode() + b"\0" + data)
