@@ -12,21 +12,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+_SHARED = dict(vocab_size=97, initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+"""What the tiny GPT-2 and Llama have in common."""
+
+
 def tiny_gpt2(**kw):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = dict(
-        n_layer=2,
-        n_embd=32,
-        n_head=4,
-        vocab_size=97,
-        n_positions=64,
-        initializer_range=0.2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    cfg = dict(_SHARED, n_layer=2, n_embd=32, n_head=4, n_positions=64)
     cfg.update(kw)
     return GPT2LMHeadModel(GPT2Config(**cfg)).eval()
 
@@ -35,20 +29,8 @@ def tiny_llama(**kw):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = dict(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=97,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        rope_theta=500.0,
-    )
+    cfg = dict(_SHARED, num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
+    cfg.update(intermediate_size=64, max_position_embeddings=64, rope_theta=500.0)
     cfg.update(kw)
     return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
 

@@ -23,26 +23,12 @@ The bundled world (``data/world.py``) writes VQAv2, COCO captions, an RTE-style 
 so the same readers serve it; :func:`world_files` names its files and ``read_world_*(world_dir, split)`` read one
 split. :data:`TASKS` maps benchmark names to their reader, kind and label set.
 
-Modules: ``base`` (the example types, ``TaskData``, ``ReadReport``, errors and the helpers every reader shares),
-one module per family (``vqa``, ``captions``, ``classification``, ``choice``, ``instructions``), ``world`` (the
-bundled world's files) and ``registry`` (``TASKS``, ``get_task``). Everything public is importable from here.
+Modules: ``examples`` (the example types, ``TaskData``, ``ReadReport``, errors), ``parsing`` (the helpers every
+reader shares), one module per family (``vqa``, ``captions``, ``classification``, ``choice``, ``instructions``),
+``world`` (the bundled world's files) and ``registry`` (``TASKS``, ``get_task``). Everything public is importable
+from here.
 """
 
-from data.tasks.base import (
-    CaptionExample,
-    ChoiceExample,
-    ClassificationExample,
-    E,
-    ExampleId,
-    InstructionExample,
-    MissingImageError,
-    OnError,
-    ReadReport,
-    StrPath,
-    TaskData,
-    TaskDataError,
-    VQAExample,
-)
 from data.tasks.captions import read_coco_captions, read_flickr30k_tokens, read_karpathy
 from data.tasks.choice import (
     COPA_CONNECTORS,
@@ -57,6 +43,21 @@ from data.tasks.choice import (
     read_winogrande,
 )
 from data.tasks.classification import BINARY, GLUE_FORMATS, LABELS, NLI2, NLI3, read_glue, read_nlvr2, read_snli_ve
+from data.tasks.examples import (
+    CaptionExample,
+    ChoiceExample,
+    ClassificationExample,
+    E,
+    ExampleId,
+    InstructionExample,
+    MissingImageError,
+    OnError,
+    ReadReport,
+    StrPath,
+    TaskData,
+    TaskDataError,
+    VQAExample,
+)
 from data.tasks.instructions import read_instructions
 from data.tasks.registry import TASKS, Kind, TaskSpec, get_task
 from data.tasks.vqa import coco_image_files, read_vqa

@@ -9,19 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from data.shards import existing
-from data.tasks.base import (
-    CaptionExample,
-    Collector,
-    ImageFiles,
-    OnError,
-    StrPath,
-    TaskData,
-    TaskDataError,
-    get_field,
-    int_if_digits,
-    read_task_json,
-    top_list,
-)
+from data.tasks.examples import CaptionExample, OnError, StrPath, TaskData, TaskDataError
+from data.tasks.parsing import Collector, ImageFiles, get_field, int_if_digits, read_task_json, top_list
 
 _CAPTION_META = ("domain", "open_images_id")
 

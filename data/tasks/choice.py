@@ -9,19 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from data.shards import existing
-from data.tasks.base import (
-    ChoiceExample,
-    Collector,
-    OnError,
-    StrPath,
-    TaskData,
-    TaskDataError,
-    bad_label,
-    get_field,
-    jsonl_records,
-    read_jsonl_records,
-    string_list,
-)
+from data.tasks.examples import ChoiceExample, OnError, StrPath, TaskData, TaskDataError
+from data.tasks.parsing import Collector, bad_label, get_field, jsonl_records, read_jsonl_records, string_list
 
 
 def _label_index(value: Any, n: int, where: str, task: str, offset: int = 0) -> int:

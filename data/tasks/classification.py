@@ -9,19 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from data.shards import existing
-from data.tasks.base import (
-    ClassificationExample,
-    Collector,
-    ImageFiles,
-    OnError,
-    StrPath,
-    TaskData,
-    TaskDataError,
-    bad_label,
-    get_field,
-    int_if_digits,
-    read_jsonl_records,
-)
+from data.tasks.examples import ClassificationExample, OnError, StrPath, TaskData, TaskDataError
+from data.tasks.parsing import Collector, ImageFiles, bad_label, get_field, int_if_digits, read_jsonl_records
 
 NLI3 = ("entailment", "neutral", "contradiction")
 NLI2 = ("entailment", "not_entailment")

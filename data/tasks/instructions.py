@@ -4,17 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.tasks.base import (
-    ImageFiles,
-    InstructionExample,
-    OnError,
-    StrPath,
-    TaskData,
-    TaskDataError,
-    get_field,
-    read_jsonl_records,
-    string_list,
-)
+from data.tasks.examples import InstructionExample, OnError, StrPath, TaskData, TaskDataError
+from data.tasks.parsing import ImageFiles, get_field, read_jsonl_records, string_list
 
 
 def read_instructions(

@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data.tasks.base import TaskData
 from data.tasks.captions import read_coco_captions, read_flickr30k_tokens, read_karpathy
 from data.tasks.choice import (
     read_arc,
@@ -20,6 +19,7 @@ from data.tasks.choice import (
     read_winogrande,
 )
 from data.tasks.classification import GLUE_FORMATS, LABELS, read_glue, read_nlvr2, read_snli_ve
+from data.tasks.examples import TaskData
 from data.tasks.vqa import read_vqa
 from data.tasks.world import read_world_captions, read_world_choice, read_world_entail, read_world_vqa
 

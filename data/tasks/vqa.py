@@ -7,20 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from data.shards import existing
-from data.tasks.base import (
-    Collector,
-    ExampleId,
-    ImageFiles,
-    MissingImageError,
-    OnError,
-    StrPath,
-    TaskData,
-    TaskDataError,
-    VQAExample,
-    get_field,
-    read_task_json,
-    top_list,
-)
+from data.tasks.examples import ExampleId, MissingImageError, OnError, StrPath, TaskData, TaskDataError, VQAExample
+from data.tasks.parsing import Collector, ImageFiles, get_field, read_task_json, top_list
 
 
 def _coco_folder_and_name(subtype: str, image_id: ExampleId) -> tuple[str, str]:

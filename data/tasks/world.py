@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.tasks.base import (
+from data.tasks.captions import read_coco_captions
+from data.tasks.choice import read_choice_jsonl
+from data.tasks.classification import read_glue
+from data.tasks.examples import (
     CaptionExample,
     ChoiceExample,
     ClassificationExample,
@@ -13,11 +16,8 @@ from data.tasks.base import (
     StrPath,
     TaskData,
     VQAExample,
-    read_task_json,
 )
-from data.tasks.captions import read_coco_captions
-from data.tasks.choice import read_choice_jsonl
-from data.tasks.classification import read_glue
+from data.tasks.parsing import read_task_json
 from data.tasks.vqa import coco_image_files, read_vqa
 
 _WORLD_FILES = {
