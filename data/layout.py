@@ -24,11 +24,15 @@ from metalm.docking import Dock, contiguous_positions, span_dock
 IMAGE_OFFSET = 1  # the first <vec> follows <image>
 
 
+def encoder_sized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` in RGB at the encoder's input ``size`` (height, width), resized bicubically when it differs."""
+    image = image.convert("RGB")
+    return image if image.size == (size[1], size[0]) else image.resize((size[1], size[0]), Image.BICUBIC)
+
+
 def image_tensor(image: Image.Image, size: tuple[int, int], mean, std) -> torch.Tensor:
     """RGB image -> normalised ``(3, H, W)`` float tensor at the encoder's input size."""
-    image = image.convert("RGB")
-    if image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), Image.BICUBIC)
+    image = encoder_sized(image, size)
     x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size[0], size[1], 3)
     x = x.permute(2, 0, 1).float() / 255.0
     return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
