@@ -30,8 +30,11 @@ import torch
 from conftest import tiny_metalm
 from PIL import Image, ImageDraw
 
+from data.prompts import ImageSeg
 from data.templates import Turn, chat_prompt
 from data.tokenizer import Tokenizer
+from metalm import MetaLM
+from metalm.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # plain `pytest` with an install whose packages do not list demo/
@@ -276,8 +279,6 @@ def test_bad_images_are_refused_with_their_reason(images, tmp_path):
 
 
 def test_images_are_kept_at_the_encoders_size_with_the_same_pixels(engine):
-    from data.prompts import ImageSeg
-
     photo = Image.frombytes("RGB", (97, 61), bytes(range(256)) * 70)
     small = engine.prepare(photo)
     assert small.size == (32, 32)
@@ -373,9 +374,6 @@ def test_preset_check(checkpoint, engine, tmp_path):
     with pytest.raises(DemoError, match="trained from preset 'tiny-gpt' \\(train_config.json\\), not 'tiny'"):
         load_checkpoint(recorded, preset="tiny")
     assert load_checkpoint(recorded, preset="tiny-gpt").preset == "tiny-gpt"
-
-    from metalm import MetaLM
-    from metalm.presets import get_preset
 
     gpt = tmp_path / "gpt"
     MetaLM(get_preset("tiny-gpt", vocab_size=engine.tokenizer.vocab_size)).save_pretrained(gpt)

@@ -24,6 +24,8 @@ from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
 from metalm import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLM, MetaLMConfig
 from metalm.loss import IGNORE_INDEX
+from train.config import TrainConfig
+from train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "red green blue circle square triangle left right middle the a is on and of there two three".split()
@@ -54,19 +56,8 @@ def tokenizer() -> Tokenizer:
 
 
 def cfg(**kw) -> PipelineConfig:
-    base = dict(
-        seq_len=48,
-        batch_size=4,
-        text_weight=0.5,
-        span_ratio=0.25,
-        span_min=2,
-        span_max=5,
-        image_size=(8, 8),
-        image_tokens=5,
-        seed=0,
-    )
-    base.update(kw)
-    return PipelineConfig(**base)
+    base = dict(seq_len=48, batch_size=4, text_weight=0.5, image_size=(8, 8), image_tokens=5, seed=0)
+    return PipelineConfig(**{**base, "span_ratio": 0.25, "span_min": 2, "span_max": 5, **kw})
 
 
 def test_batch_layout(tokenizer):
@@ -171,30 +162,30 @@ def test_skip_replays_the_same_stream(tokenizer):
             assert torch.equal(da.positions, db.positions)
 
 
+def _metalm(vocab: int, seq_len: int, n_layers: int, n_heads: int, **decoder) -> MetaLM:
+    """A small random MetaLM (seed torch first): a 32-wide decoder, a 1-layer native text encoder and a 1-layer ViT
+    for 8x8 images."""
+    text = dict(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, max_len=seq_len)
+    vit = dict(model_name="vit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    return MetaLM(
+        MetaLMConfig(
+            decoder=DecoderConfig(
+                vocab_size=vocab, dim=32, n_layers=n_layers, n_heads=n_heads, max_seq_len=seq_len, **decoder
+            ),
+            encoders={
+                "text": EncoderConfig("native_text", text, connector=ConnectorConfig("linear")),
+                "vision": EncoderConfig("timm", vit, connector=ConnectorConfig("mlp")),
+            },
+        )
+    )
+
+
 def test_no_leak_on_real_collated_batches(tokenizer):
     """For every loss-counted target, replacing it in the input (and so in any encoder input that holds it)
     leaves the logits that predict it unchanged."""
     torch.manual_seed(0)
     vocab = tokenizer.vocab_size
-    model = MetaLM(
-        MetaLMConfig(
-            decoder=DecoderConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, max_seq_len=48, init_std=0.2),
-            encoders={
-                "text": EncoderConfig(
-                    "native_text",
-                    dict(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, max_len=48),
-                    connector=ConnectorConfig("linear"),
-                ),
-                "vision": EncoderConfig(
-                    "timm",
-                    dict(
-                        model_name="vit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2
-                    ),
-                    connector=ConnectorConfig("mlp"),
-                ),
-            },
-        )
-    ).eval()
+    model = _metalm(vocab, 48, n_layers=2, n_heads=4, init_std=0.2).eval()
     c = cfg(batch_size=2)
     batch = next(batches(documents(7), captions(8), tokenizer, c))
     with torch.no_grad():
@@ -362,39 +353,13 @@ def test_workers_pin_batches_for_the_gpu(tokenizer, shards):
 def test_training_on_workers_resumes_exactly(tokenizer, shards, tmp_path):
     """The training loop on batches from 2 workers, stopped by SIGTERM after an odd number of batches and resumed,
     ends with the weights of an uninterrupted run (dropout on: starting the workers must not draw from the RNG)."""
-    from train.config import TrainConfig
-    from train.loop import train
-
     text, caps = shards
     c = cfg(seq_len=32)
     vocab = tokenizer.vocab_size
 
     def model(seed: int = 0) -> MetaLM:
         torch.manual_seed(seed)
-        return MetaLM(
-            MetaLMConfig(
-                decoder=DecoderConfig(vocab_size=vocab, dim=32, n_layers=1, n_heads=2, max_seq_len=32, dropout=0.1),
-                encoders={
-                    "text": EncoderConfig(
-                        "native_text",
-                        dict(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, max_len=32),
-                        connector=ConnectorConfig("linear"),
-                    ),
-                    "vision": EncoderConfig(
-                        "timm",
-                        dict(
-                            model_name="vit_tiny_patch16_224",
-                            img_size=8,
-                            patch_size=4,
-                            embed_dim=16,
-                            depth=1,
-                            num_heads=2,
-                        ),
-                        connector=ConnectorConfig("mlp"),
-                    ),
-                },
-            )
-        )
+        return _metalm(vocab, 32, n_layers=1, n_heads=2, dropout=0.1)
 
     def data(skip: int):
         return load_batches(BatchStream(text, caps, tokenizer, c, skip=skip), 2)
@@ -406,20 +371,8 @@ def test_training_on_workers_resumes_exactly(tokenizer, shards, tmp_path):
             yield batch
 
     def run_cfg(out, **kw) -> TrainConfig:
-        return TrainConfig(
-            out=str(out),
-            max_steps=5,
-            batch_size=4,
-            seq_len=32,
-            lr=3e-3,
-            warmup_steps=1,
-            ckpt_every=100,
-            log_every=1,
-            eval_every=0,
-            peak_flops=1e11,
-            num_workers=2,
-            **kw,
-        )
+        schedule = dict(max_steps=5, lr=3e-3, warmup_steps=1, ckpt_every=100, log_every=1, eval_every=0)
+        return TrainConfig(out=str(out), batch_size=4, seq_len=32, peak_flops=1e11, num_workers=2, **schedule, **kw)
 
     full_model = model()
     full = train(run_cfg(tmp_path / "full"), full_model, data)
