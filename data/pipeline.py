@@ -20,12 +20,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.batch import Batch
+from data.layout import IMAGE_OFFSET, DockLayout, image_tensor, image_text_ids
 from data.reader import ReaderStats, iter_samples
-from metalm.docking import Dock, contiguous_positions, span_dock
 from metalm.loss import IGNORE_INDEX
 from metalm.semicausal import sample_spans, scaled_span_lengths
 
@@ -56,16 +55,6 @@ class PipelineConfig:
         if self.vision_encoder is None:
             return self.batch_size
         return round(self.batch_size * self.text_weight)
-
-
-def image_tensor(image: Image.Image, size: tuple[int, int], mean, std) -> torch.Tensor:
-    """RGB image -> normalised ``(3, H, W)`` float tensor at the encoder's input size."""
-    image = image.convert("RGB")
-    if image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), Image.BICUBIC)
-    x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size[0], size[1], 3)
-    x = x.permute(2, 0, 1).float() / 255.0
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def document_tokens(text: str, tokenizer) -> list[int]:
@@ -99,9 +88,12 @@ def text_rows(samples: Iterable[dict], tokenizer, seq_len: int) -> Iterator[tupl
 
 @dataclass
 class ImageItem:
+    """One image-caption sample laid out for a row: the image, then the caption whose prefix the text encoder reads."""
+
     ids: list[int]  # <image> <vec>*N </image> caption </s>
     image: torch.Tensor
     caption_len: int
+    caption_start: int  # where the caption starts in ids
 
 
 def image_text_rows(samples: Iterable[dict], tokenizer, cfg: PipelineConfig) -> Iterator[list[ImageItem]]:
@@ -110,13 +102,12 @@ def image_text_rows(samples: Iterable[dict], tokenizer, cfg: PipelineConfig) -> 
     used = 0
     for sample in samples:
         caption = tokenizer.encode(sample["caption"])
-        ids = [tokenizer.image_start_id] + [tokenizer.vec_id] * cfg.image_tokens + [tokenizer.image_end_id]
-        ids += caption + [tokenizer.eos_id]
+        ids, caption_start = image_text_ids(tokenizer, cfg.image_tokens, caption)
         if len(ids) > cfg.seq_len:
             ids = ids[: cfg.seq_len]
-            caption = caption[: cfg.seq_len - cfg.image_tokens - 3]
-        item = ImageItem(ids, image_tensor(sample["image"], cfg.image_size, cfg.image_mean, cfg.image_std),
-                         len(caption))  # fmt: skip
+            caption = caption[: cfg.seq_len - caption_start - 1]  # </s> is cut first
+        pixels = image_tensor(sample["image"], cfg.image_size, cfg.image_mean, cfg.image_std)
+        item = ImageItem(ids, pixels, len(caption), caption_start)
         if used + len(ids) > cfg.seq_len:
             yield row
             row, used = [], 0
@@ -135,34 +126,27 @@ def build_batch(
     b = len(text) + len(images)
     ids = torch.full((b, cfg.seq_len), pad_id, dtype=torch.long)
     mask = torch.zeros((b, cfg.seq_len), dtype=torch.long)
-    spans: list[tuple[int, int, int]] = []
+    layout = DockLayout(cfg.vision_encoder, cfg.text_encoder, cfg.image_tokens)
     lo, hi = cfg.span_lengths()
     for r, (row, bounds) in enumerate(text):
         ids[r] = torch.tensor(row)
         mask[r] = 1
         if cfg.text_encoder is not None:
-            spans += [(r, s, e) for s, e in sample_spans(bounds, rng, cfg.span_ratio, lo, hi)]
-    pixels, image_rows, image_starts = [], [], []
+            for s, e in sample_spans(bounds, rng, cfg.span_ratio, lo, hi):
+                layout.add_span(r, s, e)
     for r, items in enumerate(images, start=len(text)):
         pos = 0
         for item in items:
             n = len(item.ids)
             ids[r, pos : pos + n] = torch.tensor(item.ids)
             mask[r, pos : pos + n] = 1
-            pixels.append(item.image)
-            image_rows.append(r)
-            image_starts.append(pos + 1)
-            caption_start = pos + cfg.image_tokens + 2
+            layout.add_image(r, pos + IMAGE_OFFSET, item.image)
+            caption_start = pos + item.caption_start
             k = rng.randint(0, int(cfg.prefix_max * item.caption_len))
             if k and cfg.text_encoder is not None:
-                spans.append((r, caption_start, caption_start + k))
+                layout.add_span(r, caption_start, caption_start + k)
             pos += n
-    docks = []
-    if pixels:
-        docks.append(Dock(cfg.vision_encoder, {"pixel_values": torch.stack(pixels)}, torch.tensor(image_rows),
-                          contiguous_positions(torch.tensor(image_starts), cfg.image_tokens)))  # fmt: skip
-    if spans:
-        docks.append(span_dock(ids, spans, cfg.text_encoder, pad_id))
+    docks = layout.docks(ids, pad_id)
     return Batch(ids, ids.masked_fill(mask == 0, IGNORE_INDEX), mask, docks)
 
 
@@ -253,8 +237,9 @@ class BatchStream(IterableDataset):
         self.text_urls = list(text_urls) if text_urls is not None else None
         self.image_urls = list(image_urls) if image_urls is not None else None
         self.tokenizer, self.cfg, self.skip = tokenizer, cfg, skip
-        self.reader = dict(shuffle_buffer=shuffle_buffer, seed=seed, resample=resample, rank=rank,
-                           world_size=world_size)  # fmt: skip
+        self.reader = dict(
+            shuffle_buffer=shuffle_buffer, seed=seed, resample=resample, rank=rank, world_size=world_size
+        )
 
     def roles(self) -> tuple[int, int]:
         """(role, roles) of the process iterating the stream: ``(0, 1)`` outside a DataLoader worker."""
@@ -317,9 +302,16 @@ def load_batches(
     else:
         if prefetch_factor < 1:
             raise ValueError(f"prefetch_factor = {prefetch_factor}: expected at least 1")
-        loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
-                            prefetch_factor=prefetch_factor, pin_memory=pin_memory, worker_init_fn=_own_session,
-                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=num_workers,
+            collate_fn=_as_is,
+            prefetch_factor=prefetch_factor,
+            pin_memory=pin_memory,
+            worker_init_fn=_own_session,
+            generator=torch.Generator().manual_seed(0),
+        )
         items = iter(loader)
 
     def counted() -> Iterator[Batch]:

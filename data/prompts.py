@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data.pipeline import image_tensor
+from data.layout import IMAGE_OFFSET, DockLayout, image_ids, image_tensor
 from data.tokenizer import SPECIAL_TOKENS, Tokenizer
-from encoders.text import NativeTextEncoder
-from encoders.vision import OpenClipVision, TimmVision
-from metalm.docking import Dock, contiguous_positions, span_dock
+from encoders.base import DECODER_IDS, PIXELS
+from metalm.docking import Dock
 
 
 @dataclass(frozen=True)
@@ -99,12 +98,14 @@ def through_encoder(segments: Sequence[Segment]) -> list[Segment]:
 
 class PromptEncoder:
     """Encodes prompts for one model: which encoder reads images (and at what size, normalisation and token
-    count) and which reads text; found by encoder kind when not named."""
+    count) and which reads text; when not named, the first encoder that reads pixels, and the first that reads
+    the decoder's ids (``Encoder.reads``)."""
 
     def __init__(self, model, tokenizer: Tokenizer, vision: str | None = None, text: str | None = None) -> None:
         self.tokenizer = tokenizer
-        self.vision = vision or _find(model, (TimmVision, OpenClipVision))
-        self.text = text or _find(model, (NativeTextEncoder,))
+        self.vision = vision or _find(model, PIXELS)
+        self.text = text or _find(model, DECODER_IDS)
+        self.image_tokens = 0  # no vision encoder: no image ever docks
         if self.vision is not None:
             enc = model.encoders[self.vision]
             self.image_size = tuple(enc.image_size)
@@ -126,9 +127,8 @@ class PromptEncoder:
                 if self.vision is None:
                     raise ValueError("the prompt has an image but this model has no vision encoder")
                 pixels = image_tensor(open_image(seg.image), self.image_size, self.image_mean, self.image_std)
-                ids.append(tok.image_start_id)
-                images.append((len(ids), pixels))
-                ids += [tok.vec_id] * self.image_tokens + [tok.image_end_id]
+                images.append((len(ids) + IMAGE_OFFSET, pixels))
+                ids += image_ids(tok, self.image_tokens)
             elif isinstance(seg, EncodedSeg):
                 if self.text is None:
                     raise ValueError(
@@ -155,7 +155,7 @@ class PromptEncoder:
         b = len(rows)
         ids = torch.full((b, width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
-        pixels, image_rows, image_starts, spans = [], [], [], []
+        layout = DockLayout(self.vision, self.text, self.image_tokens)
         for r, row in enumerate(rows):
             if len(row.ids) > width:
                 raise ValueError(f"row {r} has {len(row.ids)} ids; the batch is {width} wide")
@@ -163,19 +163,14 @@ class PromptEncoder:
             ids[r, off : off + len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
             mask[r, off : off + len(row.ids)] = 1
             for start, px in row.images:
-                pixels.append(px)
-                image_rows.append(r)
-                image_starts.append(off + start)
-            spans += [(r, off + s, off + e) for s, e in row.spans]
-        docks = []
-        if pixels:
-            positions = contiguous_positions(torch.tensor(image_starts), self.image_tokens)
-            docks.append(Dock(self.vision, {"pixel_values": torch.stack(pixels)}, torch.tensor(image_rows), positions))
-        if spans:
-            docks.append(span_dock(ids, spans, self.text, self.tokenizer.pad_id))
+                layout.add_image(r, off + start, px)
+            for s, e in row.spans:
+                layout.add_span(r, off + s, off + e)
+        docks = layout.docks(ids, self.tokenizer.pad_id)
         return ids, mask, docks
 
 
-def _find(model, kinds: tuple[type, ...]) -> str | None:
-    names = [name for name, enc in model.encoders.items() if isinstance(enc, kinds)]
+def _find(model, reads: str) -> str | None:
+    """The name of the model's first encoder that reads ``reads``, or None."""
+    names = [name for name, enc in model.encoders.items() if enc.reads == reads]
     return names[0] if names else None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from data.prompts import ImageSeg, Prompt, Segment
+from data.prompts import ImageSeg, Prompt, Segment, through_encoder
 
 CONTENT_FREE = ("N/A", "", "[MASK]")
 QA_TEMPLATE = "Question: {question} Answer:"
@@ -69,21 +69,29 @@ TF = {"entailment": "True", "not_entailment": "False"}
 NLI = {"entailment": "True", "neutral": "Neither", "contradiction": "False"}
 # Text templates follow the GPT-3 paper / lm-evaluation-harness wording where one exists.
 CLASSIFICATION: dict[str, ClassTemplate] = {
-    "sst2": ClassTemplate("{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:",
-                          {"0": "negative", "1": "positive"}),
+    "sst2": ClassTemplate(
+        "{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:", {"0": "negative", "1": "positive"}
+    ),
     "rte": ClassTemplate("{premise}\nQuestion: {hypothesis} True or False?\nAnswer:", TF),
     "mnli": ClassTemplate("{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:", NLI),
-    "qnli": ClassTemplate("{question}\n{sentence}\nQuestion: Does this response answer the question?\nAnswer:",
-                          {"entailment": "yes", "not_entailment": "no"}),
-    "mrpc": ClassTemplate("Sentence 1: {sentence1}\nSentence 2: {sentence2}\nQuestion: Do both sentences mean the "
-                          "same thing?\nAnswer:", {"0": "no", "1": "yes"}),
-    "qqp": ClassTemplate("Question 1: {question1}\nQuestion 2: {question2}\nQuestion: Do both questions ask the "
-                         "same thing?\nAnswer:", {"0": "no", "1": "yes"}),
+    "qnli": ClassTemplate(
+        "{question}\n{sentence}\nQuestion: Does this response answer the question?\nAnswer:",
+        {"entailment": "yes", "not_entailment": "no"},
+    ),
+    "mrpc": ClassTemplate(
+        "Sentence 1: {sentence1}\nSentence 2: {sentence2}\nQuestion: Do both sentences mean the same thing?\nAnswer:",
+        {"0": "no", "1": "yes"},
+    ),
+    "qqp": ClassTemplate(
+        "Question 1: {question1}\nQuestion 2: {question2}\nQuestion: Do both questions ask the same thing?\nAnswer:",
+        {"0": "no", "1": "yes"},
+    ),
     "cola": ClassTemplate("{sentence}\nQuestion: Does this sentence make sense?\nAnswer:", {"0": "no", "1": "yes"}),
     "snli-ve": ClassTemplate("Question: {hypothesis} True, False or Neither?\nAnswer:", NLI, images=1),
-    "nlvr2": ClassTemplate("Question: {sentence} True or False?\nAnswer:", {"True": "True", "False": "False"},
-                           images=2),
-}  # fmt: skip
+    "nlvr2": ClassTemplate(
+        "Question: {sentence} True or False?\nAnswer:", {"True": "True", "False": "False"}, images=2
+    ),
+}
 CLASSIFICATION["wnli"] = ClassTemplate(CLASSIFICATION["rte"].text, {"0": "False", "1": "True"})
 for _alias, _same in (("world-entail", "rte"), ("mnli-mm", "mnli")):
     CLASSIFICATION[_alias] = CLASSIFICATION[_same]
@@ -117,8 +125,6 @@ class Turn:
 def chat_prompt(turns: Sequence[Turn], encode_user: bool = False) -> list[Segment]:
     """``[images] User: {text}\\nAssistant: {answer}\\n ...``, ending with ``Assistant:`` after a user turn so the
     model continues with its answer."""
-    from data.prompts import through_encoder
-
     out: list[Segment] = []
     for turn in turns:
         if turn.role == "user":

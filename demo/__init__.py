@@ -105,22 +105,40 @@ def _convert(name: str, raw: object) -> object:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """The options both front ends share: which checkpoint, where it runs, and the decoding settings."""
+    """The options both front ends share: which checkpoint, where it runs, and the decoding settings (underscore
+    flags; give ``parser`` as an ``eval.flags.FlagParser`` so the older hyphenated spelling still parses)."""
     d = Settings()
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory (config.json, model.safetensors, "
-                        "tokenizer.json), e.g. runs/tiny/final")  # fmt: skip
-    parser.add_argument("--preset", default=None, help="refuse the checkpoint unless it was built from this preset "
-                        "(tiny, tiny-gpt, language-xl, vl-medium)")  # fmt: skip
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint directory (config.json, model.safetensors, tokenizer.json), e.g. runs/tiny/final",
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="refuse the checkpoint unless it was built from this preset (tiny, tiny-gpt, language-xl, vl-medium)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--encode-user", action=argparse.BooleanOptionalAction, default=None,
-                        help="read the user's words through the text encoder, as MetaLM reads instructions "
-                        "(default: when the model has a text encoder)")  # fmt: skip
+    parser.add_argument(
+        "--encode_user",
+        action="store_true",
+        default=None,
+        help="read the user's words through the text encoder, as MetaLM reads instructions "
+        "(default: when the model has a text encoder)",
+    )
+    parser.add_argument(
+        "--no_encode_user",
+        dest="encode_user",
+        action="store_false",
+        default=None,
+        help="read the user's words causally instead of through the text encoder",
+    )
     g = parser.add_argument_group("decoding (also editable while chatting)")
-    g.add_argument("--max-new-tokens", type=int, default=None, help=f"answer length limit (default {d.max_new_tokens})")
+    g.add_argument("--max_new_tokens", type=int, default=None, help=f"answer length limit (default {d.max_new_tokens})")
     g.add_argument("--greedy", action="store_true", default=None, help="greedy decoding instead of sampling")
     g.add_argument("--temperature", type=float, default=None, help=f"sampling temperature (default {d.temperature})")
-    g.add_argument("--top-k", type=int, default=None, help=f"keep the k likeliest tokens, 0 = all (default {d.top_k})")
-    g.add_argument("--top-p", type=float, default=None, help=f"nucleus sampling mass, 1 = off (default {d.top_p})")
+    g.add_argument("--top_k", type=int, default=None, help=f"keep the k likeliest tokens, 0 = all (default {d.top_k})")
+    g.add_argument("--top_p", type=float, default=None, help=f"nucleus sampling mass, 1 = off (default {d.top_p})")
     g.add_argument("--seed", type=int, default=None, help="reseed sampling with this at every answer (default: random)")
 
 

@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from demo import DemoError, add_model_args, parse_settings, settings_from_args  # noqa: E402
+from eval.flags import FlagParser  # noqa: E402
 
 if TYPE_CHECKING:
     from demo.engine import Chat
@@ -34,13 +35,18 @@ HELP = """commands:
 anything else is an instruction for the model."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> FlagParser:
+    p = FlagParser(
         description=__doc__.split("\n\n")[0], epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_model_args(p)
-    p.add_argument("--image", action="append", default=[], metavar="PATH",
-                   help="attach an image to the first instruction (repeat for several)")  # fmt: skip
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="attach an image to the first instruction (repeat for several)",
+    )
     return p
 
 
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     settings = settings_from_args(parser, args)
     stdin, out = stdin or sys.stdin, stdout or sys.stdout
     print(f"loading {args.checkpoint} ...", file=out, flush=True)
+    # demo.engine imports torch: imported here, not at the top, so --help answers in 0.1 s instead of seconds
     from demo.engine import Chat, load_checkpoint
 
     try:
@@ -128,8 +135,12 @@ def _command(chat: Chat, line: str, out: TextIO) -> None:
             raise DemoError("/image needs a path, e.g. /image data/world/images/val/000001.png")
         path = shlex.split(rest)[0] if rest[0] in "'\"" else rest
         image = chat.attach(path)
-        print(f"attached {path} ({image.width}x{image.height}); {len(chat.pending)} image(s) wait for your next "
-              "instruction", file=out, flush=True)  # fmt: skip
+        print(
+            f"attached {path} ({image.width}x{image.height}); {len(chat.pending)} image(s) wait for your next "
+            "instruction",
+            file=out,
+            flush=True,
+        )
     elif name == "/settings":
         if rest:
             changes = {}

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from data.layout import encoder_sized
 from data.prompts import PromptEncoder
 from data.templates import CHAT_STOP, Turn, chat_prompt
 from data.tokenizer import FILENAME as TOKENIZER_NAME
@@ -30,16 +31,35 @@ from demo import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, DemoError, Settings, parse_s
 from metalm import MetaLM
 from metalm.config import MetaLMConfig
 from metalm.model import CONFIG_NAME, WEIGHTS_NAME
+from metalm.presets import PRESETS, get_preset
 
 __all__ = [
-    "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "Chat", "DemoError", "Engine", "Reply", "Settings", "check_preset",
-    "load_checkpoint", "load_image", "parse_settings",
-]  # fmt: skip
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "Chat",
+    "DemoError",
+    "Engine",
+    "Reply",
+    "Settings",
+    "check_preset",
+    "load_checkpoint",
+    "load_image",
+    "parse_settings",
+]
 
 TextCallback = Callable[[str], None]
 # decoder fields a preset fixes; vocab_size and max_seq_len follow the tokenizer and --seq_len when training
-_PRESET_DECODER_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden", "positions", "norm",
-                          "mlp")  # fmt: skip
+_PRESET_DECODER_FIELDS = (
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "head_dim",
+    "mlp_hidden",
+    "positions",
+    "norm",
+    "mlp",
+)
 _PRESET_FREE_ENCODER_KWARGS = ("vocab_size", "max_len")
 
 
@@ -67,8 +87,9 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         with Image.open(fp) as img:  # reads the header only; PIL itself refuses far larger images here
             width, height = img.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise DemoError(f"{label}: the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
-                                f"{too_big}")  # fmt: skip
+                raise DemoError(
+                    f"{label}: the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; {too_big}"
+                )
             img.load()
             return img.convert("RGB")
     except Image.DecompressionBombError as err:
@@ -85,9 +106,11 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
 
 
 def load_checkpoint(
-    path: str | Path, preset: str | None = None, device: str | torch.device | None = None,
+    path: str | Path,
+    preset: str | None = None,
+    device: str | torch.device | None = None,
     encode_user: bool | None = None,
-) -> Engine:  # fmt: skip
+) -> Engine:
     """An ``Engine`` over the checkpoint directory that training writes (config.json, model.safetensors,
     tokenizer.json). With ``preset`` the checkpoint must have been built from that preset, which is checked on the
     config before any weights are read."""
@@ -145,8 +168,6 @@ def check_preset(config: MetaLMConfig, preset: str, path: str | Path) -> None:
     """Refuse, with the differences spelled out, a checkpoint that was not built from ``preset``: by the name
     training recorded in train_config.json when there is one, else by comparing the architecture (decoder shape,
     encoder names, kinds and sizes) with the preset's, so a wrong checkpoint never ends in a shape mismatch."""
-    from metalm.presets import PRESETS, get_preset
-
     path = Path(path)
     if preset not in PRESETS:
         raise DemoError(f"--preset {preset!r}: unknown preset; expected one of {', '.join(PRESETS)}")
@@ -166,8 +187,11 @@ def check_preset(config: MetaLMConfig, preset: str, path: str | Path) -> None:
 
 
 def _architecture_diffs(have: MetaLMConfig, want: MetaLMConfig) -> list[str]:
-    diffs = [f"decoder.{f} is {getattr(have.decoder, f)!r} where the preset has {getattr(want.decoder, f)!r}"
-             for f in _PRESET_DECODER_FIELDS if getattr(have.decoder, f) != getattr(want.decoder, f)]  # fmt: skip
+    diffs = [
+        f"decoder.{f} is {getattr(have.decoder, f)!r} where the preset has {getattr(want.decoder, f)!r}"
+        for f in _PRESET_DECODER_FIELDS
+        if getattr(have.decoder, f) != getattr(want.decoder, f)
+    ]
     if set(have.encoders) != set(want.encoders):
         diffs.append(f"encoders are {sorted(have.encoders)} where the preset has {sorted(want.encoders)}")
     for name in sorted(set(have.encoders) & set(want.encoders)):
@@ -184,8 +208,10 @@ def _architecture_diffs(have: MetaLMConfig, want: MetaLMConfig) -> list[str]:
 def describe_config(config: MetaLMConfig) -> str:
     """The architecture in one line: what a user needs to know which model answers."""
     d = config.decoder
-    parts = [f"decoder {d.n_layers} layers x {d.dim} wide, {d.n_heads} heads, {d.positions} positions, "
-             f"{d.max_seq_len}-token window, {d.vocab_size}-id vocabulary"]  # fmt: skip
+    parts = [
+        f"decoder {d.n_layers} layers x {d.dim} wide, {d.n_heads} heads, {d.positions} positions, "
+        f"{d.max_seq_len}-token window, {d.vocab_size}-id vocabulary"
+    ]
     for name, enc in config.encoders.items():
         model_name = enc.kwargs.get("model_name")
         parts.append(f"{name} encoder {enc.kind}{f' {model_name}' if model_name else ''}")
@@ -273,16 +299,20 @@ class Engine:
     serializes model calls, so one engine can serve several threads (the web server)."""
 
     def __init__(
-        self, model: MetaLM, tokenizer: Tokenizer, source: str = "", preset: str | None = None,
+        self,
+        model: MetaLM,
+        tokenizer: Tokenizer,
+        source: str = "",
+        preset: str | None = None,
         encode_user: bool | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.source = source
         self.preset = preset
         self.prompts = PromptEncoder(model, tokenizer)
         if encode_user and self.prompts.text is None:
-            raise DemoError("--encode-user: this model has no text encoder that shares the decoder's tokenizer")
+            raise DemoError("--encode_user: this model has no text encoder that shares the decoder's tokenizer")
         self.encode_user = self.prompts.text is not None if encode_user is None else encode_user
         self.max_seq_len = model.config.decoder.max_seq_len
         self.device = next(model.parameters()).device
@@ -297,26 +327,31 @@ class Engine:
         size = sum(p.numel() for p in self.model.parameters()) / 1e6
         preset = f" (preset {self.preset})" if self.preset else ""
         words = "through the text encoder" if self.encode_user else "causally"
-        return (f"{self.source}{preset}: {describe_config(self.model.config)}; {size:.1f}M parameters on "
-                f"{self.device}; user words are read {words}")  # fmt: skip
+        return (
+            f"{self.source}{preset}: {describe_config(self.model.config)}; {size:.1f}M parameters on "
+            f"{self.device}; user words are read {words}"
+        )
 
     def info(self) -> dict:
         """What a front end shows beside the conversation: model, limits, and whether images are accepted."""
         return {
-            "checkpoint": self.source, "preset": self.preset, "description": self.describe(),
-            "max_seq_len": self.max_seq_len, "vision": self.has_vision, "encode_user": self.encode_user,
+            "checkpoint": self.source,
+            "preset": self.preset,
+            "description": self.describe(),
+            "max_seq_len": self.max_seq_len,
+            "vision": self.has_vision,
+            "encode_user": self.encode_user,
             "image_size": list(self.prompts.image_size) if self.has_vision else None,
-            "max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS,
-        }  # fmt: skip
+            "max_image_bytes": MAX_IMAGE_BYTES,
+            "max_image_pixels": MAX_IMAGE_PIXELS,
+        }
 
     def prepare(self, image: Image.Image) -> Image.Image:
         """``image`` at the vision encoder's input size, resized once as the prompt encoder would resize it, so a
         conversation holds small images and re-encoding its history stays cheap."""
         if not self.has_vision:
             raise DemoError("this model has no vision encoder, so it cannot read images")
-        height, width = self.prompts.image_size
-        image = image.convert("RGB")
-        return image if image.size == (width, height) else image.resize((width, height), Image.BICUBIC)
+        return encoder_sized(image, self.prompts.image_size)
 
     def prompt_tokens(self, turns: Sequence[Turn]) -> int:
         """Decoder positions the chat prompt of ``turns`` takes (images count one per docked vector)."""
@@ -360,11 +395,19 @@ class Engine:
             start = time.perf_counter()
             try:
                 self.model.generate(
-                    ids, docks, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
-                    do_sample=not settings.greedy, temperature=settings.temperature, top_k=settings.top_k,
-                    top_p=settings.top_p, eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id,
-                    generator=generator, on_token=stream.push,
-                )  # fmt: skip
+                    ids,
+                    docks,
+                    attention_mask=mask,
+                    max_new_tokens=settings.max_new_tokens,
+                    do_sample=not settings.greedy,
+                    temperature=settings.temperature,
+                    top_k=settings.top_k,
+                    top_p=settings.top_p,
+                    eos_token_id=self.tokenizer.eos_id,
+                    pad_token_id=self.tokenizer.pad_id,
+                    generator=generator,
+                    on_token=stream.push,
+                )
             except _Stop:
                 pass
             seconds = time.perf_counter() - start
@@ -395,9 +438,12 @@ class Chat:
         self.pending.clear()
 
     def ask(
-        self, text: str, images: Sequence[Image.Image] = (), on_text: TextCallback | None = None,
+        self,
+        text: str,
+        images: Sequence[Image.Image] = (),
+        on_text: TextCallback | None = None,
         on_notice: TextCallback | None = None,
-    ) -> Reply:  # fmt: skip
+    ) -> Reply:
         """Answer ``text`` with the attached images and ``images`` (loaded by ``load_image``), streaming through
         ``on_text``. The turn and its answer join the conversation only once the answer is complete; ``on_notice``
         hears about old turns left out to fit the window."""
@@ -409,9 +455,11 @@ class Chat:
             kept, dropped = self.engine.fit(turns, self.settings)
             if dropped and on_notice is not None:
                 exchanges = (dropped + 1) // 2
-                on_notice(f"the conversation no longer fits the model's {self.engine.max_seq_len}-token window: left "
-                          f"out the {dropped} oldest turn{'s' * (dropped != 1)} ({exchanges} exchange"
-                          f"{'s' * (exchanges != 1)})")  # fmt: skip
+                on_notice(
+                    f"the conversation no longer fits the model's {self.engine.max_seq_len}-token window: left "
+                    f"out the {dropped} oldest turn{'s' * (dropped != 1)} ({exchanges} exchange"
+                    f"{'s' * (exchanges != 1)})"
+                )
             reply = self.engine.respond(kept, self.settings, on_text)
             reply.dropped_turns = dropped
             self.turns = [*kept, Turn("assistant", reply.text)]

@@ -18,7 +18,6 @@ by the engine's lock, and a failing request never stops the server.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import dataclasses
@@ -37,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from demo import MAX_IMAGE_BYTES, DemoError, Settings, add_model_args, parse_settings, settings_from_args  # noqa: E402
+from eval.flags import FlagParser  # noqa: E402
 
 if TYPE_CHECKING:
     from demo.engine import Chat, Engine
@@ -63,7 +63,7 @@ class DemoServer(ThreadingHTTPServer):
 
     def chat(self, session: str) -> Chat:
         """The session's conversation, created on first use; old sessions beyond ``MAX_SESSIONS`` are dropped."""
-        from demo.engine import Chat
+        from demo.engine import Chat  # lazy like main's import: a fast --help
 
         with self.sessions_lock:
             chat = self.sessions.pop(session, None) or Chat(self.engine, self.settings)
@@ -110,7 +110,7 @@ class Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(err).__name__}: {err}"})
 
     def _chat(self) -> None:
-        from demo.engine import load_image
+        from demo.engine import load_image  # lazy like main's import: a fast --help
 
         request = self._read_json()
         chat = self.server.chat(_session(request))
@@ -131,8 +131,12 @@ class Handler(BaseHTTPRequestHandler):
         chat.settings = settings
         stream = _LineStream(self)
         try:
-            reply = chat.ask(text, images, on_text=lambda piece: stream.send({"text": piece}),
-                             on_notice=lambda message: stream.send({"notice": message}))  # fmt: skip
+            reply = chat.ask(
+                text,
+                images,
+                on_text=lambda piece: stream.send({"text": piece}),
+                on_notice=lambda message: stream.send({"notice": message}),
+            )
         except DemoError as err:
             if not stream.started:
                 raise
@@ -147,10 +151,14 @@ class Handler(BaseHTTPRequestHandler):
             stream.send({"error": f"internal error: {type(err).__name__}: {err}"})
             return
         done = {
-            "answer": reply.text, "finish_reason": reply.finish_reason, "prompt_tokens": reply.prompt_tokens,
-            "new_tokens": len(reply.token_ids), "seconds": round(reply.seconds, 3),
-            "dropped_turns": reply.dropped_turns, "settings": settings.describe(),
-        }  # fmt: skip
+            "answer": reply.text,
+            "finish_reason": reply.finish_reason,
+            "prompt_tokens": reply.prompt_tokens,
+            "new_tokens": len(reply.token_ids),
+            "seconds": round(reply.seconds, 3),
+            "dropped_turns": reply.dropped_turns,
+            "settings": settings.describe(),
+        }
         stream.send({"done": done})
 
     def _read_json(self) -> dict[str, Any]:
@@ -222,8 +230,8 @@ def _image_bytes(value: object) -> bytes | None:
         raise DemoError(f"image: not valid base64 ({err})") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> FlagParser:
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     add_model_args(p)
     p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (0: any free port; default 7860)")
     return p
@@ -237,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.port < 65536:
         parser.error(f"--port {args.port}: expected 0 to 65535")
     print(f"loading {args.checkpoint} ...", flush=True)
+    # demo.engine imports torch: imported here, not at the top, so --help answers in 0.1 s instead of seconds
     from demo.engine import load_checkpoint
 
     try:

@@ -2,7 +2,8 @@
 
 An encoder maps a batch of N segments (images, text spans, image + text prefix) to hidden states
 ``(N, L, output_dim)`` and an output mask ``(N, L)`` saying which of the L vectors are real. The interface
-decoder docks those vectors at placeholder positions; it never looks inside the encoder.
+decoder docks those vectors at placeholder positions; it never looks inside the encoder. Each encoder class
+declares what it reads (``Encoder.reads``), so data code picks encoders by that, not by their class.
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ class EncoderOutput:
     mask: torch.Tensor
 
 
-class Encoder(nn.Module):
-    """Base class: subclasses set ``output_dim`` and implement ``forward`` and ``blocks``."""
+PIXELS = "pixels"  # ``pixel_values`` (N, 3, H, W) of images
+DECODER_IDS = "decoder_ids"  # ``input_ids`` of the decoder's own tokenizer, so each vector docks at its token
+OWN_IDS = "own_ids"  # ``input_ids`` of the encoder's own tokenizer (a pretrained BERT, MiniLM, ...)
+IMAGE_TEXT = "image_text"  # ``pixel_values`` and ``input_ids`` together: an image and a text prefix
+READS = (PIXELS, DECODER_IDS, OWN_IDS, IMAGE_TEXT)
 
+
+class Encoder(nn.Module):
+    """Base class: subclasses set ``reads`` (one of ``READS``) and ``output_dim`` and implement ``forward`` and
+    ``blocks``."""
+
+    reads: str
     output_dim: int
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:  # pragma: no cover - abstract

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EncoderOutput
+from .base import IMAGE_TEXT, EncoderOutput
 from .text import StackEncoder, key_padding_mask, transformer_stack
 
 _IMAGE, _TEXT = 0, 1
@@ -21,6 +21,8 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 class JointVisionLanguageEncoder(StackEncoder):
     """[CLS, patches] ++ text tokens, each with learned positions and a modality-type embedding, through one
     pre-norm ``nn.TransformerEncoder``; text padding is a key padding mask, so it never changes real outputs."""
+
+    reads = IMAGE_TEXT
 
     def __init__(
         self,

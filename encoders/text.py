@@ -20,7 +20,7 @@ import transformers
 from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from .base import Encoder, EncoderOutput
+from .base import DECODER_IDS, OWN_IDS, Encoder, EncoderOutput
 
 _MINILM_PACKAGE = "all_minilm_l6_v2"
 _MINILM_DIR = "all-MiniLM-L6-v2"
@@ -67,6 +67,8 @@ def _largest_module_list(model: nn.Module) -> nn.ModuleList:
 
 class HFTextEncoder(Encoder):
     """A Hugging Face bidirectional text encoder without its pooler: ``last_hidden_state`` and the attention mask."""
+
+    reads = OWN_IDS
 
     def __init__(self, path: str | None = None, *, config: dict | None = None, **kwargs: Any):
         """Load weights from the local directory ``path`` (``kwargs`` go to ``from_pretrained``; float32 unless a
@@ -158,6 +160,8 @@ class StackEncoder(Encoder):
 class NativeTextEncoder(StackEncoder):
     """A small bidirectional transformer for from-scratch training: token + learned position embeddings,
     pre-norm ``nn.TransformerEncoderLayer`` blocks, final LayerNorm."""
+
+    reads = DECODER_IDS
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from open_clip.factory import load_state_dict as _open_clip_state_dict
 from open_clip.transformer import VisionTransformer as _OpenClipViT
 from torch import nn
 
-from .base import Encoder, EncoderOutput
+from .base import PIXELS, Encoder, EncoderOutput
 
 # The text tower open_clip builds alongside the image tower is thrown away: build a minimal one instead of a
 # 60M+ parameter transformer (or a Hugging Face model whose config would have to be downloaded).
@@ -41,6 +41,8 @@ def _has_params(module: nn.Module | None) -> bool:
 
 class OpenClipVision(Encoder):
     """The image tower of an open_clip ViT: class token (optional) + patch tokens after ``ln_post``."""
+
+    reads = PIXELS
 
     def __init__(self, model_name: str, checkpoint: str | None = None, include_cls: bool = True, **model_kwargs: Any):
         """``model_kwargs`` go to ``open_clip.create_model`` (e.g. ``vision_cfg``, ``embed_dim``, which replace the
@@ -128,6 +130,8 @@ def _load_open_clip_visual(visual: nn.Module, path: str) -> None:
 
 class TimmVision(Encoder):
     """A timm ViT-style model's ``forward_features`` tokens; prefix (class/register) tokens optional."""
+
+    reads = PIXELS
 
     def __init__(self, model_name: str, checkpoint: str | None = None, include_cls: bool = True, **model_kwargs: Any):
         """``model_kwargs`` go to ``timm.create_model`` (e.g. ``img_size``, ``depth``); ``checkpoint`` is a local timm

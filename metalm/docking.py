@@ -25,8 +25,12 @@ class Dock:
     positions: torch.Tensor
 
     def to(self, device: torch.device | str) -> Dock:
-        return Dock(self.encoder, {k: v.to(device) for k, v in self.inputs.items()},
-                    self.batch_index.to(device), self.positions.to(device))  # fmt: skip
+        return Dock(
+            self.encoder,
+            {k: v.to(device) for k, v in self.inputs.items()},
+            self.batch_index.to(device),
+            self.positions.to(device),
+        )
 
 
 def span_dock(input_ids: torch.Tensor, spans: list[tuple[int, int, int]], encoder: str, pad_id: int = 0) -> Dock:

@@ -30,23 +30,31 @@ import torch
 from PIL import Image, ImageDraw
 from synthetic import tiny_metalm
 
+from data.prompts import ImageSeg
 from data.templates import Turn, chat_prompt
 from data.tokenizer import Tokenizer
+from metalm import MetaLM
+from metalm.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # plain `pytest` with an install whose packages do not list demo/
     sys.path.insert(0, str(ROOT))
 
 from demo import MAX_IMAGE_BYTES, DemoError, Settings, parse_settings  # noqa: E402
+from demo.chat import build_parser as chat_parser  # noqa: E402
 from demo.engine import Chat, Engine, load_checkpoint, load_image  # noqa: E402
+from demo.web import build_parser as web_parser  # noqa: E402
 
 QUESTION = "What is in the picture?"
 TEXTS = [
-    "a red circle on the left and a blue square on the right.", "a green triangle in the middle.",
-    "User: What is in the picture?\nAssistant: a red circle.\n", "User: What colour is it?\nAssistant: blue.\n",
-    "the quick brown fox jumps over the lazy dog.", "Question: how many shapes are there? Answer: two.",
-]  # fmt: skip
-E2E = ["--greedy", "--max-new-tokens", "12"]  # the front ends' flags; ANSWER below decodes the same way
+    "a red circle on the left and a blue square on the right.",
+    "a green triangle in the middle.",
+    "User: What is in the picture?\nAssistant: a red circle.\n",
+    "User: What colour is it?\nAssistant: blue.\n",
+    "the quick brown fox jumps over the lazy dog.",
+    "Question: how many shapes are there? Answer: two.",
+]
+E2E = ["--greedy", "--max_new_tokens", "12"]  # the front ends' flags; ANSWER below decodes the same way
 GREEDY = Settings(greedy=True, max_new_tokens=12)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]")
 
@@ -95,8 +103,15 @@ def one_thread():
 def checkpoint(tmp_path_factory) -> Path:
     tok = Tokenizer.train(TEXTS * 3, vocab_size=400)
     engine = Engine(tiny_metalm(tok.vocab_size, img_size=32, patch_size=8, max_len=256), tok)
-    _teach(engine, [(QUESTION, RED, "a red circle."), (QUESTION, BLUE, "a blue square."),
-                    ("What colour is it?", RED, "red."), ("What colour is it?", BLUE, "blue.")])  # fmt: skip
+    _teach(
+        engine,
+        [
+            (QUESTION, RED, "a red circle."),
+            (QUESTION, BLUE, "a blue square."),
+            ("What colour is it?", RED, "red."),
+            ("What colour is it?", BLUE, "blue."),
+        ],
+    )
     path = tmp_path_factory.mktemp("demo") / "ckpt"
     engine.model.save_pretrained(path)
     tok.save(path)
@@ -221,12 +236,15 @@ def test_stop_string_multibyte_characters_and_eos(engine, monkeypatch):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"temperature": 0}, "use greedy decoding"), ({"top_p": 1.5}, r"top_p = 1.5: expected a number in \(0, 1\]"),
-        ({"max_new_tokens": 0}, "max_new_tokens = 0: expected at least 1"), ({"top_k": -1}, "top_k = -1"),
-        ({"seed": -3}, "seed = -3"), ({"max_new_tokens": 2.5}, "expected an integer"),
+        ({"temperature": 0}, "use greedy decoding"),
+        ({"top_p": 1.5}, r"top_p = 1.5: expected a number in \(0, 1\]"),
+        ({"max_new_tokens": 0}, "max_new_tokens = 0: expected at least 1"),
+        ({"top_k": -1}, "top_k = -1"),
+        ({"seed": -3}, "seed = -3"),
+        ({"max_new_tokens": 2.5}, "expected an integer"),
         ({"greedy": "yes"}, "greedy = 'yes'"),
     ],
-)  # fmt: skip
+)
 def test_bad_settings_are_refused(fields, message):
     with pytest.raises(DemoError, match=message):
         Settings(**fields)
@@ -235,9 +253,12 @@ def test_bad_settings_are_refused(fields, message):
 def test_settings_parse_from_text():
     s = parse_settings({"greedy": "yes", "seed": "", "top_k": "5", "temperature": "0.5"}, Settings(seed=3))
     assert s == Settings(greedy=True, seed=None, top_k=5, temperature=0.5)
-    for values, message in [({"temperature": "hot"}, "temperature = 'hot': expected a number"),
-                            ({"greedy": "maybe"}, "expected true or false"), ({"top_k": "1.5"}, "expected an integer"),
-                            ({"beam": "2"}, "unknown setting 'beam': expected one of max_new_tokens")]:  # fmt: skip
+    for values, message in [
+        ({"temperature": "hot"}, "temperature = 'hot': expected a number"),
+        ({"greedy": "maybe"}, "expected true or false"),
+        ({"top_k": "1.5"}, "expected an integer"),
+        ({"beam": "2"}, "unknown setting 'beam': expected one of max_new_tokens"),
+    ]:
         with pytest.raises(DemoError, match=message):
             parse_settings(values)
 
@@ -258,8 +279,6 @@ def test_bad_images_are_refused_with_their_reason(images, tmp_path):
 
 
 def test_images_are_kept_at_the_encoders_size_with_the_same_pixels(engine):
-    from data.prompts import ImageSeg
-
     photo = Image.frombytes("RGB", (97, 61), bytes(range(256)) * 70)
     small = engine.prepare(photo)
     assert small.size == (32, 32)
@@ -270,8 +289,11 @@ def test_images_are_kept_at_the_encoders_size_with_the_same_pixels(engine):
 def test_huge_images_are_refused_before_decoding(tmp_path):
     (tmp_path / "wide.png").write_bytes(_png_header(8000, 6000))  # 48 MP declared, a few bytes of data
     start = time.perf_counter()
-    with pytest.raises(DemoError, match=r"wide.png: the image is 8000x6000 = 48.0 megapixels; images are limited "
-                                        r"to 40 megapixels"):  # fmt: skip
+    with pytest.raises(
+        DemoError,
+        match=r"wide.png: the image is 8000x6000 = 48.0 megapixels; images are limited "
+        r"to 40 megapixels",
+    ):
         load_image(tmp_path / "wide.png")
     with pytest.raises(DemoError, match="too large to decode safely .*limited to 40 megapixels"):
         load_image(_png_header(20000, 20000), name="bomb.png")  # beyond PIL's own DecompressionBombError limit
@@ -290,8 +312,11 @@ def test_empty_and_overlong_instructions(engine):
     text = "word " * 300
     n = engine.prompt_tokens([Turn("user", text)])
     limit = engine.max_seq_len - GREEDY.max_new_tokens
-    with pytest.raises(DemoError, match=rf"too long: .* takes {n} tokens.* at most 256 tokens and 12 of them are kept "
-                                        rf"for the answer, so the limit is {limit}"):  # fmt: skip
+    with pytest.raises(
+        DemoError,
+        match=rf"too long: .* takes {n} tokens.* at most 256 tokens and 12 of them are kept "
+        rf"for the answer, so the limit is {limit}",
+    ):
         chat.ask(text)
     with pytest.raises(DemoError, match="max_new_tokens = 256 leaves no room for the prompt"):
         Chat(engine, Settings(max_new_tokens=256)).ask("hi")
@@ -299,8 +324,12 @@ def test_empty_and_overlong_instructions(engine):
 
 
 def test_oldest_turns_are_dropped_to_fit_the_window(engine):
-    past = [Turn("user", QUESTION, [RED]), Turn("assistant", "a red circle."),
-            Turn("user", QUESTION, [BLUE]), Turn("assistant", "a blue square.")]  # fmt: skip
+    past = [
+        Turn("user", QUESTION, [RED]),
+        Turn("assistant", "a red circle."),
+        Turn("user", QUESTION, [BLUE]),
+        Turn("assistant", "a blue square."),
+    ]
     new = Turn("user", "What colour is it?", [RED])
     fits = engine.prompt_tokens([*past[2:], new])
     assert engine.prompt_tokens([*past, new]) > fits
@@ -308,8 +337,9 @@ def test_oldest_turns_are_dropped_to_fit_the_window(engine):
     chat.turns = list(past)
     reply = chat.ask(new.text, [RED], on_notice=notices.append)
     assert reply.dropped_turns == 2 and reply.prompt_tokens == fits
-    assert notices == ["the conversation no longer fits the model's 256-token window: left out the 2 oldest turns "
-                       "(1 exchange)"]  # fmt: skip
+    assert notices == [
+        "the conversation no longer fits the model's 256-token window: left out the 2 oldest turns (1 exchange)"
+    ]
     assert [t.text for t in chat.turns] == [QUESTION, "a blue square.", "What colour is it?", reply.text]
 
 
@@ -329,8 +359,11 @@ def test_checkpoint_errors_name_the_path(checkpoint, tmp_path):
 
 
 def test_preset_check(checkpoint, engine, tmp_path):
-    with pytest.raises(DemoError, match=r"is not a 'tiny' model: decoder.dim is 32 where the preset has 256.*It is: "
-                                        r"decoder 2 layers x 32 wide"):  # fmt: skip
+    with pytest.raises(
+        DemoError,
+        match=r"is not a 'tiny' model: decoder.dim is 32 where the preset has 256.*It is: "
+        r"decoder 2 layers x 32 wide",
+    ):
         load_checkpoint(checkpoint, preset="tiny")
     with pytest.raises(DemoError, match="--preset 'huge': unknown preset; expected one of tiny, tiny-gpt"):
         load_checkpoint(checkpoint, preset="huge")
@@ -341,9 +374,6 @@ def test_preset_check(checkpoint, engine, tmp_path):
     with pytest.raises(DemoError, match="trained from preset 'tiny-gpt' \\(train_config.json\\), not 'tiny'"):
         load_checkpoint(recorded, preset="tiny")
     assert load_checkpoint(recorded, preset="tiny-gpt").preset == "tiny-gpt"
-
-    from metalm import MetaLM
-    from metalm.presets import get_preset
 
     gpt = tmp_path / "gpt"
     MetaLM(get_preset("tiny-gpt", vocab_size=engine.tokenizer.vocab_size)).save_pretrained(gpt)
@@ -370,11 +400,28 @@ def _pip(module: str, package: str):
     return __import__(module)
 
 
+@pytest.mark.parametrize("build_parser", [chat_parser, web_parser])
+def test_flags_use_underscores_and_still_accept_hyphens(build_parser, capsys):
+    new = ["--max_new_tokens", "3", "--top_k", "2", "--top_p", "0.5", "--no_encode_user"]
+    old = ["--max-new-tokens", "3", "--top-k", "2", "--top-p", "0.5", "--no-encode-user"]
+    for flags in (new, old):
+        args = build_parser().parse_args(["--checkpoint", "ckpt", *flags])
+        assert (args.max_new_tokens, args.top_k, args.top_p, args.encode_user) == (3, 2, 0.5, False)
+    assert "--max-new-tokens is deprecated; use --max_new_tokens" in capsys.readouterr().err
+    assert build_parser().parse_args(["--checkpoint", "ckpt"]).encode_user is None
+    assert build_parser().parse_args(["--checkpoint", "ckpt", "--encode-user"]).encode_user is True
+
+
 @pytest.mark.parametrize("script", ["chat.py", "web.py"])
 def test_help_is_fast_and_loads_no_model(script):
-    done = subprocess.run([sys.executable, "-X", "importtime", f"demo/{script}", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert done.returncode == 0 and "--checkpoint" in done.stdout and "--max-new-tokens" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", f"demo/{script}", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "--checkpoint" in done.stdout and "--max_new_tokens" in done.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
     assert "demo" in imported and "torch" not in imported
 
@@ -382,8 +429,15 @@ def test_help_is_fast_and_loads_no_model(script):
 def test_terminal_chat_end_to_end(checkpoint, images, answer, web):
     pexpect = _pip("pexpect", "pexpect")  # `web` only starts the web server early, to load beside this chat
     env = {**os.environ, "TERM": "dumb", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    child = pexpect.spawn(sys.executable, ["demo/chat.py", "--checkpoint", str(checkpoint), *E2E], cwd=str(ROOT),
-                          env=env, encoding="utf-8", timeout=90, dimensions=(40, 200))  # fmt: skip
+    child = pexpect.spawn(
+        sys.executable,
+        ["demo/chat.py", "--checkpoint", str(checkpoint), *E2E],
+        cwd=str(ROOT),
+        env=env,
+        encoding="utf-8",
+        timeout=90,
+        dimensions=(40, 200),
+    )
     try:
         child.expect("decoding: greedy, up to 12 new tokens")
         child.expect_exact("you> ")
@@ -426,9 +480,13 @@ class _WebServer:
 
     def __init__(self, checkpoint: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "demo/web.py", "--checkpoint", str(checkpoint), "--port", "0", *E2E], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )  # fmt: skip
+            [sys.executable, "demo/web.py", "--checkpoint", str(checkpoint), "--port", "0", *E2E],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
         self._url: str | None = None
@@ -490,9 +548,13 @@ def test_web_api_streams_and_survives_bad_requests(server, engine, images, answe
     assert status == 200 and len(pieces) > 1 and "".join(pieces) == events[-1]["done"]["answer"] == answer
     bad = {**ask, "image": base64.b64encode(images["truncated"].read_bytes()).decode(), "image_name": "x.png"}
     assert _post(server + "api/chat", bad)[0] == 400
-    for body, message in [(bad, "x.png: not a readable image"), ({**ask, "text": " "}, "the instruction is empty"),
-                          ({**ask, "settings": {"top_p": "2"}}, "top_p = 2.0"), ({**ask, "session": "../"}, "session"),
-                          ({**ask, "image": "%%%"}, "image: not valid base64")]:  # fmt: skip
+    for body, message in [
+        (bad, "x.png: not a readable image"),
+        ({**ask, "text": " "}, "the instruction is empty"),
+        ({**ask, "settings": {"top_p": "2"}}, "top_p = 2.0"),
+        ({**ask, "session": "../"}, "session"),
+        ({**ask, "image": "%%%"}, "image: not valid base64"),
+    ]:
         status, events = _post(server + "api/chat", body)
         assert status == 400 and message in events[0]["error"]
     status, events = _post(server + "api/chat", {**ask, "text": "What colour is it?", "image": None})
@@ -526,8 +588,15 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,720",
-                "--disable-extensions", "--no-first-run"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1100,720",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     os.environ.setdefault("SE_AVOID_STATS", "true")
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))

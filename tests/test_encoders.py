@@ -23,7 +23,8 @@ from encoders import (
     encoder_spec,
     minilm_path,
 )
-from encoders.base import Encoder
+from encoders.base import DECODER_IDS, IMAGE_TEXT, OWN_IDS, PIXELS, READS, Encoder
+from encoders.registry import ENCODER_KINDS
 
 ATOL = 1e-5
 OC_VISION = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32}
@@ -469,3 +470,15 @@ def test_unknown_kind_lists_known_kinds():
         build_encoder("resnet")
     with pytest.raises(ValueError, match="not a registered encoder"):
         encoder_spec(Encoder())
+
+
+def test_every_encoder_declares_what_it_reads():
+    reads = {kind: cls.reads for kind, cls in ENCODER_KINDS.items()}
+    assert reads == {
+        "open_clip": PIXELS,
+        "timm": PIXELS,
+        "hf_text": OWN_IDS,
+        "native_text": DECODER_IDS,
+        "joint_vl": IMAGE_TEXT,
+    }
+    assert set(reads.values()) == set(READS)

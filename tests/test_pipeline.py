@@ -16,12 +16,16 @@ import torch
 from PIL import Image
 from synthetic import tiny_metalm
 
+from data.layout import IMAGE_OFFSET, DockLayout, image_dock, image_ids, image_text_ids
 from data.pipeline import BatchStream, PipelineConfig, batches, document_tokens, load_batches, role_skip
+from data.prompts import EncodedSeg, ImageSeg, PromptEncoder
 from data.reader import ReaderStats, expand_urls, iter_samples
 from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
 from metalm import MetaLM
 from metalm.loss import IGNORE_INDEX
+from train.config import TrainConfig
+from train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "red green blue circle square triangle left right middle the a is on and of there two three".split()
@@ -38,8 +42,11 @@ def captions(seed: int):
     rng = random.Random(seed)
     while True:
         colour = rng.choice([(255, 0, 0), (0, 255, 0), (0, 0, 255)])
-        yield {"kind": "caption", "image": Image.new("RGB", (8, 8), colour),
-               "caption": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9)))}  # fmt: skip
+        yield {
+            "kind": "caption",
+            "image": Image.new("RGB", (8, 8), colour),
+            "caption": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9))),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +56,8 @@ def tokenizer() -> Tokenizer:
 
 
 def cfg(**kw) -> PipelineConfig:
-    base = dict(seq_len=48, batch_size=4, text_weight=0.5, span_ratio=0.25, span_min=2, span_max=5,
-                image_size=(8, 8), image_tokens=5, seed=0)  # fmt: skip
-    base.update(kw)
-    return PipelineConfig(**base)
+    base = dict(seq_len=48, batch_size=4, text_weight=0.5, image_size=(8, 8), image_tokens=5, seed=0)
+    return PipelineConfig(**{**base, "span_ratio": 0.25, "span_min": 2, "span_max": 5, **kw})
 
 
 def test_batch_layout(tokenizer):
@@ -75,6 +80,47 @@ def test_batch_layout(tokenizer):
         assert torch.equal(text_dock.inputs["input_ids"][i][valid], batch.input_ids[row, text_dock.positions[i][valid]])
     # padding is never a target
     assert (batch.labels[batch.attention_mask == 0] == IGNORE_INDEX).all()
+
+
+def test_layout_module_builds_the_hand_written_image_and_span_layout(tokenizer):
+    tok = tokenizer
+    assert image_ids(tok, 3) == [tok.image_start_id, tok.vec_id, tok.vec_id, tok.vec_id, tok.image_end_id]
+    assert IMAGE_OFFSET == 1  # the first <vec> follows <image>
+    caption = tok.encode("red circle")
+    ids, start = image_text_ids(tok, 3, caption)
+    assert ids == image_ids(tok, 3) + caption + [tok.eos_id] and ids[start : start + len(caption)] == caption
+
+    pixels = [torch.full((3, 2, 2), float(i)) for i in range(2)]
+    dock = image_dock("vision", pixels, [0, 1], [1, 4], 3)
+    assert dock.encoder == "vision" and torch.equal(dock.inputs["pixel_values"], torch.stack(pixels))
+    assert torch.equal(dock.batch_index, torch.tensor([0, 1]))
+    assert torch.equal(dock.positions, torch.tensor([[1, 2, 3], [4, 5, 6]]))
+
+    input_ids = torch.arange(20).view(2, 10)
+    layout = DockLayout("vision", "text", 3)
+    layout.add_image(1, 4, pixels[0])
+    layout.add_span(0, 2, 5)
+    layout.add_span(1, 8, 10)
+    image, span = layout.docks(input_ids, pad_id=0)
+    assert torch.equal(image.positions, torch.tensor([[4, 5, 6]])) and torch.equal(image.batch_index, torch.tensor([1]))
+    assert span.encoder == "text" and torch.equal(span.batch_index, torch.tensor([0, 1]))
+    assert torch.equal(span.inputs["input_ids"], torch.tensor([[2, 3, 4], [18, 19, 0]]))
+    assert torch.equal(span.inputs["attention_mask"], torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert torch.equal(span.positions, torch.tensor([[2, 3, 4], [8, 9, -1]]))
+    assert DockLayout("vision", "text", 3).docks(input_ids, pad_id=0) == []
+
+
+def test_prompts_and_pretraining_share_the_image_layout(tokenizer):
+    """A prompt's image and encoder-read text land where pretraining puts an image-caption item's."""
+    c = cfg()
+    model = tiny_metalm(tokenizer.vocab_size, img_size=8, patch_size=4, max_len=48)
+    prompts = PromptEncoder(model, tokenizer)
+    assert (prompts.vision, prompts.text, prompts.image_tokens) == ("vision", "text", c.image_tokens)
+    caption = tokenizer.encode("red circle on the left")
+    encoded = prompts.encode([ImageSeg(Image.new("RGB", (8, 8), (255, 0, 0))), EncodedSeg("red circle on the left")])
+    ids, start = image_text_ids(tokenizer, c.image_tokens, caption)
+    assert encoded.ids + [tokenizer.eos_id] == ids
+    assert [pos for pos, _ in encoded.images] == [IMAGE_OFFSET] and encoded.spans == [(start, start + len(caption))]
 
 
 def test_text_spans_never_cross_a_document_end(tokenizer):
@@ -263,8 +309,14 @@ def test_workers_outlive_a_stop_signal_to_the_process_group(tokenizer, shards):
     c = cfg()
     roles = [[b for b, _ in _take(BatchStream(text, caps, tokenizer, c).role_batches(r, 2), 2)] for r in (0, 1)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", _SIGNAL_SCRIPT], input=pickle.dumps((text, caps, tokenizer, c)),
-                          capture_output=True, env=env, timeout=120, start_new_session=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_SCRIPT],
+        input=pickle.dumps((text, caps, tokenizer, c)),
+        capture_output=True,
+        env=env,
+        timeout=120,
+        start_new_session=True,
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     got = pickle.loads(proc.stdout)
     for (ids, labels), want in zip(got, [roles[g % 2][g // 2] for g in range(4)], strict=True):
@@ -283,9 +335,6 @@ def test_workers_pin_batches_for_the_gpu(tokenizer, shards):
 def test_training_on_workers_resumes_exactly(tokenizer, shards, tmp_path):
     """The training loop on batches from 2 workers, stopped by SIGTERM after an odd number of batches and resumed,
     ends with the weights of an uninterrupted run (dropout on: starting the workers must not draw from the RNG)."""
-    from train.config import TrainConfig
-    from train.loop import train
-
     text, caps = shards
     c = cfg(seq_len=32)
     vocab = tokenizer.vocab_size
@@ -304,8 +353,8 @@ def test_training_on_workers_resumes_exactly(tokenizer, shards, tmp_path):
             yield batch
 
     def run_cfg(out, **kw) -> TrainConfig:
-        return TrainConfig(out=str(out), max_steps=5, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=1,
-                           ckpt_every=100, log_every=1, eval_every=0, peak_flops=1e11, num_workers=2, **kw)  # fmt: skip
+        schedule = dict(max_steps=5, lr=3e-3, warmup_steps=1, ckpt_every=100, log_every=1, eval_every=0)
+        return TrainConfig(out=str(out), batch_size=4, seq_len=32, peak_flops=1e11, num_workers=2, **schedule, **kw)
 
     full_model = model()
     full = train(run_cfg(tmp_path / "full"), full_model, data)
