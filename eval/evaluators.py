@@ -49,17 +49,9 @@ def demo_answer(ex) -> str:
     return ex.meta.get("multiple_choice_answer") or Counter(ex.answers).most_common(1)[0][0]
 
 
-def evaluate_vqa(
-    task: str,
-    data: TaskData,
-    settings: EvalSettings,
-    demos: TaskData | None = None,
-    scorer: Scorer | None = None,
-    benchmark: str | None = None,
-) -> dict:
+def _evaluate_vqa(task, data, settings, demos, scorer, benchmark) -> dict:
     """Answer every question of ``data`` (``VQAExample``) and score it; without annotations, write the official
     submission file beside the predictions."""
-    benchmark = benchmark or task
     examples = limited(data.examples, settings.limit)
     pool = [
         Demo(qa_prompt(ex.question, ex.image), " " + demo_answer(ex), ("demo", ex.question_id))
@@ -84,19 +76,7 @@ def evaluate_vqa(
 
     decode = replace(settings.decode, stop=VQA_STOP)
     headline = "vqa_accuracy" if annotated else None
-    outcome = answer(
-        scorer or load_scorer(settings),
-        queries,
-        pool,
-        settings.shots,
-        settings.trials,
-        settings.seed,
-        decode,
-        metric,
-        headline,
-        settings.icl_mode,
-        settings.encode_input,
-    )
+    outcome = answer(scorer or load_scorer(settings), queries, pool, settings, decode, metric, headline)
     header = {
         "n": len(examples),
         "template": f"<image> {QA_TEMPLATE} [answer]",
@@ -116,18 +96,9 @@ def evaluate_vqa(
     return result
 
 
-def evaluate_caption(
-    task: str,
-    data: TaskData,
-    settings: EvalSettings,
-    demos: TaskData | None = None,
-    scorer: Scorer | None = None,
-    benchmark: str | None = None,
-    extra_metric: CaptionMetric | None = None,
-) -> dict:
+def _evaluate_caption(task, data, settings, demos, scorer, benchmark, extra_metric=None) -> dict:
     """Caption every image of ``data`` (``CaptionExample``); CIDEr-D and BLEU-1..4, plus
     ``extra_metric(ids, captions) -> {name: value}`` when given."""
-    benchmark = benchmark or task
     examples = limited(data.examples, settings.limit)
     pool = [
         Demo(caption_prompt(ex.image), ex.references[0], ("demo", ex.image_id))
@@ -145,19 +116,7 @@ def evaluate_caption(
 
     decode = replace(settings.decode, stop=CAPTION_STOP)
     queries = [Query(ex.image_id, caption_prompt(ex.image)) for ex in examples]
-    outcome = answer(
-        scorer or load_scorer(settings),
-        queries,
-        pool,
-        settings.shots,
-        settings.trials,
-        settings.seed,
-        decode,
-        metric,
-        "cider_d",
-        settings.icl_mode,
-        settings.encode_input,
-    )
+    outcome = answer(scorer or load_scorer(settings), queries, pool, settings, decode, metric, "cider_d")
     header = {
         "n": len(examples),
         "template": "<image> [caption]",
@@ -169,14 +128,7 @@ def evaluate_caption(
     return finish(settings, benchmark, header, outcome)
 
 
-def evaluate_classification(
-    task: str,
-    data: TaskData,
-    settings: EvalSettings,
-    demos: TaskData | None = None,
-    scorer: Scorer | None = None,
-    benchmark: str | None = None,
-) -> dict:
+def _evaluate_classification(task, data, settings, demos, scorer, benchmark) -> dict:
     """Rank the task's label words (template from ``data.templates``) for every ``ClassificationExample``; ``demos``
     is the labeled pool for in-context demonstrations; ``settings.calibration`` picks the headline."""
     template = CLASSIFICATION[task]
@@ -194,18 +146,7 @@ def evaluate_classification(
     needs_pool(settings, pool)
     content_free = template.content_free(examples[0].texts) if examples else []
     outcome = classify(
-        scorer or load_scorer(settings),
-        queries,
-        labels,
-        template.verbalizers,
-        pool,
-        settings.shots,
-        settings.trials,
-        settings.seed,
-        settings.icl_mode,
-        settings.calibration,
-        content_free,
-        settings.encode_input,
+        scorer or load_scorer(settings), queries, labels, template.verbalizers, pool, settings, content_free
     )
     header = {
         "task": task,
@@ -217,7 +158,7 @@ def evaluate_classification(
     }
     if demos is not None:
         header["demonstrations"] = demos.report.to_dict()
-    return finish(settings, benchmark or task, header, outcome)
+    return finish(settings, benchmark, header, outcome)
 
 
 def rank_choices(
@@ -239,23 +180,12 @@ def rank_choices(
         [(ex.id, ex.options) for ex in examples],
         [ex.label for ex in examples],
         pool,
-        settings.shots,
-        settings.trials,
-        settings.seed,
-        settings.icl_mode,
-        settings.encode_input,
+        settings,
     )
     return examples, outcome
 
 
-def evaluate_choice(
-    task: str,
-    data: TaskData,
-    settings: EvalSettings,
-    demos: TaskData | None = None,
-    scorer: Scorer | None = None,
-    benchmark: str | None = None,
-) -> dict:
+def _evaluate_choice(task, data, settings, demos, scorer, benchmark) -> dict:
     """Multiple choice (``ChoiceExample``): accuracy by summed and by mean log-probability of each option."""
     examples, outcome = rank_choices(data, settings, demos, scorer)
     first = examples[0].options[0] if examples else ("", "")
@@ -267,14 +197,18 @@ def evaluate_choice(
         "data": data.report.to_dict(),
         "skipped": dict(data.report.skipped),
     }
-    return finish(settings, benchmark or task, header, outcome)
+    return finish(settings, benchmark, header, outcome)
 
 
-EVALUATORS: dict[str, Callable[..., dict]] = {
-    "vqa": evaluate_vqa,
-    "caption": evaluate_caption,
-    "classification": evaluate_classification,
-    "choice": evaluate_choice,
+Evaluator = Callable[[str, TaskData, EvalSettings, "TaskData | None", "Scorer | None", str], dict]
+"""``(task, data, settings, demos, scorer, benchmark) -> results``: ``scorer`` None loads ``settings.checkpoint``;
+``benchmark`` names the results."""
+
+EVALUATORS: dict[str, Evaluator] = {
+    "vqa": _evaluate_vqa,
+    "caption": _evaluate_caption,
+    "classification": _evaluate_classification,
+    "choice": _evaluate_choice,
 }
 """The evaluator of each task kind of ``data.tasks.TaskSpec``."""
 
@@ -289,7 +223,7 @@ def evaluate(
 ) -> dict:
     """Evaluate ``data`` of the registered ``task`` with its kind's evaluator; ``benchmark`` (default: the task's
     name) names the results; ``scorer`` reuses a loaded model instead of loading ``settings.checkpoint``."""
-    return EVALUATORS[get_task(task).kind](task, data, settings, demos, scorer, benchmark)
+    return EVALUATORS[get_task(task).kind](task, data, settings, demos, scorer, benchmark or task)
 
 
 def evaluate_instructions(
@@ -328,7 +262,8 @@ def evaluate_instructions(
         return {"exact_match": sum(per_task.values()) / len(per_task), **per_task}
 
     decode = replace(settings.decode, stop=tuple(CHAT_STOP))
-    outcome = answer(scorer, queries, [], [0], 1, settings.seed, decode, metric, "exact_match")
+    zero_shot = replace(settings, shots=[0], trials=1, icl_mode="causal", encode_input=False)
+    outcome = answer(scorer, queries, [], zero_shot, decode, metric, "exact_match")
     for row, ex in zip(outcome.predictions, examples, strict=True):
         row.update(task=ex.task, expected=ex.output)
     ranked = [i for i, ex in enumerate(examples) if ex.options]
@@ -399,15 +334,15 @@ def evaluate_world(
             demos = read_world_captions(world, demo_split) if with_demos else None
             sub = replace(sub, decode=replace(settings.decode, max_new_tokens=caption_tokens))
             metric = scene_naming(world, split)
-            result = evaluate_caption("world-captions", data, sub, demos, scorer, f"world-{split}-captions", metric)
+            result = _evaluate_caption("world-captions", data, sub, demos, scorer, f"world-{split}-captions", metric)
         elif task == "vqa":
             data = read_world_vqa(world, split, on_error=on_error)
             demos = read_world_vqa(world, demo_split) if with_demos else None
-            result = evaluate_vqa("world-vqa", data, sub, demos, scorer, f"world-{split}-vqa")
+            result = _evaluate_vqa("world-vqa", data, sub, demos, scorer, f"world-{split}-vqa")
         elif task == "entail":
             data = read_world_entail(world, split, on_error=on_error)
             demos = read_world_entail(world, demo_split) if with_demos else None
-            result = evaluate_classification("world-entail", data, sub, demos, scorer, f"world-{split}-entail")
+            result = _evaluate_classification("world-entail", data, sub, demos, scorer, f"world-{split}-entail")
         else:
             data = read_world_choice(world, split, on_error=on_error)
             demos = read_world_choice(world, demo_split) if with_demos else None

@@ -101,18 +101,15 @@ def classify(
     labels: Sequence[int],
     verbalizers: Sequence[str],
     pool: Sequence[Demo],
-    shots: Sequence[int],
-    trials: int,
-    seed: int,
-    mode: str = "causal",
-    headline: str = "none",
+    settings: EvalSettings,
     content_free: Sequence[Prompt] = (),
-    encode_query: bool = False,
 ) -> Outcome:
     """Accuracy of label ranking with and without calibration. Contextual calibration needs ``content_free``
     prompts (the template with its inputs emptied); prototypical calibration fits its mixture on the test inputs'
     own label log-probabilities (unlabeled; transductive, as Han et al. 2022 allow)."""
-    shown = FittedPrompts(scorer, mode, encode_query)
+    shots, trials, seed, mode = settings.shots, settings.trials, settings.seed, settings.icl_mode
+    headline = settings.calibration
+    shown = FittedPrompts(scorer, mode, settings.encode_input)
     reserve = max(_tokens(scorer, v) for v in verbalizers)
     k_labels = len(verbalizers)
     results, predictions = [], []
@@ -166,15 +163,12 @@ def choose(
     examples: Sequence[tuple[Hashable, Sequence[tuple[Prompt, str]]]],
     labels: Sequence[int],
     pool: Sequence[Demo],
-    shots: Sequence[int],
-    trials: int,
-    seed: int,
-    mode: str = "causal",
-    encode_query: bool = False,
+    settings: EvalSettings,
 ) -> Outcome:
     """Multiple choice: ``examples`` are ``(id, [(context, continuation), ...])``; the demonstrations are prefixed
     to every option's context. ``acc`` ranks by summed log-probability, ``acc_norm`` by mean per token."""
-    shown = FittedPrompts(scorer, mode, encode_query)
+    shots, trials, seed, mode = settings.shots, settings.trials, settings.seed, settings.icl_mode
+    shown = FittedPrompts(scorer, mode, settings.encode_input)
     results, predictions = [], []
     gold = np.asarray(labels)
     for k in shots:
@@ -219,24 +213,21 @@ def answer(
     scorer: Scorer,
     queries: Sequence[Query],
     pool: Sequence[Demo],
-    shots: Sequence[int],
-    trials: int,
-    seed: int,
-    settings: DecodeSettings,
+    settings: EvalSettings,
+    decode: DecodeSettings,
     metric: Callable[[list[str]], dict[str, float]],
     headline: str | None,
-    mode: str = "causal",
-    encode_query: bool = False,
 ) -> Outcome:
     """Generated answers, scored by ``metric(answers) -> {name: value}`` (answers in query order)."""
-    shown = FittedPrompts(scorer, mode, encode_query)
+    shots, trials, seed, mode = settings.shots, settings.trials, settings.seed, settings.icl_mode
+    shown = FittedPrompts(scorer, mode, settings.encode_input)
     results, predictions = [], []
     for k in shots:
         per_trial: dict[str, list[float]] = {}
         for t in range(_trials(k, trials)):
             demos = sample_demos(pool, k, random.Random(seed + t))
             answers = scorer.generate(
-                [shown(demos, q.prompt, settings.max_new_tokens) for q in queries], settings, desc=f"{k}-shot trial {t}"
+                [shown(demos, q.prompt, decode.max_new_tokens) for q in queries], decode, desc=f"{k}-shot trial {t}"
             )
             for name, value in metric(answers).items():
                 per_trial.setdefault(name, []).append(float(value))

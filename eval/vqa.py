@@ -35,14 +35,14 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--demo_questions needs --demo_annotations (demonstrations show their answers)")
     # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
     from data.tasks import read_vqa
-    from eval.evaluators import evaluate_vqa
+    from eval.evaluators import evaluate
 
     data = read_vqa(args.questions, args.annotations, args.images, args.image_name, on_error=args.on_error)
     demos = None
     if args.demo_questions:
         images = args.demo_images or args.images
         demos = read_vqa(args.demo_questions, args.demo_annotations, images, args.image_name, on_error=args.on_error)
-    return evaluate_vqa("vqav2", data, EvalSettings.from_args(args), demos, benchmark=args.benchmark)
+    return evaluate("vqav2", data, EvalSettings.from_args(args), demos, benchmark=args.benchmark)
 
 
 if __name__ == "__main__":

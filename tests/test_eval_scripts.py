@@ -106,35 +106,12 @@ def test_glue_sst2_and_mnli_prototypical(checkpoint, tmp_path):
 
 
 def test_snli_ve_and_nlvr2_dock_their_images(checkpoint, tmp_path):
-    res = snli_ve.main(
-        common(
-            checkpoint,
-            tmp_path,
-            "--data",
-            str(FIX / "snli-ve" / "snli_ve_dev.jsonl"),
-            "--images",
-            str(FIX / "snli-ve" / "flickr30k_images"),
-        )
-    )
+    snli, nlvr = FIX / "snli-ve", FIX / "nlvr2"
+    files = ["--data", str(snli / "snli_ve_dev.jsonl"), "--images", str(snli / "flickr30k_images")]
+    res = snli_ve.main(common(checkpoint, tmp_path, *files))
     assert res["n"] > 0 and res["template"].startswith("<image> ")
-    res = nlvr2.main(
-        common(
-            checkpoint,
-            tmp_path,
-            "--data",
-            str(FIX / "nlvr2" / "dev.json"),
-            "--images",
-            str(FIX / "nlvr2" / "images"),
-            "--shots",
-            "1",
-            "--trials",
-            "1",
-            "--demos",
-            str(FIX / "nlvr2" / "dev.json"),
-            "--icl_mode",
-            "encoder",
-        )
-    )
+    files = ["--data", str(nlvr / "dev.json"), "--images", str(nlvr / "images"), "--demos", str(nlvr / "dev.json")]
+    res = nlvr2.main(common(checkpoint, tmp_path, *files, "--shots", "1", "--trials", "1", "--icl_mode", "encoder"))
     assert res["n"] > 0 and res["template"].startswith("<image> <image> ") and res["icl_mode"] == "encoder"
 
 
