@@ -24,7 +24,7 @@ FORMATS = {"coco": "coco", "karpathy": "coco-karpathy", "flickr30k-tokens": "fli
 
 def read(fmt: str, path: str, images: str, split: str, on_error: str):
     """``TaskData`` of ``CaptionExample`` from a caption file in one of ``FORMATS``."""
-    from data.tasks import get_task
+    from data.tasks import get_task  # loads torch: imported after parsing, as in main
 
     reader = get_task(FORMATS[fmt]).reader
     if fmt == "karpathy":

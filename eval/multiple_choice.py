@@ -24,7 +24,7 @@ TASKS = ("hellaswag", "piqa", "copa", "storycloze", "winogrande", "arc-easy", "a
 def read(task: str, path: str, labels: str | None, on_error: str):
     """The task's examples (``TaskData`` of ``ChoiceExample``) read by its registry reader (the world's choice set
     from its jsonl file)."""
-    from data.tasks import get_task, read_choice_jsonl, read_piqa
+    from data.tasks import get_task, read_choice_jsonl, read_piqa  # loads torch: imported after parsing (main)
 
     if task == "piqa":
         return read_piqa(path, labels, on_error=on_error)
