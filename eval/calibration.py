@@ -34,7 +34,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.special import log_softmax, logsumexp
 
-METHODS = ("none", "contextual", "prototypical")
+from eval.settings import CALIBRATIONS
 
 
 def _as_logprobs(x: Any, name: str, n_labels: int | None = None, allow_1d: bool = False) -> np.ndarray:
@@ -46,8 +46,10 @@ def _as_logprobs(x: Any, name: str, n_labels: int | None = None, allow_1d: bool 
         arr = arr[None, :]
     want = f"(N, {n_labels})" if n_labels is not None else "(N, K)"
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] < 2:
-        raise ValueError(f"{name} must be {want} log-probabilities of the label verbalizations (N >= 1 inputs, "
-                         f"K >= 2 labels), got shape {arr.shape}")  # fmt: skip
+        raise ValueError(
+            f"{name} must be {want} log-probabilities of the label verbalizations (N >= 1 inputs, "
+            f"K >= 2 labels), got shape {arr.shape}"
+        )
     if n_labels is not None and arr.shape[1] != n_labels:
         raise ValueError(f"{name} must have {n_labels} labels, shape {want}, got shape {arr.shape}")
     bad = ~np.isfinite(arr).all(axis=1)
@@ -218,8 +220,10 @@ class PrototypicalCalibration:
         seed: int = 0,
     ) -> None:
         if n_labels < 2 or restarts < 1 or max_iter < 1 or reg_covar < 0 or seed < 0:
-            raise ValueError(f"need n_labels >= 2, restarts >= 1, max_iter >= 1, reg_covar >= 0, seed >= 0; got "
-                             f"{n_labels=}, {restarts=}, {max_iter=}, {reg_covar=}, {seed=}")  # fmt: skip
+            raise ValueError(
+                f"need n_labels >= 2, restarts >= 1, max_iter >= 1, reg_covar >= 0, seed >= 0; got "
+                f"{n_labels=}, {restarts=}, {max_iter=}, {reg_covar=}, {seed=}"
+            )
         self.n_labels, self.restarts, self.max_iter = n_labels, restarts, max_iter
         self.tol, self.reg_covar, self.seed = tol, reg_covar, seed
         self.mixture_: GaussianMixtureFit | None = None
@@ -233,12 +237,14 @@ class PrototypicalCalibration:
         """Fit the mixture to ``estimate_logprobs`` ``(N, n_labels)`` (N >= n_labels) and match clusters to labels."""
         feats = self._features(estimate_logprobs, "estimate_logprobs")
         if len(feats) < self.n_labels:
-            raise ValueError(f"estimate_logprobs needs at least n_labels={self.n_labels} rows to fit "
-                             f"{self.n_labels} clusters, got {len(feats)}")  # fmt: skip
+            raise ValueError(
+                f"estimate_logprobs needs at least n_labels={self.n_labels} rows to fit "
+                f"{self.n_labels} clusters, got {len(feats)}"
+            )
         fits = [
             fit_gaussian_mixture(
                 feats, self.n_labels, np.random.default_rng([self.seed, i]), self.max_iter, self.tol, self.reg_covar
-            )  # fmt: skip
+            )
             for i in range(self.restarts)
         ]
         self.restart_log_likelihoods_ = [f.log_likelihood for f in fits]
@@ -270,17 +276,21 @@ def calibrate(
     """``(N,)`` label predictions for ``logprobs`` ``(N, K)`` with ``method`` "none" (argmax), "contextual" (needs
     ``content_free`` log-probabilities, ``(M, K)``) or "prototypical" (needs ``estimate`` log-probabilities,
     ``(M, K)``, of unlabeled inputs under the same prompt; may be ``logprobs`` itself)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in CALIBRATIONS:
+        raise ValueError(f"method must be one of {CALIBRATIONS}, got {method!r}")
     lp = _as_logprobs(logprobs, "logprobs")
     if method == "none":
         return lp.argmax(axis=1)
     if method == "contextual":
         if content_free is None:
-            raise ValueError("method='contextual' needs content_free: the (M, K) label log-probabilities of "
-                             "content-free inputs such as 'N/A', '' and '[MASK]' under the same prompt")  # fmt: skip
+            raise ValueError(
+                "method='contextual' needs content_free: the (M, K) label log-probabilities of "
+                "content-free inputs such as 'N/A', '' and '[MASK]' under the same prompt"
+            )
         return contextual_calibration(lp, content_free).argmax(axis=1)
     if estimate is None:
-        raise ValueError("method='prototypical' needs estimate: the (M, K) label log-probabilities of unlabeled "
-                         "inputs under the same prompt, to fit the clusters on")  # fmt: skip
+        raise ValueError(
+            "method='prototypical' needs estimate: the (M, K) label log-probabilities of unlabeled "
+            "inputs under the same prompt, to fit the clusters on"
+        )
     return PrototypicalCalibration(lp.shape[1], seed=seed).fit(estimate).predict(lp)

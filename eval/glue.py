@@ -14,6 +14,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from eval.cli import base_parser  # noqa: E402
+from eval.settings import EvalSettings  # noqa: E402
 
 TASKS = ("sst2", "mnli", "mnli-mm", "rte", "qnli", "mrpc", "qqp", "cola", "wnli", "world-entail")
 
@@ -24,13 +25,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", required=True, help="the task's tsv (e.g. dev.tsv, dev_matched.tsv)")
     p.add_argument("--demos", default=None, help="labeled tsv to draw in-context demonstrations from (train.tsv)")
     args = p.parse_args(argv)
+    # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
     from data.tasks import read_glue
-    from eval.common import classification, finish
+    from eval.evaluators import evaluate
 
     data = read_glue(args.data, args.task, on_error=args.on_error)
     demos = read_glue(args.demos, args.task, on_error=args.on_error) if args.demos else None
-    header, outcome = classification(args, args.task, data, demos)
-    return finish(args, f"glue-{args.task}", header, outcome)
+    return evaluate(args.task, data, EvalSettings.from_args(args), demos, benchmark=f"glue-{args.task}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ A demonstration is an input prompt (text and images) followed by its answer. Two
 
 Demonstrations are drawn without replacement from a pool (a training split) by a seeded RNG; the scripts use one
 set for all queries of a trial, each trial with its own seed, and report mean and standard deviation over trials
-(eval/common.py).
+(eval/runners.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from data.prompts import Prompt, Segment, through_encoder
-from eval.cli import MODES
+from eval.settings import MODES
 
 
 @dataclass(frozen=True)
@@ -71,14 +71,3 @@ def sample_demos(pool: Sequence[Demo], k: int, rng: random.Random, exclude: Hash
     if len(candidates) < k:
         raise ValueError(f"{k}-shot prompts need {k} demonstrations but the pool has only {len(candidates)}")
     return rng.sample(candidates, k)
-
-
-def shots_list(text: str) -> list[int]:
-    """``"0,1,4"`` -> ``[0, 1, 4]`` (for ``--shots``); negative or malformed values are an error."""
-    try:
-        shots = [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError as err:
-        raise ValueError(f"--shots {text!r}: expected comma-separated integers such as 0,1,4") from err
-    if not shots or any(s < 0 for s in shots):
-        raise ValueError(f"--shots {text!r}: expected one or more integers >= 0")
-    return shots

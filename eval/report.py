@@ -29,6 +29,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import from the repository root, not from eval/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from eval.flags import FlagParser  # noqa: E402
+from eval.settings import DecodeSettings, EvalSettings, shots_list  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,21 +50,48 @@ def torchrun(script: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", script, *args]
 
 
-def pretrain(args: argparse.Namespace, runs: Path, log: Path) -> dict[str, Path]:
+def pretrain_subprocess(args: argparse.Namespace, log: Path, *flags: str) -> None:
+    """train/pretrain.py with ``flags`` under torchrun, for ``args.steps`` steps on ``args.world``."""
     common = ["--max_steps", str(args.steps), "--world", args.world, "--eval_every", "0", "--seed", str(args.seed)]
+    sh(torchrun("train/pretrain.py", *flags, *common), log)
+
+
+def finetune_subprocess(args: argparse.Namespace, base: Path, task: str, out: Path, log: Path) -> None:
+    """train/finetune.py from ``base`` on ``task`` under torchrun, with the report's finetuning settings."""
+    sh(
+        torchrun(
+            "train/finetune.py",
+            *("--init_from", str(base), "--task", task, "--out", str(out), "--world", args.world),
+            *("--max_steps", str(args.finetune_steps), "--lr", str(args.finetune_lr)),
+            *("--final_eval", "false", "--seed", str(args.seed)),
+        ),
+        log,
+    )
+
+
+def pretrain(args: argparse.Namespace, runs: Path, log: Path) -> dict[str, Path]:
     models = {}
     if args.metalm:
         models["metalm"] = Path(args.metalm)
     else:
-        sh(torchrun("train/pretrain.py", "--out", str(runs / "metalm"), *common), log)
+        pretrain_subprocess(args, log, "--out", str(runs / "metalm"))
         models["metalm"] = runs / "metalm" / "final"
     if args.gpt:
         models["gpt"] = Path(args.gpt)
     else:
         # the GPT reads the same world tokenizer, so both score the same token sequences
         tok = models["metalm"]
-        sh(torchrun("train/pretrain.py", "--preset", "tiny-gpt", "--tokenizer", str(tok), "--out",
-                    str(runs / "gpt"), "--vision_warmup_steps", "0", *common), log)  # fmt: skip
+        gpt = (
+            "--preset",
+            "tiny-gpt",
+            "--tokenizer",
+            str(tok),
+            "--out",
+            str(runs / "gpt"),
+            "--vision_warmup_steps",
+            "0",
+        )
+        pretrain_subprocess(args, log, *gpt)
         models["gpt"] = runs / "gpt" / "final"
     return models
 
@@ -71,17 +101,37 @@ def finetune(args: argparse.Namespace, name: str, base: Path, task: str, runs: P
     if args.reuse and (out / "final" / "model.safetensors").is_file():
         print(f"reusing {out / 'final'}")
         return out / "final"
-    sh(torchrun("train/finetune.py", "--init_from", str(base), "--task", task, "--out", str(out), "--world",
-                args.world, "--max_steps", str(args.finetune_steps), "--lr", str(args.finetune_lr),
-                "--final_eval", "false", "--seed", str(args.seed)), log)  # fmt: skip
+    finetune_subprocess(args, base, task, out, log)
     return out / "final"
 
 
-def world_eval(ckpt: Path, out: Path, split: str, tasks: str, extra: list[str]) -> dict:
-    from eval import world
+def world_eval(
+    args: argparse.Namespace,
+    ckpt: Path,
+    out: Path,
+    split: str,
+    tasks: str,
+    shots: str = "0",
+    icl_mode: str = "causal",
+    encode_input: bool = False,
+) -> dict:
+    """The world's ``tasks`` (comma-separated) on ``split`` for ``ckpt``, as ``eval/world.py`` runs them by
+    default; returns each task's results."""
+    # the evaluation library loads torch and the model code (seconds): imported here so --help answers at once
+    from eval.evaluators import evaluate_world
 
-    argv = ["--checkpoint", str(ckpt), "--out", str(out), "--split", split, "--tasks", tasks, *extra]
-    return world.main(argv)["tasks"]
+    settings = EvalSettings(
+        ckpt,
+        out,
+        shots_list(shots),
+        args.trials,
+        args.seed,
+        icl_mode,
+        encode_input,
+        args.limit,
+        decode=DecodeSettings(max_new_tokens=8),
+    )
+    return evaluate_world(args.world, split, tasks.split(","), settings)["tasks"]
 
 
 def headline(entry: dict, key: str) -> tuple[float, float]:
@@ -103,38 +153,44 @@ def run(args: argparse.Namespace) -> dict:
     log = runs / "report.log"
     started = time.time()
     models = pretrain(args, runs, log)
-    ft = {("metalm", "world-entail"): finetune(args, "metalm", models["metalm"], "world-entail", runs, log),
-          ("gpt", "world-entail"): finetune(args, "gpt", models["gpt"], "world-entail", runs, log),
-          ("metalm", "world-vqa"): finetune(args, "metalm", models["metalm"], "world-vqa", runs, log)}  # fmt: skip
-    limit = ["--limit", str(args.limit), "--trials", str(args.trials), "--seed", str(args.seed)]
+    ft = {
+        ("metalm", "world-entail"): finetune(args, "metalm", models["metalm"], "world-entail", runs, log),
+        ("gpt", "world-entail"): finetune(args, "gpt", models["gpt"], "world-entail", runs, log),
+        ("metalm", "world-vqa"): finetune(args, "metalm", models["metalm"], "world-vqa", runs, log),
+    }
     evals = results / "report-evals"
     report: dict = {"settings": vars(args), "models": {k: str(v) for k, v in models.items()}}
 
     # in-context and zero-shot on the language tasks, both models; MetaLM also with encoder-read demonstrations
     icl = {}
     for name, mode in (("gpt", "causal"), ("metalm", "causal"), ("metalm", "encoder")):
-        icl[f"{name}/{mode}"] = world_eval(models[name], evals / f"icl-{name}-{mode}.json", "val", "entail,choice",
-                                           ["--shots", args.shots, "--icl-mode", mode, *limit])  # fmt: skip
+        out = evals / f"icl-{name}-{mode}.json"
+        icl[f"{name}/{mode}"] = world_eval(args, models[name], out, "val", "entail,choice", args.shots, mode)
     report["in_context"] = icl
     # zero-shot captions: seen pairs (val) and held-out pairs, MetaLM only (the GPT cannot see images)
     report["captions"] = {
-        split: world_eval(
-            models["metalm"], evals / f"captions-{split}.json", split, "captions", ["--shots", "0", *limit]
-        )["captions"]  # fmt: skip
+        split: world_eval(args, models["metalm"], evals / f"captions-{split}.json", split, "captions")["captions"]
         for split in ("val", "heldout")
     }
     # finetuned: entailment for both; VQA for MetaLM on seen and held-out pairs
+    vqa = ft["metalm", "world-vqa"]
     report["finetuned"] = {
-        "metalm/entail": world_eval(ft["metalm", "world-entail"], evals / "ft-metalm-entail.json", "val", "entail",
-                                    ["--shots", "0", "--encode-input", *limit])["entail"],
-        "gpt/entail": world_eval(ft["gpt", "world-entail"], evals / "ft-gpt-entail.json", "val", "entail",
-                                 ["--shots", "0", *limit])["entail"],
-        **{f"metalm/vqa-{split}": world_eval(ft["metalm", "world-vqa"], evals / f"ft-metalm-vqa-{split}.json", split,
-                                             "vqa", ["--shots", "0", "--encode-input", *limit])["vqa"]
-           for split in ("val", "heldout")},
-        "metalm/vqa-before-finetuning": world_eval(models["metalm"], evals / "zs-metalm-vqa.json", "val", "vqa",
-                                                   ["--shots", "0", *limit])["vqa"],
-    }  # fmt: skip
+        "metalm/entail": world_eval(
+            args, ft["metalm", "world-entail"], evals / "ft-metalm-entail.json", "val", "entail", encode_input=True
+        )["entail"],
+        "gpt/entail": world_eval(args, ft["gpt", "world-entail"], evals / "ft-gpt-entail.json", "val", "entail")[
+            "entail"
+        ],
+        **{
+            f"metalm/vqa-{split}": world_eval(
+                args, vqa, evals / f"ft-metalm-vqa-{split}.json", split, "vqa", encode_input=True
+            )["vqa"]
+            for split in ("val", "heldout")
+        },
+        "metalm/vqa-before-finetuning": world_eval(args, models["metalm"], evals / "zs-metalm-vqa.json", "val", "vqa")[
+            "vqa"
+        ],
+    }
     report["minutes"] = (time.time() - started) / 60
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     write_markdown(report, results)
@@ -142,25 +198,30 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def write_markdown(report: dict, results: Path) -> Path:
-    import matplotlib
+    import matplotlib  # heavy, and needed only to draw the report's plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     s = report["settings"]
-    lines = ["# MetaLM vs a causal GPT on the bundled world (claims in miniature)", "",
-             f"Both models: the `tiny` decoder, {s['steps']} pretraining steps of the same batch size and length "
-             f"(seed {s['seed']}); finetuning {s['finetune_steps']} steps at lr {s.get('finetune_lr', 3e-4):g}; up "
-             f"to {s['limit']} evaluation examples; {s['trials']} seeded demonstration sets per k > 0 (mean ± std). "
-             f"Produced by `python eval/report.py` "
-             f"in {report['minutes']:.0f} minutes on CPU.", ""]  # fmt: skip
+    lines = [
+        "# MetaLM vs a causal GPT on the bundled world (claims in miniature)",
+        "",
+        f"Both models: the `tiny` decoder, {s['steps']} pretraining steps of the same batch size and length "
+        f"(seed {s['seed']}); finetuning {s['finetune_steps']} steps at lr {s.get('finetune_lr', 3e-4):g}; up "
+        f"to {s['limit']} evaluation examples; {s['trials']} seeded demonstration sets per k > 0 (mean ± std). "
+        f"Produced by `python eval/report.py` "
+        f"in {report['minutes']:.0f} minutes on CPU.",
+        "",
+    ]
     lines += ["## Finetuning", "", "| model | task | metric | score |", "|---|---|---|---|"]
     for key, res in report["finetuned"].items():
         model, task = key.split("/")
         entry = res["results"][0]
         metric = "vqa_accuracy" if "vqa" in task else "none"
-        lines.append(f"| {model} | {task} | {'VQA accuracy' if 'vqa' in task else 'accuracy'} | "
-                     f"{fmt(headline(entry, metric))} |")  # fmt: skip
+        lines.append(
+            f"| {model} | {task} | {'VQA accuracy' if 'vqa' in task else 'accuracy'} | {fmt(headline(entry, metric))} |"
+        )
     lines += [
         "",
         "## Zero-shot captions (MetaLM; the GPT cannot see images)",
@@ -170,26 +231,48 @@ def write_markdown(report: dict, results: Path) -> Path:
     ]
     for split, res in report["captions"].items():
         e = res["results"][0]
-        lines.append(f"| {split} | {fmt(headline(e, 'cider_d'))} | {fmt(headline(e, 'bleu_4'))} | "
-                     f"{fmt(headline(e, 'shapes_named'))} | {fmt(headline(e, 'colors_named'))} | "
-                     f"{fmt(headline(e, 'unseen_pair_named'))} |")  # fmt: skip
-    lines += ["", "## In-context learning (language tasks)", "",
-              "Entailment: accuracy with no / contextual / prototypical calibration. Multiple choice: accuracy by "
-              "summed log-probability.", "",
-              "| model (demonstrations) | k | entail: none | contextual | prototypical | choice: acc |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {split} | {fmt(headline(e, 'cider_d'))} | {fmt(headline(e, 'bleu_4'))} | "
+            f"{fmt(headline(e, 'shapes_named'))} | {fmt(headline(e, 'colors_named'))} | "
+            f"{fmt(headline(e, 'unseen_pair_named'))} |"
+        )
+    lines += [
+        "",
+        "## In-context learning (language tasks)",
+        "",
+        "Entailment: accuracy with no / contextual / prototypical calibration. Multiple choice: accuracy by "
+        "summed log-probability.",
+        "",
+        "| model (demonstrations) | k | entail: none | contextual | prototypical | choice: acc |",
+        "|---|---|---|---|---|---|",
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, tasks in report["in_context"].items():
         entail, choice = tasks["entail"]["results"], tasks["choice"]["results"]
         for e, c in zip(entail, choice, strict=True):
-            lines.append(f"| {key} | {e['shots']} | {fmt(headline(e, 'none'))} | {fmt(headline(e, 'contextual'))} | "
-                         f"{fmt(headline(e, 'prototypical'))} | {fmt(headline(c, 'acc'))} |")  # fmt: skip
+            lines.append(
+                f"| {key} | {e['shots']} | {fmt(headline(e, 'none'))} | {fmt(headline(e, 'contextual'))} | "
+                f"{fmt(headline(e, 'prototypical'))} | {fmt(headline(c, 'acc'))} |"
+            )
         ks = [e["shots"] for e in entail]
         for cal, style in (("none", "-"), ("contextual", "--"), ("prototypical", ":")):
-            axes[0].errorbar(ks, [headline(e, cal)[0] for e in entail], [headline(e, cal)[1] for e in entail],
-                             linestyle=style, marker="o", capsize=3, label=f"{key} {cal}")  # fmt: skip
-        axes[1].errorbar(ks, [headline(c, "acc")[0] for c in choice], [headline(c, "acc")[1] for c in choice],
-                         marker="o", capsize=3, label=key)  # fmt: skip
+            axes[0].errorbar(
+                ks,
+                [headline(e, cal)[0] for e in entail],
+                [headline(e, cal)[1] for e in entail],
+                linestyle=style,
+                marker="o",
+                capsize=3,
+                label=f"{key} {cal}",
+            )
+        axes[1].errorbar(
+            ks,
+            [headline(c, "acc")[0] for c in choice],
+            [headline(c, "acc")[1] for c in choice],
+            marker="o",
+            capsize=3,
+            label=key,
+        )
     axes[0].set(title="entailment", xlabel="demonstrations k", ylabel="accuracy")
     axes[1].set(title="multiple choice", xlabel="demonstrations k", ylabel="accuracy")
     axes[0].legend(fontsize=6)
@@ -205,11 +288,10 @@ def write_markdown(report: dict, results: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = FlagParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--steps", type=int, default=480, help="pretraining steps of each model")
-    p.add_argument("--finetune-steps", type=int, default=800)
-    p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--finetune_steps", type=int, default=800)
+    p.add_argument("--finetune_lr", type=float, default=1e-3)
     p.add_argument("--metalm", default="", help="reuse this pretrained MetaLM checkpoint (e.g. runs/tiny/final)")
     p.add_argument("--gpt", default="", help="reuse this pretrained GPT baseline checkpoint")
     p.add_argument("--reuse", action="store_true", help="reuse finetuned models already under --runs")

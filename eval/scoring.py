@@ -21,7 +21,7 @@ continuation is never docked, so no scored token is ever seen by an encoder (the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from data.prompts import Encoded, EncodedSeg, ImageSeg, Prompt, PromptEncoder, SpecialSeg
 from data.tokenizer import Tokenizer
+from eval.settings import DecodeSettings
 from metalm.model import MetaLM
 
 __all__ = ["DecodeSettings", "EncodedSeg", "ImageSeg", "OptionScore", "Prompt", "Scorer", "SpecialSeg"]
@@ -45,19 +46,6 @@ class OptionScore:
     @property
     def mean(self) -> float:
         return self.logprob / max(self.n_tokens, 1)
-
-
-@dataclass
-class DecodeSettings:
-    """How answers are generated; printed by every script and stored in its results JSON."""
-
-    max_new_tokens: int = 16
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    stop: tuple[str, ...] = ("\n",)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Scorer:
@@ -193,10 +181,15 @@ class Scorer:
             width = max(len(r.ids) for r in rows)
             ids, mask, docks = self._batch(rows, width, left_pad=True)
             out = self.model.generate(
-                ids, docks, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
-                num_beams=settings.num_beams, length_penalty=settings.length_penalty,
-                eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id,
-            )  # fmt: skip
+                ids,
+                docks,
+                attention_mask=mask,
+                max_new_tokens=settings.max_new_tokens,
+                num_beams=settings.num_beams,
+                length_penalty=settings.length_penalty,
+                eos_token_id=self.tokenizer.eos_id,
+                pad_token_id=self.tokenizer.pad_id,
+            )
             for r, i in enumerate(chunk):
                 new = out[r, width:].tolist()
                 if self.tokenizer.eos_id in new:

@@ -12,16 +12,24 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import from the repository root, not from eval/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from eval.cli import image_classification_main  # noqa: E402
+from eval.cli import image_classification_parser  # noqa: E402
+from eval.settings import EvalSettings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return image_classification_main(
-        argv, __doc__.split("\n\n")[0], "snli-ve", "read_snli_ve",
+    args = image_classification_parser(
+        __doc__.split("\n\n")[0],
         data_help="snli_ve_{dev,test}.jsonl",
         images_help="directory of the Flickr30k images (<Flickr30K_ID>.jpg)",
         demos_help="labeled jsonl for in-context demonstrations (snli_ve_train.jsonl)",
-    )  # fmt: skip
+    ).parse_args(argv)
+    # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
+    from data.tasks import read_snli_ve
+    from eval.evaluators import evaluate
+
+    data = read_snli_ve(args.data, args.images, on_error=args.on_error)
+    demos = read_snli_ve(args.demos, args.images, on_error=args.on_error) if args.demos else None
+    return evaluate("snli-ve", data, EvalSettings.from_args(args), demos)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,6 @@ multiple choice, on any split; ``--split heldout`` is zero-shot on colour-shape 
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
 import sys
 from pathlib import Path
 
@@ -17,96 +14,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from eval.cli import base_parser  # noqa: E402
-
-TASKS = ("captions", "vqa", "entail", "choice")
-
-
-def scene_naming(world: Path, split: str):
-    """Metric on captions: the share that name exactly the scene's set of shapes, and of colours; on scenes that
-    show a held-out colour-shape pair, the share that name that pair itself."""
-    from data.world import COLORS, HELDOUT_PAIRS, SHAPES, mentions
-
-    scenes = {}
-    for line in (world / f"scenes_{split}.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        scenes[row.get("image_id", row["file_name"])] = row["things"]
-
-    def metric(ids: list, captions: list[str]) -> dict[str, float]:
-        shapes = colors = unseen = unseen_named = 0
-        for image_id, text in zip(ids, captions, strict=True):
-            words = set(text.replace(",", " ").replace(".", " ").lower().split())
-            things = scenes[image_id]
-            shapes += {w for w in words if w in SHAPES} == {t[1] for t in things}
-            colors += {w for w in words if w in COLORS} == {t[0] for t in things}
-            pairs = {(c, s) for c, s, _ in things} & set(HELDOUT_PAIRS)
-            if pairs:
-                unseen += 1
-                unseen_named += all(mentions(text, c, s) for c, s in pairs)
-        out = {"shapes_named": shapes / max(len(ids), 1), "colors_named": colors / max(len(ids), 1)}
-        if unseen:
-            out["unseen_pair_named"] = unseen_named / unseen
-        return out
-
-    return metric
-
-
-def run(args: argparse.Namespace, scorer=None) -> dict:
-    from data import tasks
-    from eval import caption, vqa
-    from eval.common import choose, classification, finish, limited, load_scorer, needs_pool
-    from eval.icl import Demo, shots_list
-
-    world, split = Path(args.world), args.split
-    scorer = scorer or load_scorer(args)
-    out = Path(args.out) if args.out else Path("results") / f"world-{split}.json"
-    summary: dict = {"checkpoint": str(args.checkpoint), "split": split, "tasks": {}}
-    wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = sorted(set(wanted) - set(TASKS))
-    if unknown:
-        raise ValueError(f"--tasks: unknown {unknown}; expected some of {', '.join(TASKS)}")
-    demo_split = args.demo_split if max(shots_list(args.shots)) > 0 else None
-
-    def sub(task: str) -> argparse.Namespace:
-        a = copy.copy(args)
-        a.out = str(out.with_name(f"{out.stem}-{task}.json"))
-        return a
-
-    for task in wanted:
-        a = sub(task)
-        if task == "captions":
-            data = tasks.read_world_captions(world, split, on_error=args.on_error)
-            demos = tasks.read_world_captions(world, demo_split) if demo_split else None
-            a.max_new_tokens = args.caption_tokens
-            result = caption.run(a, data, demos, scorer, f"world-{split}-captions", scene_naming(world, split))
-        elif task == "vqa":
-            data = tasks.read_world_vqa(world, split, on_error=args.on_error)
-            demos = tasks.read_world_vqa(world, demo_split) if demo_split else None
-            result = vqa.run(a, data, demos, scorer, f"world-{split}-vqa")
-        elif task == "entail":
-            data = tasks.read_world_entail(world, split, on_error=args.on_error)
-            demos = tasks.read_world_entail(world, demo_split) if demo_split else None
-            header, outcome = classification(a, "world-entail", data, demos, scorer)
-            result = finish(a, f"world-{split}-entail", header, outcome)
-        else:
-            data = tasks.read_world_choice(world, split, on_error=args.on_error)
-            examples = limited(data.examples, args.limit)
-            pool = []
-            if demo_split:
-                pool = [Demo(ex.options[ex.label][0], ex.options[ex.label][1], ("demo", ex.id))
-                        for ex in tasks.read_world_choice(world, demo_split).examples]  # fmt: skip
-            needs_pool(a, pool)
-            labels = [ex.label for ex in examples]
-            outcome = choose(scorer, [(ex.id, ex.options) for ex in examples], labels, pool, shots_list(args.shots),
-                             args.trials, args.seed, args.icl_mode, args.encode_input)  # fmt: skip
-            first = examples[0].options[0]
-            header = {"n": len(examples), "template": f"(context, continuation), e.g. {first[0]!r} + {first[1]!r}",
-                      "data": data.report.to_dict(), "skipped": dict(data.report.skipped)}  # fmt: skip
-            result = finish(a, f"world-{split}-choice", header, outcome)
-        summary["tasks"][task] = {"results": result["results"], "file": a.out}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"summary of all tasks: {out}")
-    return summary
+from eval.settings import WORLD_TASKS, EvalSettings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -114,10 +22,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.set_defaults(max_new_tokens=8, limit=200)
     p.add_argument("--world", default="data/world", help="the generated world (python -m data.world)")
     p.add_argument("--split", default="val", help="val, test, or heldout (unseen colour-shape pairs)")
-    p.add_argument("--demo-split", default="train", help="split the in-context demonstrations come from")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
-    p.add_argument("--caption-tokens", type=int, default=24, help="max new tokens for captions")
-    return run(p.parse_args(argv))
+    p.add_argument("--demo_split", default="train", help="split the in-context demonstrations come from")
+    p.add_argument("--tasks", default=",".join(WORLD_TASKS), help=f"comma-separated, from {', '.join(WORLD_TASKS)}")
+    p.add_argument("--caption_tokens", type=int, default=24, help="max new tokens for captions")
+    args = p.parse_args(argv)
+    # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
+    from eval.evaluators import evaluate_world
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    settings = EvalSettings.from_args(args)
+    return evaluate_world(args.world, args.split, tasks, settings, None, args.demo_split, args.caption_tokens)
 
 
 if __name__ == "__main__":

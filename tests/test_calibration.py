@@ -129,8 +129,9 @@ def test_prototypical_recovers_three_classes_whatever_the_component_order():
     for perm in itertools.permutations(range(3)):
         perm = list(perm)
         fit = model.mixture_
-        permuted = GaussianMixtureFit(fit.weights[perm], fit.means[perm], fit.covariances[perm], fit.log_likelihood,
-                                      fit.n_iter, fit.converged)  # fmt: skip
+        permuted = GaussianMixtureFit(
+            fit.weights[perm], fit.means[perm], fit.covariances[perm], fit.log_likelihood, fit.n_iter, fit.converged
+        )
         other = PrototypicalCalibration(3)
         other.mixture_, other.cluster_to_label_ = permuted, assign_clusters_to_labels(permuted.means)
         np.testing.assert_array_equal(other.predict(logprobs), predictions)
@@ -176,8 +177,9 @@ def test_restarts_keep_the_highest_log_likelihood():
     estimate, _ = _blobs_logprobs(centres, 40, 0.3, rng)
     features = log_softmax(estimate, axis=1)
     seed, restarts = 3, 8
-    single = [fit_gaussian_mixture(features, 3, np.random.default_rng([seed, i])).log_likelihood
-              for i in range(restarts)]  # fmt: skip
+    single = [
+        fit_gaussian_mixture(features, 3, np.random.default_rng([seed, i])).log_likelihood for i in range(restarts)
+    ]
     assert max(single) - min(single) > 1e-3  # the restarts do land in different optima
 
     model = PrototypicalCalibration(3, restarts=restarts, seed=seed).fit(estimate)
@@ -211,8 +213,9 @@ def test_gaussian_mixture_matches_sklearn():
     )
 
     ours = fit_gaussian_mixture(x, 3, np.random.default_rng(0), max_iter=1000, tol=1e-10)
-    ref = mixture.GaussianMixture(3, covariance_type="full", reg_covar=1e-6, tol=1e-10, max_iter=1000,
-                                  random_state=0).fit(x)  # fmt: skip
+    ref = mixture.GaussianMixture(
+        3, covariance_type="full", reg_covar=1e-6, tol=1e-10, max_iter=1000, random_state=0
+    ).fit(x)
     mine, theirs = np.lexsort(ours.means.T[::-1]), np.lexsort(ref.means_.T[::-1])
     np.testing.assert_allclose(ours.means[mine], ref.means_[theirs], atol=1e-6)
     np.testing.assert_allclose(ours.covariances[mine], ref.covariances_[theirs], atol=1e-6)

@@ -16,7 +16,8 @@ import pytest
 from synthetic import tiny_metalm
 
 from data.tokenizer import Tokenizer
-from eval import caption, glue, multiple_choice, nlvr2, snli_ve, vqa
+from data.world import generate_world
+from eval import caption, glue, multiple_choice, nlvr2, snli_ve, vqa, world
 from eval.metrics import cider_d, vqa_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def common(checkpoint, tmp_path, *extra) -> list[str]:
-    return ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "r.json"), "--batch-size", "4", *extra]
+    return ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "r.json"), "--batch_size", "4", *extra]
 
 
 def predictions(result: dict) -> list[dict]:
@@ -51,8 +52,24 @@ def predictions(result: dict) -> list[dict]:
 
 def test_glue_rte_zero_and_few_shot_with_all_calibrations(checkpoint, tmp_path, capsys):
     data = FIX / "rte" / "dev.tsv"
-    result = glue.main(common(checkpoint, tmp_path, "--task", "rte", "--data", str(data), "--demos", str(data),
-                              "--shots", "0,2", "--trials", "2", "--calibration", "contextual"))  # fmt: skip
+    result = glue.main(
+        common(
+            checkpoint,
+            tmp_path,
+            "--task",
+            "rte",
+            "--data",
+            str(data),
+            "--demos",
+            str(data),
+            "--shots",
+            "0,2",
+            "--trials",
+            "2",
+            "--calibration",
+            "contextual",
+        )
+    )
     n = result["n"]
     assert n == 3 and [r["shots"] for r in result["results"]] == [0, 2]
     zero, two = result["results"]
@@ -71,34 +88,46 @@ def test_glue_rte_zero_and_few_shot_with_all_calibrations(checkpoint, tmp_path, 
 
 
 def test_glue_sst2_and_mnli_prototypical(checkpoint, tmp_path):
-    res = glue.main(common(checkpoint, tmp_path, "--task", "sst2", "--data", str(FIX / "sst2" / "dev.tsv"),
-                           "--calibration", "prototypical"))  # fmt: skip
+    res = glue.main(
+        common(
+            checkpoint,
+            tmp_path,
+            "--task",
+            "sst2",
+            "--data",
+            str(FIX / "sst2" / "dev.tsv"),
+            "--calibration",
+            "prototypical",
+        )
+    )
     assert res["n"] == 4 and "prototypical" in res["results"][0]
     mnli = glue.main(common(checkpoint, tmp_path, "--task", "mnli", "--data", str(FIX / "mnli" / "dev_matched.tsv")))
     assert {p["label"] for p in predictions(mnli)} <= {"True", "False", "Neither"}
 
 
 def test_snli_ve_and_nlvr2_dock_their_images(checkpoint, tmp_path):
-    res = snli_ve.main(common(checkpoint, tmp_path, "--data", str(FIX / "snli-ve" / "snli_ve_dev.jsonl"),
-                              "--images", str(FIX / "snli-ve" / "flickr30k_images")))  # fmt: skip
+    snli, nlvr = FIX / "snli-ve", FIX / "nlvr2"
+    files = ["--data", str(snli / "snli_ve_dev.jsonl"), "--images", str(snli / "flickr30k_images")]
+    res = snli_ve.main(common(checkpoint, tmp_path, *files))
     assert res["n"] > 0 and res["template"].startswith("<image> ")
-    res = nlvr2.main(common(checkpoint, tmp_path, "--data", str(FIX / "nlvr2" / "dev.json"),
-                            "--images", str(FIX / "nlvr2" / "images"), "--shots", "1", "--trials", "1",
-                            "--demos", str(FIX / "nlvr2" / "dev.json"), "--icl-mode", "encoder"))  # fmt: skip
+    files = ["--data", str(nlvr / "dev.json"), "--images", str(nlvr / "images"), "--demos", str(nlvr / "dev.json")]
+    res = nlvr2.main(common(checkpoint, tmp_path, *files, "--shots", "1", "--trials", "1", "--icl_mode", "encoder"))
     assert res["n"] > 0 and res["template"].startswith("<image> <image> ") and res["icl_mode"] == "encoder"
 
 
 @pytest.mark.parametrize(
     "task, files",
-    [("hellaswag", ["--data", "hellaswag/hellaswag_val.jsonl"]),
-     ("piqa", ["--data", "piqa/valid.jsonl", "--labels", "piqa/valid-labels.lst"]),
-     ("copa", ["--data", "copa/val.jsonl"]),
-     ("storycloze", ["--data", "storycloze/cloze_test_val__spring2016.csv"]),
-     ("winogrande", ["--data", "winogrande/dev.jsonl"]),
-     ("arc-easy", ["--data", "arc-easy/ARC-Easy-Dev.jsonl"]),
-     ("arc-challenge", ["--data", "arc-challenge/ARC-Challenge-Dev.jsonl"]),
-     ("boolq", ["--data", "boolq/dev.jsonl"])],
-)  # fmt: skip
+    [
+        ("hellaswag", ["--data", "hellaswag/hellaswag_val.jsonl"]),
+        ("piqa", ["--data", "piqa/valid.jsonl", "--labels", "piqa/valid-labels.lst"]),
+        ("copa", ["--data", "copa/val.jsonl"]),
+        ("storycloze", ["--data", "storycloze/cloze_test_val__spring2016.csv"]),
+        ("winogrande", ["--data", "winogrande/dev.jsonl"]),
+        ("arc-easy", ["--data", "arc-easy/ARC-Easy-Dev.jsonl"]),
+        ("arc-challenge", ["--data", "arc-challenge/ARC-Challenge-Dev.jsonl"]),
+        ("boolq", ["--data", "boolq/dev.jsonl"]),
+    ],
+)
 def test_multiple_choice_benchmarks(checkpoint, tmp_path, task, files):
     files = [f if f.startswith("--") else str(FIX / f) for f in files]
     res = multiple_choice.main(common(checkpoint, tmp_path, "--task", task, *files))
@@ -113,18 +142,27 @@ def test_multiple_choice_benchmarks(checkpoint, tmp_path, task, files):
 
 def test_multiple_choice_in_context_through_the_encoder(checkpoint, tmp_path):
     data = str(FIX / "copa" / "val.jsonl")
-    base = common(checkpoint, tmp_path, "--task", "copa", "--data", data, "--demos", data, "--shots", "2",
-                  "--trials", "2")  # fmt: skip
+    base = common(
+        checkpoint, tmp_path, "--task", "copa", "--data", data, "--demos", data, "--shots", "2", "--trials", "2"
+    )
     causal = multiple_choice.main(base)
-    encoder = multiple_choice.main(base + ["--icl-mode", "encoder", "--out", str(tmp_path / "enc.json")])
+    encoder = multiple_choice.main(base + ["--icl_mode", "encoder", "--out", str(tmp_path / "enc.json")])
     lp = lambda res: [r["logprobs"] for r in predictions(res)]  # noqa: E731
     assert lp(causal) != lp(encoder)  # the demonstrations really went through the text encoder
 
 
 def test_vqa_scores_agree_with_the_official_metric(checkpoint, tmp_path):
     d = FIX / "vqav2"
-    args = ["--questions", str(d / "v2_OpenEnded_mscoco_val2014_questions.json"), "--annotations",
-            str(d / "v2_mscoco_val2014_annotations.json"), "--images", str(d), "--max-new-tokens", "3"]  # fmt: skip
+    args = [
+        "--questions",
+        str(d / "v2_OpenEnded_mscoco_val2014_questions.json"),
+        "--annotations",
+        str(d / "v2_mscoco_val2014_annotations.json"),
+        "--images",
+        str(d),
+        "--max_new_tokens",
+        "3",
+    ]
     res = vqa.main(common(checkpoint, tmp_path, *args))
     rows = predictions(res)
     ann = json.loads((d / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]
@@ -137,7 +175,7 @@ def test_vqa_scores_agree_with_the_official_metric(checkpoint, tmp_path):
 def test_vqa_test_split_writes_a_submission_file(checkpoint, tmp_path):
     d = FIX / "vqav2"
     questions = str(d / "v2_OpenEnded_mscoco_test-dev2015_questions.json")
-    res = vqa.main(common(checkpoint, tmp_path, "--questions", questions, "--images", str(d), "--max-new-tokens", "2"))
+    res = vqa.main(common(checkpoint, tmp_path, "--questions", questions, "--images", str(d), "--max_new_tokens", "2"))
     sub = json.loads(Path(res["predictions"]).with_suffix(".submission.json").read_text())
     assert len(sub) == res["n"] > 0 and set(sub[0]) == {"question_id", "answer"}
 
@@ -145,23 +183,59 @@ def test_vqa_test_split_writes_a_submission_file(checkpoint, tmp_path):
 def test_okvqa_with_in_context_demonstrations(checkpoint, tmp_path):
     d = FIX / "okvqa"
     q, a = str(d / "OpenEnded_mscoco_val2014_questions.json"), str(d / "mscoco_val2014_annotations.json")
-    res = vqa.main(common(checkpoint, tmp_path, "--benchmark", "okvqa", "--questions", q, "--annotations", a,
-                          "--images", str(d), "--demo-questions", q, "--demo-annotations", a, "--shots", "0,1",
-                          "--trials", "2", "--max-new-tokens", "2"))  # fmt: skip
+    res = vqa.main(
+        common(
+            checkpoint,
+            tmp_path,
+            "--benchmark",
+            "okvqa",
+            "--questions",
+            q,
+            "--annotations",
+            a,
+            "--images",
+            str(d),
+            "--demo_questions",
+            q,
+            "--demo_annotations",
+            a,
+            "--shots",
+            "0,1",
+            "--trials",
+            "2",
+            "--max_new_tokens",
+            "2",
+        )
+    )
     assert res["benchmark"] == "okvqa" and len(res["results"][1]["vqa_accuracy"]["trials"]) == 2
 
 
 @pytest.mark.parametrize(
     "fmt, caps, images, extra",
-    [("coco", "coco/captions_val2014.json", "coco/val2014", []),
-     ("karpathy", "coco/dataset_coco.json", "coco", ["--split", "test"]),
-     ("karpathy", "flickr30k/dataset_flickr30k.json", "flickr30k/flickr30k-images", ["--split", "test"]),
-     ("flickr30k-tokens", "flickr30k/results_20130124.token", "flickr30k/flickr30k-images", []),
-     ("coco", "nocaps/nocaps_val_4500_captions.json", "nocaps/validation", [])],
-)  # fmt: skip
+    [
+        ("coco", "coco/captions_val2014.json", "coco/val2014", []),
+        ("karpathy", "coco/dataset_coco.json", "coco", ["--split", "test"]),
+        ("karpathy", "flickr30k/dataset_flickr30k.json", "flickr30k/flickr30k-images", ["--split", "test"]),
+        ("flickr30k-tokens", "flickr30k/results_20130124.token", "flickr30k/flickr30k-images", []),
+        ("coco", "nocaps/nocaps_val_4500_captions.json", "nocaps/validation", []),
+    ],
+)
 def test_captioning_formats(checkpoint, tmp_path, fmt, caps, images, extra):
-    res = caption.main(common(checkpoint, tmp_path, "--format", fmt, "--captions", str(FIX / caps), "--images",
-                              str(FIX / images), "--max-new-tokens", "6", *extra))  # fmt: skip
+    res = caption.main(
+        common(
+            checkpoint,
+            tmp_path,
+            "--format",
+            fmt,
+            "--captions",
+            str(FIX / caps),
+            "--images",
+            str(FIX / images),
+            "--max_new_tokens",
+            "6",
+            *extra,
+        )
+    )
     rows = predictions(res)
     assert len(rows) == res["n"] > 0
     refs = {}
@@ -180,7 +254,7 @@ def test_bad_input_is_named_or_counted(checkpoint, tmp_path):
     bad.write_text("\n".join(good + ["9\tA premise.\tA hypothesis.\tmaybe"]) + "\n")
     with pytest.raises(ValueError, match="maybe"):
         glue.main(common(checkpoint, tmp_path, "--task", "rte", "--data", str(bad)))
-    res = glue.main(common(checkpoint, tmp_path, "--task", "rte", "--data", str(bad), "--on-error", "skip"))
+    res = glue.main(common(checkpoint, tmp_path, "--task", "rte", "--data", str(bad), "--on_error", "skip"))
     assert res["n"] == 3 and sum(res["skipped"].values()) == 1
     d = FIX / "vqav2"
     with pytest.raises(FileNotFoundError, match="COCO_val2014"):
@@ -202,12 +276,23 @@ def test_bad_input_is_named_or_counted(checkpoint, tmp_path):
 
 def test_scripts_run_from_the_command_line(checkpoint, tmp_path):
     for script in ("glue", "multiple_choice", "vqa", "caption", "snli_ve", "nlvr2"):
-        out = subprocess.run([sys.executable, str(ROOT / "eval" / f"{script}.py"), "--help"], capture_output=True,
-                             text=True, cwd=tmp_path)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "eval" / f"{script}.py"), "--help"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert out.returncode == 0 and "--checkpoint" in out.stdout and "--shots" in out.stdout, out.stderr
-    out = subprocess.run([sys.executable, str(ROOT / "eval" / "glue.py"), *common(checkpoint, tmp_path, "--task",
-                          "sst2", "--data", str(FIX / "sst2" / "dev.tsv"))], capture_output=True, text=True,
-                         cwd=tmp_path)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "eval" / "glue.py"),
+            *common(checkpoint, tmp_path, "--task", "sst2", "--data", str(FIX / "sst2" / "dev.tsv")),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert "glue-sst2: 4 examples" in out.stdout and json.loads((tmp_path / "r.json").read_text())["n"] == 4
 
@@ -215,24 +300,48 @@ def test_scripts_run_from_the_command_line(checkpoint, tmp_path):
 def test_encode_input_sends_the_query_through_the_text_encoder(checkpoint, tmp_path):
     base = common(checkpoint, tmp_path, "--task", "rte", "--data", str(FIX / "rte" / "dev.tsv"))
     plain = glue.main(base)
-    encoded = glue.main(base + ["--encode-input", "--out", str(tmp_path / "enc.json")])
+    encoded = glue.main(base + ["--encode_input", "--out", str(tmp_path / "enc.json")])
     assert encoded["encode_input"] and not plain["encode_input"]
     assert [r["logprobs"] for r in predictions(plain)] != [r["logprobs"] for r in predictions(encoded)]
 
 
 def test_world_runs_every_task_and_scores_unseen_pairs(checkpoint, tmp_path):
-    from data.world import generate_world
-    from eval import world
-
     w = tmp_path / "world"
     generate_world(w, seed=3, n_train=12, n_val=6, n_test=2, n_heldout=4, n_docs=10)
     out = tmp_path / "world.json"
-    summary = world.main(["--checkpoint", str(checkpoint), "--world", str(w), "--split", "heldout", "--out", str(out),
-                          "--limit", "4", "--shots", "0,1", "--trials", "1", "--max-new-tokens", "3",
-                          "--caption-tokens", "4"])  # fmt: skip
+    summary = world.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--world",
+            str(w),
+            "--split",
+            "heldout",
+            "--out",
+            str(out),
+            "--limit",
+            "4",
+            "--shots",
+            "0,1",
+            "--trials",
+            "1",
+            "--max_new_tokens",
+            "3",
+            "--caption_tokens",
+            "4",
+        ]
+    )
     assert set(summary["tasks"]) == {"captions", "vqa", "entail", "choice"}
     captions = summary["tasks"]["captions"]["results"]
     assert [r["shots"] for r in captions] == [0, 1] and "unseen_pair_named" in captions[0]
     assert json.loads(out.read_text())["split"] == "heldout"
     for task in summary["tasks"].values():
         assert Path(task["file"]).is_file()
+
+
+def test_the_hyphenated_flag_spelling_still_works(checkpoint, tmp_path, capsys):
+    base = ["--checkpoint", str(checkpoint), "--task", "rte", "--data", str(FIX / "rte" / "dev.tsv")]
+    new = glue.main(base + ["--out", str(tmp_path / "new.json"), "--batch_size", "4", "--encode_input"])
+    old = glue.main(base + ["--out", str(tmp_path / "old.json"), "--batch-size", "4", "--encode-input"])
+    assert "--encode-input is deprecated; use --encode_input" in capsys.readouterr().err
+    assert old["encode_input"] and old["results"] == new["results"]

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from data.prompts import EncodedSeg, ImageSeg
-from eval.icl import Demo, few_shot_prompt, sample_demos, shots_list, through_encoder
+from eval.icl import Demo, few_shot_prompt, sample_demos, through_encoder
+from eval.settings import shots_list
 
 POOL = [Demo(f"Question: q{i}? Answer:", f" a{i}", key=i) for i in range(10)]
 

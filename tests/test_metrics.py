@@ -110,8 +110,12 @@ def test_vqa_accuracy_rejects_too_few_answers():
 def test_vqa_score_overall_and_per_type():
     annotations = {1: ["yes"] * 10, 2: ["2"] * 3 + ["3"] * 7, 3: ["red"] * 10}
     predictions = {1: "yes", 2: "two", 3: "blue"}
-    result = vqa_score(predictions, annotations, answer_types={1: "yes/no", 2: "number", 3: "other"},
-                       question_types={1: "is the", 2: "how many", 3: "what color"})  # fmt: skip
+    result = vqa_score(
+        predictions,
+        annotations,
+        answer_types={1: "yes/no", 2: "number", 3: "other"},
+        question_types={1: "is the", 2: "how many", 3: "what color"},
+    )
     assert result["per_question"] == pytest.approx({1: 1.0, 2: 0.9, 3: 0.0})
     assert result["overall"] == pytest.approx(1.9 / 3)
     assert result["per_answer_type"] == pytest.approx({"yes/no": 1.0, "number": 0.9, "other": 0.0})
@@ -152,32 +156,80 @@ def test_tokenize_caption_examples(raw, expected):
 
 # Captions on which our tokenizer must agree with coco-caption's Java PTBTokenizer.
 PTB_CAPTIONS = [
-    "A group of people standing around a table with food.", "A black and white photo of a train",
-    "there is a man that is standing on the beach", "A cat laying on top of a laptop computer. ",
-    "A bathroom with a toilet, sink, and mirror.", "A woman's hand holding a cell phone",
-    "Some people are playing frisbee in the park!", "A 'Stop' sign", "An old-fashioned clock tower.",
-    "The train is on the tracks,", "A dog laying on a bed next to a pillow .", "It's a sunny day", "There's a cat",
-    'A bus that says "downtown" on it', "two (2) dogs", "a 3-way intersection", "a sign reads 'no parking'",
-    "umbrellas: red, blue and green", "hot dogs & fries", "a 1/2 eaten sandwich", "A sign for St. Mary's church",
-    "a dog..", "a dog....", "The kids' room", "A plate with broccoli,carrots and rice", "a bird's-eye view",
-    "items on a table; a cup.", "There are 2 cows.It is sunny", 'a street sign reading "1st Ave."',
-    "a man in his 20's", "a U-turn sign", "A 9-year-old boy's t-shirt in the 1990s.", "It's 2nd on the list, isn't it?",
-    "We'll go; I'd say I'm fine.", "The dogs' owners won't stop.", "An e-mail w/ a/c and/or 1/2 cup",
-    'He is 5\'10" tall', "What's up... Let's go!!", "Mr. Smith and Dr. Jones vs. St. Louis Co. Inc.",
-    "café naïve résumé", "She said: 'hello'", "10,000 people at 3:30pm", "A.B.C. news", "x-ray of the arm--broken",
-    "A man's and a woman's hats", "cannot gonna wanna gotta gimme lemme", "THE CAT IS ON THE MAT", "-- start",
-    "end -", "a - b", "a dog, a cat; a bird: a fish!", "it was 3.5 feet", "[left] {x}", "50% off $5",
-    "a ``tick'' quote", "don't DON'T Don't", "o'clock", "a+b=c", "under_score", "tab\tseparated", "I.D. card",
-    "the boy's toys' boxes", "Two-and-a-half men", "6ft. tall",
-]  # fmt: skip
+    "A group of people standing around a table with food.",
+    "A black and white photo of a train",
+    "there is a man that is standing on the beach",
+    "A cat laying on top of a laptop computer. ",
+    "A bathroom with a toilet, sink, and mirror.",
+    "A woman's hand holding a cell phone",
+    "Some people are playing frisbee in the park!",
+    "A 'Stop' sign",
+    "An old-fashioned clock tower.",
+    "The train is on the tracks,",
+    "A dog laying on a bed next to a pillow .",
+    "It's a sunny day",
+    "There's a cat",
+    'A bus that says "downtown" on it',
+    "two (2) dogs",
+    "a 3-way intersection",
+    "a sign reads 'no parking'",
+    "umbrellas: red, blue and green",
+    "hot dogs & fries",
+    "a 1/2 eaten sandwich",
+    "A sign for St. Mary's church",
+    "a dog..",
+    "a dog....",
+    "The kids' room",
+    "A plate with broccoli,carrots and rice",
+    "a bird's-eye view",
+    "items on a table; a cup.",
+    "There are 2 cows.It is sunny",
+    'a street sign reading "1st Ave."',
+    "a man in his 20's",
+    "a U-turn sign",
+    "A 9-year-old boy's t-shirt in the 1990s.",
+    "It's 2nd on the list, isn't it?",
+    "We'll go; I'd say I'm fine.",
+    "The dogs' owners won't stop.",
+    "An e-mail w/ a/c and/or 1/2 cup",
+    "He is 5'10\" tall",
+    "What's up... Let's go!!",
+    "Mr. Smith and Dr. Jones vs. St. Louis Co. Inc.",
+    "café naïve résumé",
+    "She said: 'hello'",
+    "10,000 people at 3:30pm",
+    "A.B.C. news",
+    "x-ray of the arm--broken",
+    "A man's and a woman's hats",
+    "cannot gonna wanna gotta gimme lemme",
+    "THE CAT IS ON THE MAT",
+    "-- start",
+    "end -",
+    "a - b",
+    "a dog, a cat; a bird: a fish!",
+    "it was 3.5 feet",
+    "[left] {x}",
+    "50% off $5",
+    "a ``tick'' quote",
+    "don't DON'T Don't",
+    "o'clock",
+    "a+b=c",
+    "under_score",
+    "tab\tseparated",
+    "I.D. card",
+    "the boy's toys' boxes",
+    "Two-and-a-half men",
+    "6ft. tall",
+]
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="coco-caption's PTBTokenizer needs Java")
 def test_tokenize_caption_matches_java_ptb_tokenizer():
     ptb = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
     gold = ptb.PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(PTB_CAPTIONS)})
-    mismatches = [(c, gold[i][0], tokenize_caption(c)) for i, c in enumerate(PTB_CAPTIONS)
-                  if gold[i][0] != tokenize_caption(c)]  # fmt: skip
+    mismatches = [
+        (c, gold[i][0], tokenize_caption(c)) for i, c in enumerate(PTB_CAPTIONS) if gold[i][0] != tokenize_caption(c)
+    ]
     assert not mismatches
 
 

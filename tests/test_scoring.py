@@ -9,6 +9,8 @@ from synthetic import tiny_metalm
 
 from data.pipeline import image_tensor
 from data.tokenizer import Tokenizer
+from eval.icl import Demo, few_shot_prompt
+from eval.runners import FittedPrompts
 from eval.scoring import DecodeSettings, EncodedSeg, ImageSeg, Scorer, SpecialSeg, cut_at_stop
 from metalm import MetaLM
 from metalm.docking import Dock, contiguous_positions, span_dock
@@ -51,8 +53,12 @@ def reference_logprob(scorer: Scorer, prompt_ids, cont_ids, docks=()) -> float:
 
 
 def test_score_matches_an_unbatched_forward(scorer, tokenizer):
-    requests = [("Question: what colour", " is the circle"), ("a red", " circle"),
-                ("there are two things: a green triangle and", " a yellow square."), ("is", " there")]  # fmt: skip
+    requests = [
+        ("Question: what colour", " is the circle"),
+        ("a red", " circle"),
+        ("there are two things: a green triangle and", " a yellow square."),
+        ("is", " there"),
+    ]
     scores = scorer.score(requests)
     for (prompt, cont), got in zip(requests, scores, strict=True):
         p, c = tokenizer.encode(prompt), tokenizer.encode(cont)
@@ -67,8 +73,12 @@ def test_score_with_a_docked_image_matches_a_manual_dock(scorer, tokenizer):
     tok, n_vec = tokenizer, scorer.prompts.image_tokens
     prompt = [tok.image_start_id] + [tok.vec_id] * n_vec + [tok.image_end_id] + tok.encode("a red")
     px = image_tensor(img, scorer.prompts.image_size, scorer.prompts.image_mean, scorer.prompts.image_std)[None]
-    dock = Dock("vision", {"pixel_values": px}, torch.tensor([0]),
-                contiguous_positions(torch.tensor([1]), scorer.prompts.image_tokens))  # fmt: skip
+    dock = Dock(
+        "vision",
+        {"pixel_values": px},
+        torch.tensor([0]),
+        contiguous_positions(torch.tensor([1]), scorer.prompts.image_tokens),
+    )
     want = reference_logprob(scorer, prompt, tok.encode(" circle"), [dock])
     assert scores[0].logprob == pytest.approx(want, abs=1e-4)
     # the image matters: a different image gives a different score
@@ -111,8 +121,12 @@ def test_is_greedy_marks_the_argmax_continuation(scorer, tokenizer):
 
 
 def test_batched_generation_equals_one_at_a_time(scorer, tokenizer):
-    prompts = [["a red"], [ImageSeg(image(3)), "there are"], ["Question: what colour is the circle? Answer:"],
-               [ImageSeg(image(4)), ImageSeg(image(5)), "is"]]  # fmt: skip
+    prompts = [
+        ["a red"],
+        [ImageSeg(image(3)), "there are"],
+        ["Question: what colour is the circle? Answer:"],
+        [ImageSeg(image(4)), ImageSeg(image(5)), "is"],
+    ]
     settings = DecodeSettings(max_new_tokens=5, stop=())
     batched = scorer.generate(prompts, settings)
     single = [scorer.generate([p], settings)[0] for p in prompts]
@@ -174,9 +188,6 @@ def test_from_checkpoint_loads_model_and_tokenizer(scorer, tokenizer, tmp_path):
 
 
 def test_few_shot_prompts_drop_the_earliest_demonstrations_to_fit(scorer):
-    from eval.common import FittedPrompts
-    from eval.icl import Demo
-
     demos = [Demo(f"a red circle {i} and a blue square on the right.", " yes", i) for i in range(6)]
     fit = FittedPrompts(scorer, "causal", False)
     prompt = fit(demos, "is there a purple square?", reserve=5)
@@ -191,9 +202,6 @@ def test_few_shot_prompts_drop_the_earliest_demonstrations_to_fit(scorer):
 
 
 def test_a_measured_few_shot_prompt_is_encoded_once(scorer, monkeypatch):
-    from eval.common import FittedPrompts
-    from eval.icl import Demo
-
     demos = [Demo([ImageSeg(image(0)), "shape 0:"], " yes", 0), Demo("shape 1:", " no", 1)]
     fit = FittedPrompts(scorer, "causal", False)
     queries = [[ImageSeg(image(10 + q)), "shape?"] for q in range(2)]
@@ -211,6 +219,4 @@ def test_a_measured_few_shot_prompt_is_encoded_once(scorer, monkeypatch):
 
 
 def few_shot(demos, query):
-    from eval.icl import few_shot_prompt
-
     return few_shot_prompt(demos, query, "causal")

@@ -1,4 +1,4 @@
-"""What every benchmark script shares: the command line, the three ways of answering, and the results files.
+"""The three ways of answering that every evaluator shares, and the results files.
 
 - ``classify``: rank a fixed set of label verbalizations by log-probability, with in-context demonstrations and
   calibration (none / contextual / prototypical; all three are computed from the same scores and reported);
@@ -6,14 +6,13 @@
   (``acc``) and by mean log-probability per token (``acc_norm``);
 - ``answer``: generate an answer per query and score it with the benchmark's metric.
 
-Each runs every ``--shots`` value for ``--trials`` seeded demonstration sets (one for 0-shot) and reports the
+Each runs every ``shots`` value for ``trials`` seeded demonstration sets (one for 0-shot) and reports the
 per-trial scores with their mean and standard deviation. ``write_outputs`` writes the results JSON (template,
 decoding settings, skipped inputs, scores) and the predictions as jsonl beside it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -22,28 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from eval.calibration import PrototypicalCalibration, contextual_calibration
-from eval.cli import CALIBRATIONS
-from eval.icl import Demo, few_shot_prompt, sample_demos, shots_list
+from eval.icl import Demo, few_shot_prompt, sample_demos
 from eval.metrics import mean_std
-from eval.scoring import DecodeSettings, Prompt, Scorer
+from eval.scoring import Prompt, Scorer
+from eval.settings import CALIBRATIONS, DecodeSettings, EvalSettings
 
 
 def device_of(name: str) -> str:
-    import torch
-
+    """``auto``: cuda when available, else cpu; any other name as given."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
 
-def load_scorer(args: argparse.Namespace) -> Scorer:
-    return Scorer.from_checkpoint(args.checkpoint, device_of(args.device), batch_size=args.batch_size)
-
-
-def settings_from(args: argparse.Namespace, stop: Sequence[str]) -> DecodeSettings:
-    return DecodeSettings(args.max_new_tokens, args.num_beams, args.length_penalty, tuple(stop))
+def load_scorer(settings: EvalSettings) -> Scorer:
+    return Scorer.from_checkpoint(settings.checkpoint, device_of(settings.device), batch_size=settings.batch_size)
 
 
 @dataclass
@@ -106,18 +101,15 @@ def classify(
     labels: Sequence[int],
     verbalizers: Sequence[str],
     pool: Sequence[Demo],
-    shots: Sequence[int],
-    trials: int,
-    seed: int,
-    mode: str = "causal",
-    headline: str = "none",
+    settings: EvalSettings,
     content_free: Sequence[Prompt] = (),
-    encode_query: bool = False,
 ) -> Outcome:
     """Accuracy of label ranking with and without calibration. Contextual calibration needs ``content_free``
     prompts (the template with its inputs emptied); prototypical calibration fits its mixture on the test inputs'
     own label log-probabilities (unlabeled; transductive, as Han et al. 2022 allow)."""
-    shown = FittedPrompts(scorer, mode, encode_query)
+    shots, trials, seed, mode = settings.shots, settings.trials, settings.seed, settings.icl_mode
+    headline = settings.calibration
+    shown = FittedPrompts(scorer, mode, settings.encode_input)
     reserve = max(_tokens(scorer, v) for v in verbalizers)
     k_labels = len(verbalizers)
     results, predictions = [], []
@@ -143,9 +135,16 @@ def classify(
                 per_trial[name].append(float((p == gold).mean()))
             chosen = preds.get(headline, preds["none"])
             for q, y, row, p in zip(queries, labels, logp, chosen, strict=True):
-                predictions.append({"id": q.key, "shots": k, "trial": t, "prediction": verbalizers[int(p)].strip(),
-                                    "label": verbalizers[y].strip(),
-                                    "logprobs": [round(float(v), 4) for v in row]})  # fmt: skip
+                predictions.append(
+                    {
+                        "id": q.key,
+                        "shots": k,
+                        "trial": t,
+                        "prediction": verbalizers[int(p)].strip(),
+                        "label": verbalizers[y].strip(),
+                        "logprobs": [round(float(v), 4) for v in row],
+                    }
+                )
         entry: dict = {"shots": k, "mode": mode, "n": len(queries), **shown.stats()}
         for name, accs in per_trial.items():
             if accs:
@@ -164,15 +163,12 @@ def choose(
     examples: Sequence[tuple[Hashable, Sequence[tuple[Prompt, str]]]],
     labels: Sequence[int],
     pool: Sequence[Demo],
-    shots: Sequence[int],
-    trials: int,
-    seed: int,
-    mode: str = "causal",
-    encode_query: bool = False,
+    settings: EvalSettings,
 ) -> Outcome:
     """Multiple choice: ``examples`` are ``(id, [(context, continuation), ...])``; the demonstrations are prefixed
     to every option's context. ``acc`` ranks by summed log-probability, ``acc_norm`` by mean per token."""
-    shown = FittedPrompts(scorer, mode, encode_query)
+    shots, trials, seed, mode = settings.shots, settings.trials, settings.seed, settings.icl_mode
+    shown = FittedPrompts(scorer, mode, settings.encode_input)
     results, predictions = [], []
     gold = np.asarray(labels)
     for k in shots:
@@ -186,13 +182,30 @@ def choose(
             accs.append(float((total == gold).mean()))
             norms.append(float((norm == gold).mean()))
             for (key, _), y, row, p, pn in zip(examples, labels, scores, total, norm, strict=True):
-                predictions.append({"id": key, "shots": k, "trial": t, "prediction": int(p),
-                                    "prediction_norm": int(pn), "label": int(y),
-                                    "logprobs": [round(s.logprob, 4) for s in row]})  # fmt: skip
+                predictions.append(
+                    {
+                        "id": key,
+                        "shots": k,
+                        "trial": t,
+                        "prediction": int(p),
+                        "prediction_norm": int(pn),
+                        "label": int(y),
+                        "logprobs": [round(s.logprob, 4) for s in row],
+                    }
+                )
         (m, s), (mn, sn) = mean_std(accs), mean_std(norms)
-        results.append({"shots": k, "mode": mode, "n": len(examples), **shown.stats(),
-                        "acc": {"trials": accs, "mean": m, "std": s},
-                        "acc_norm": {"trials": norms, "mean": mn, "std": sn}, "metric": "acc", "score": m})  # fmt: skip
+        results.append(
+            {
+                "shots": k,
+                "mode": mode,
+                "n": len(examples),
+                **shown.stats(),
+                "acc": {"trials": accs, "mean": m, "std": s},
+                "acc_norm": {"trials": norms, "mean": mn, "std": sn},
+                "metric": "acc",
+                "score": m,
+            }
+        )
     return Outcome(results, predictions)
 
 
@@ -200,28 +213,27 @@ def answer(
     scorer: Scorer,
     queries: Sequence[Query],
     pool: Sequence[Demo],
-    shots: Sequence[int],
-    trials: int,
-    seed: int,
-    settings: DecodeSettings,
+    settings: EvalSettings,
+    decode: DecodeSettings,
     metric: Callable[[list[str]], dict[str, float]],
     headline: str | None,
-    mode: str = "causal",
-    encode_query: bool = False,
 ) -> Outcome:
     """Generated answers, scored by ``metric(answers) -> {name: value}`` (answers in query order)."""
-    shown = FittedPrompts(scorer, mode, encode_query)
+    shots, trials, seed, mode = settings.shots, settings.trials, settings.seed, settings.icl_mode
+    shown = FittedPrompts(scorer, mode, settings.encode_input)
     results, predictions = [], []
     for k in shots:
         per_trial: dict[str, list[float]] = {}
         for t in range(_trials(k, trials)):
             demos = sample_demos(pool, k, random.Random(seed + t))
-            answers = scorer.generate([shown(demos, q.prompt, settings.max_new_tokens) for q in queries], settings,
-                                      desc=f"{k}-shot trial {t}")  # fmt: skip
+            answers = scorer.generate(
+                [shown(demos, q.prompt, decode.max_new_tokens) for q in queries], decode, desc=f"{k}-shot trial {t}"
+            )
             for name, value in metric(answers).items():
                 per_trial.setdefault(name, []).append(float(value))
-            predictions += [{"id": q.key, "shots": k, "trial": t, "prediction": a}
-                            for q, a in zip(queries, answers, strict=True)]  # fmt: skip
+            predictions += [
+                {"id": q.key, "shots": k, "trial": t, "prediction": a} for q, a in zip(queries, answers, strict=True)
+            ]
         entry: dict = {"shots": k, "mode": mode, "n": len(queries), **shown.stats()}
         for name, vals in per_trial.items():
             m, s = mean_std(vals)
@@ -236,16 +248,24 @@ def default_out(benchmark: str) -> Path:
     return Path("results") / f"{benchmark}.json"
 
 
-def write_outputs(args: argparse.Namespace, benchmark: str, header: dict, outcome: Outcome) -> Path:
+def write_outputs(settings: EvalSettings, benchmark: str, header: dict, outcome: Outcome) -> Path:
     """Write ``<out>.json`` (everything needed to reproduce the number) and ``<out>.predictions.jsonl``."""
-    out = Path(args.out) if args.out else default_out(benchmark)
+    out = Path(settings.out) if settings.out else default_out(benchmark)
     out.parent.mkdir(parents=True, exist_ok=True)
     preds = out.with_suffix(".predictions.jsonl")
-    report = {"benchmark": benchmark, "checkpoint": str(args.checkpoint), "shots": shots_list(args.shots),
-              "trials": args.trials, "seed": args.seed, "icl_mode": args.icl_mode,
-              "encode_input": args.encode_input, **header,
-              "results": outcome.results, "predictions": str(preds),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    report = {
+        "benchmark": benchmark,
+        "checkpoint": str(settings.checkpoint),
+        "shots": list(settings.shots),
+        "trials": settings.trials,
+        "seed": settings.seed,
+        "icl_mode": settings.icl_mode,
+        "encode_input": settings.encode_input,
+        **header,
+        "results": outcome.results,
+        "predictions": str(preds),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
     tmp.replace(out)
@@ -277,48 +297,18 @@ def limited(examples: Sequence, limit: int) -> list:
     return list(examples[:limit] if limit else examples)
 
 
-def classification(
-    args: argparse.Namespace, task: str, data, demo_data=None, scorer: Scorer | None = None
-) -> tuple[dict, Outcome]:
-    """Run a classification benchmark (``data``: ``TaskData`` of ``ClassificationExample``; ``demo_data`` the
-    labeled pool for in-context demonstrations) with the task's template from ``data.templates``."""
-    from data.templates import CLASSIFICATION
-
-    template = CLASSIFICATION[task]
-    examples = limited(data.examples, args.limit)
-    labels = []
-    for ex in examples:
-        if ex.label is None:
-            raise ValueError(f"{data.report.source}: example {ex.id} has no label; accuracy needs a labeled split")
-        labels.append(template.index(ex.label, f"{data.report.source}: example {ex.id}"))
-    queries = [Query(ex.id, template.prompt(ex.texts, ex.images)) for ex in examples]
-    pool = []
-    for ex in demo_data.examples if demo_data is not None else []:
-        word = template.verbalizers[template.index(ex.label, f"{demo_data.report.source}: example {ex.id}")]
-        pool.append(Demo(template.prompt(ex.texts, ex.images), word, ("demo", ex.id)))
-    needs_pool(args, pool)
-    content_free = template.content_free(examples[0].texts) if examples else []
-    scorer = scorer or load_scorer(args)
-    outcome = classify(scorer, queries, labels, template.verbalizers, pool, shots_list(args.shots), args.trials,
-                       args.seed, args.icl_mode, args.calibration, content_free, args.encode_input)  # fmt: skip
-    header = {"task": task, "n": len(examples), "template": template.describe(), "calibration": args.calibration,
-              "data": data.report.to_dict(), "skipped": dict(data.report.skipped)}  # fmt: skip
-    if demo_data is not None:
-        header["demonstrations"] = demo_data.report.to_dict()
-    return header, outcome
-
-
-def needs_pool(args: argparse.Namespace, pool: Sequence[Demo]) -> None:
-    shots = shots_list(args.shots)
+def needs_pool(settings: EvalSettings, pool: Sequence[Demo]) -> None:
+    """An error unless the demonstration pool holds enough examples for the largest shot count."""
+    shots = settings.shots
     if max(shots) > 0 and len(pool) < max(shots):
         raise ValueError(
-            f"--shots {args.shots} needs at least {max(shots)} labeled demonstrations; the demonstration pool has "
-            f"{len(pool)} (give a training split with the --demos flags)"
+            f"--shots {','.join(map(str, shots))} needs at least {max(shots)} labeled demonstrations; the "
+            f"demonstration pool has {len(pool)} (give a training split with the --demos flags)"
         )
 
 
-def finish(args: argparse.Namespace, benchmark: str, header: dict, outcome: Outcome) -> dict:
+def finish(settings: EvalSettings, benchmark: str, header: dict, outcome: Outcome) -> dict:
     """Write the results and predictions, print the summary, return the results dict."""
-    out = write_outputs(args, benchmark, header, outcome)
+    out = write_outputs(settings, benchmark, header, outcome)
     print_summary(benchmark, header, outcome, out)
     return json.loads(out.read_text())

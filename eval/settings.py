@@ -1,0 +1,93 @@
+"""How an evaluation runs, as typed settings: what the library's evaluators read instead of parsed flags.
+
+Only the standard library is imported here, so the command-line parsers (``eval/cli.py``) can share the choices
+without loading the model code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MODES = ("causal", "encoder")
+CALIBRATIONS = ("none", "contextual", "prototypical")
+ON_ERROR = ("error", "skip")
+WORLD_TASKS = ("captions", "vqa", "entail", "choice")  # the bundled world's benchmarks (eval.evaluators)
+
+
+def shots_list(text: str) -> list[int]:
+    """``"0,1,4"`` -> ``[0, 1, 4]`` (for ``--shots``); negative or malformed values are an error."""
+    try:
+        shots = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError as err:
+        raise ValueError(f"--shots {text!r}: expected comma-separated integers such as 0,1,4") from err
+    if not shots or any(s < 0 for s in shots):
+        raise ValueError(f"--shots {text!r}: expected one or more integers >= 0")
+    return shots
+
+
+@dataclass
+class DecodeSettings:
+    """How answers are generated; printed by every script and stored in its results JSON."""
+
+    max_new_tokens: int = 16
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    stop: tuple[str, ...] = ("\n",)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EvalSettings:
+    """One evaluation run: the checkpoint, where results go, the in-context protocol (``shots`` demonstrations,
+    ``trials`` seeded sets from ``seed``, shown ``icl_mode``), the query layout, and decoding (the evaluator sets
+    the stop strings)."""
+
+    checkpoint: str | Path
+    out: str | Path | None = None  # results JSON; None: results/<benchmark>.json
+    shots: list[int] = field(default_factory=lambda: [0])
+    trials: int = 3
+    seed: int = 0
+    icl_mode: str = "causal"
+    encode_input: bool = False  # the query's text read by the text encoder (a model finetuned that way)
+    limit: int = 0  # the first N examples only (0: all)
+    batch_size: int = 16
+    device: str = "auto"
+    on_error: str = "error"
+    calibration: str = "none"  # the headline of classification (all three are computed)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("icl_mode", self.icl_mode, MODES),
+            ("calibration", self.calibration, CALIBRATIONS),
+            ("on_error", self.on_error, ON_ERROR),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} {value!r}: expected one of {choices}")
+        if not self.shots or any(k < 0 for k in self.shots):
+            raise ValueError(f"shots {self.shots}: expected one or more integers >= 0")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EvalSettings:
+        """The settings of a parsed ``eval.cli.base_parser`` command line (decoding and calibration flags where the
+        parser has them)."""
+        decode = {name: getattr(args, name, None) for name in ("max_new_tokens", "num_beams", "length_penalty")}
+        return cls(
+            checkpoint=args.checkpoint,
+            out=args.out,
+            shots=shots_list(args.shots),
+            trials=args.trials,
+            seed=args.seed,
+            icl_mode=args.icl_mode,
+            encode_input=args.encode_input,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            device=args.device,
+            on_error=args.on_error,
+            calibration=getattr(args, "calibration", "none"),
+            decode=DecodeSettings(**{k: v for k, v in decode.items() if v is not None}),
+        )
