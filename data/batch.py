@@ -20,12 +20,23 @@ class Batch:
     docks: list[Dock] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.input_ids.to(device), self.labels.to(device), self.attention_mask.to(device),
-                     [d.to(device) for d in self.docks])  # fmt: skip
+        return Batch(
+            self.input_ids.to(device),
+            self.labels.to(device),
+            self.attention_mask.to(device),
+            [d.to(device) for d in self.docks],
+        )
 
     def pin_memory(self) -> Batch:
         """The batch in page-locked memory: a DataLoader with ``pin_memory=True`` calls this (it cannot look inside
         a dataclass by itself), so copies to the GPU are faster."""
-        docks = [Dock(d.encoder, {k: v.pin_memory() for k, v in d.inputs.items()}, d.batch_index.pin_memory(),
-                      d.positions.pin_memory()) for d in self.docks]  # fmt: skip
+        docks = [
+            Dock(
+                d.encoder,
+                {k: v.pin_memory() for k, v in d.inputs.items()},
+                d.batch_index.pin_memory(),
+                d.positions.pin_memory(),
+            )
+            for d in self.docks
+        ]
         return Batch(self.input_ids.pin_memory(), self.labels.pin_memory(), self.attention_mask.pin_memory(), docks)

@@ -263,38 +263,83 @@ def choice_example(scene: Scene, rng: random.Random, pairs: Sequence[tuple[str, 
 
 
 INSTRUCTIONS = {
-    "caption": ("Describe the image.", "Write a short caption for this picture.", "What does this image show?",
-                "Give a one-sentence description of the picture."),
-    "vqa": ("Answer the question about the image.", "Look at the picture and answer the question.",
-            "Use the image to answer the question in a word."),
-    "count": ("How many shapes are in the image?", "Count the shapes in the picture.",
-              "Tell me the number of shapes you see."),
-    "yesno": ("Answer yes or no about the image.", "Look at the picture. Answer with yes or no.",
-              "Is the following true of the image? Say yes or no."),
-    "colors": ("List the colors in the image from left to right.", "Name the colors of the shapes, left to right.",
-               "Which colors appear in the picture? List them from left to right."),
-    "compare": ("Compare the two scenes and answer the question.", "Read both scene descriptions, then answer.",
-                "Here are two scenes. Answer the question about them."),
-    "truth": ("Is the claim true for the scene? Answer yes or no.", "Read the scene and say whether the claim holds.",
-              "Does the description support the claim? Answer yes or no."),
-    "shapes": ("List the shapes in the image from left to right.", "Name the shapes you see, left to right.",
-               "Which shapes are in the picture? Go from left to right."),
-    "slot": ("What is at the given place in the picture? Say nothing if it is empty.",
-             "Name the colored shape at this place of the image.", "Tell me what sits at this place in the picture."),
-    "locate": ("Where in the picture is this shape? Answer left, middle or right.",
-               "Find the shape in the image and give its place.", "Say where the shape is: left, middle or right."),
-    "check": ("Check the question against the picture and answer yes or no.",
-              "Look at the image. Is this right? Say yes or no.",
-              "Answer the question about the picture with yes or no."),
-    "choose": ("Which of the options appears in the picture?", "Pick the option that is in the image.",
-               "One of these is in the picture. Which one?"),
-    "mention": ("List the colors the text mentions, in order.", "Which colors are named in the description? List them.",
-                "Extract the colors from the text."),
-    "change": ("Apply the change to the scene and describe the result.", "Describe the scene after the change.",
-               "What does the scene look like after the change?"),
-    "relation": ("Read the scene and answer the question about where things are.",
-                 "Answer the question using the scene description.", "Use the scene to say which shape is meant."),
-}  # fmt: skip
+    "caption": (
+        "Describe the image.",
+        "Write a short caption for this picture.",
+        "What does this image show?",
+        "Give a one-sentence description of the picture.",
+    ),
+    "vqa": (
+        "Answer the question about the image.",
+        "Look at the picture and answer the question.",
+        "Use the image to answer the question in a word.",
+    ),
+    "count": (
+        "How many shapes are in the image?",
+        "Count the shapes in the picture.",
+        "Tell me the number of shapes you see.",
+    ),
+    "yesno": (
+        "Answer yes or no about the image.",
+        "Look at the picture. Answer with yes or no.",
+        "Is the following true of the image? Say yes or no.",
+    ),
+    "colors": (
+        "List the colors in the image from left to right.",
+        "Name the colors of the shapes, left to right.",
+        "Which colors appear in the picture? List them from left to right.",
+    ),
+    "compare": (
+        "Compare the two scenes and answer the question.",
+        "Read both scene descriptions, then answer.",
+        "Here are two scenes. Answer the question about them.",
+    ),
+    "truth": (
+        "Is the claim true for the scene? Answer yes or no.",
+        "Read the scene and say whether the claim holds.",
+        "Does the description support the claim? Answer yes or no.",
+    ),
+    "shapes": (
+        "List the shapes in the image from left to right.",
+        "Name the shapes you see, left to right.",
+        "Which shapes are in the picture? Go from left to right.",
+    ),
+    "slot": (
+        "What is at the given place in the picture? Say nothing if it is empty.",
+        "Name the colored shape at this place of the image.",
+        "Tell me what sits at this place in the picture.",
+    ),
+    "locate": (
+        "Where in the picture is this shape? Answer left, middle or right.",
+        "Find the shape in the image and give its place.",
+        "Say where the shape is: left, middle or right.",
+    ),
+    "check": (
+        "Check the question against the picture and answer yes or no.",
+        "Look at the image. Is this right? Say yes or no.",
+        "Answer the question about the picture with yes or no.",
+    ),
+    "choose": (
+        "Which of the options appears in the picture?",
+        "Pick the option that is in the image.",
+        "One of these is in the picture. Which one?",
+    ),
+    "mention": (
+        "List the colors the text mentions, in order.",
+        "Which colors are named in the description? List them.",
+        "Extract the colors from the text.",
+    ),
+    "change": (
+        "Apply the change to the scene and describe the result.",
+        "Describe the scene after the change.",
+        "What does the scene look like after the change?",
+    ),
+    "relation": (
+        "Read the scene and answer the question about where things are.",
+        "Answer the question using the scene description.",
+        "Use the scene to say which shape is meant.",
+    ),
+}
 IMAGE_TASKS = ("caption", "vqa", "count", "yesno", "colors")
 TEXT_TASKS = ("compare", "truth")
 # Clusters added in world version 2. They are drawn from a random stream of their own, so every file version 1
@@ -305,12 +350,17 @@ MORE_TEXT_TASKS = ("mention", "change", "relation")
 
 # The answers a closed-set question allows, listed with it as FLAN lists OPTIONS (in a fixed order).
 ANSWER_SETS: dict[str, tuple[str, ...]] = {
-    "color": tuple(COLORS), "shape": SHAPES, "position": SLOTS, "yesno": ("yes", "no"), "count": NUMBERS[1:4],
-}  # fmt: skip
+    "color": tuple(COLORS),
+    "shape": SHAPES,
+    "position": SLOTS,
+    "yesno": ("yes", "no"),
+    "count": NUMBERS[1:4],
+}
 
 
-def _instruction(task: str, instruction: str, image: str | None, text: str, output: str,
-                 options: Sequence[str] = ()) -> dict:  # fmt: skip
+def _instruction(
+    task: str, instruction: str, image: str | None, text: str, output: str, options: Sequence[str] = ()
+) -> dict:
     """One instruction record (``data.tasks.read_instructions``); ``options`` only for closed-set tasks."""
     row = {"task": task, "instruction": instruction, "image": image, "input": text, "output": output}
     return {**row, "options": list(options)} if options else row
@@ -433,18 +483,40 @@ def more_text_instruction(rng: random.Random, scene_of: Callable[[], Scene], pai
     return _instruction(task, rng.choice(INSTRUCTIONS[task]), None, text, output)
 
 
-NAMES = (("Anna", "she"), ("Ben", "he"), ("Clara", "she"), ("David", "he"), ("Emma", "she"), ("Felix", "he"),
-         ("Grace", "she"), ("Hugo", "he"), ("Ida", "she"), ("Jonas", "he"), ("Lena", "she"), ("Max", "he"))  # fmt: skip
+NAMES = (
+    ("Anna", "she"),
+    ("Ben", "he"),
+    ("Clara", "she"),
+    ("David", "he"),
+    ("Emma", "she"),
+    ("Felix", "he"),
+    ("Grace", "she"),
+    ("Hugo", "he"),
+    ("Ida", "she"),
+    ("Jonas", "he"),
+    ("Lena", "she"),
+    ("Max", "he"),
+)
 FACTS = (
-    "A circle is round and has no corners.", "A square has four equal sides and four corners.",
-    "A triangle has three sides and three corners.", "A square has more corners than a triangle.",
-    "Red, orange and yellow are warm colors.", "Green, blue and purple are cool colors.",
-    "Mixing red and yellow gives orange.", "Mixing blue and yellow gives green.", "Mixing red and blue gives purple.",
-    "Every picture has three places: the left, the middle and the right.", "Each place holds at most one shape.",
-    "The middle is between the left and the right.", "A picture can hold one, two or three shapes.",
-    "One and one make two.", "Two and one make three.", "Three is more than two, and two is more than one.",
-    "The background of a picture is white or light grey.", "Colors and shapes can be mixed in many ways.",
-)  # fmt: skip
+    "A circle is round and has no corners.",
+    "A square has four equal sides and four corners.",
+    "A triangle has three sides and three corners.",
+    "A square has more corners than a triangle.",
+    "Red, orange and yellow are warm colors.",
+    "Green, blue and purple are cool colors.",
+    "Mixing red and yellow gives orange.",
+    "Mixing blue and yellow gives green.",
+    "Mixing red and blue gives purple.",
+    "Every picture has three places: the left, the middle and the right.",
+    "Each place holds at most one shape.",
+    "The middle is between the left and the right.",
+    "A picture can hold one, two or three shapes.",
+    "One and one make two.",
+    "Two and one make three.",
+    "Three is more than two, and two is more than one.",
+    "The background of a picture is white or light grey.",
+    "Colors and shapes can be mixed in many ways.",
+)
 
 
 def _p_describe(scene: Scene, rng: random.Random, pairs) -> str:
@@ -455,8 +527,11 @@ def _p_describe(scene: Scene, rng: random.Random, pairs) -> str:
         if t is None:
             parts.append(rng.choice((f"Nothing is {WHERE[slot]}.", f"The {slot} is empty.")))
         else:
-            options = (f"The {t.color} {t.shape} is {WHERE[slot]}.", f"{_sentence(WHERE[slot])} is {_named(t)}.",
-                       f"{_sentence(_named(t))} sits {WHERE[slot]}.")  # fmt: skip
+            options = (
+                f"The {t.color} {t.shape} is {WHERE[slot]}.",
+                f"{_sentence(WHERE[slot])} is {_named(t)}.",
+                f"{_sentence(_named(t))} sits {WHERE[slot]}.",
+            )
             parts.append(rng.choice(options))
     return " ".join(parts)
 
@@ -510,8 +585,10 @@ def _p_change(scene: Scene, rng: random.Random, pairs) -> str:
     gone = rng.choice(scene.things)
     new = Scene(tuple(u for u in scene.things if u != gone))
     n = len(new.things)
-    return (f"{start} Then we take away the {gone.color} {gone.shape}. {_sentence(NUMBERS[n])} "
-            f"{'shape is' if n == 1 else 'shapes are'} left: {_phrase(new)}.")  # fmt: skip
+    return (
+        f"{start} Then we take away the {gone.color} {gone.shape}. {_sentence(NUMBERS[n])} "
+        f"{'shape is' if n == 1 else 'shapes are'} left: {_phrase(new)}."
+    )
 
 
 def _p_story(scene: Scene, rng: random.Random, pairs) -> str:
@@ -566,13 +643,22 @@ def vqa_answers(answer: str, rng: random.Random) -> list[dict]:
     if answer in SYNONYMS:
         for i in rng.sample(range(10), rng.randint(0, 2)):
             answers[i] = SYNONYMS[answer]
-    return [{"answer": a, "answer_confidence": rng.choice(("yes", "yes", "yes", "maybe")), "answer_id": i + 1}
-            for i, a in enumerate(answers)]  # fmt: skip
+    return [
+        {"answer": a, "answer_confidence": rng.choice(("yes", "yes", "yes", "maybe")), "answer_id": i + 1}
+        for i, a in enumerate(answers)
+    ]
 
 
 def _params(seed: int, n_train: int, n_val: int, n_test: int, n_heldout: int, image_size: int, n_docs: int) -> dict:
-    return {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test, "n_heldout": n_heldout,
-            "image_size": image_size, "n_docs": n_docs}  # fmt: skip
+    return {
+        "seed": seed,
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_test": n_test,
+        "n_heldout": n_heldout,
+        "image_size": image_size,
+        "n_docs": n_docs,
+    }
 
 
 def _dump(path: Path, obj, indent: int | None = None) -> None:
@@ -609,9 +695,16 @@ def _write_split(root: Path, split: str, n: int, n_docs: int, params: dict, next
         for j, qa in enumerate(questions(scene, text_rng, pairs, k=text_rng.randint(1, 3))):
             qid = image_id * 10 + j
             qs.append({"image_id": image_id, "question": qa.question, "question_id": qid})
-            anns.append({"question_id": qid, "image_id": image_id, "question_type": qa.question_type,
-                         "answer_type": qa.answer_type, "multiple_choice_answer": qa.answer,
-                         "answers": vqa_answers(qa.answer, text_rng)})  # fmt: skip
+            anns.append(
+                {
+                    "question_id": qid,
+                    "image_id": image_id,
+                    "question_type": qa.question_type,
+                    "answer_type": qa.answer_type,
+                    "multiple_choice_answer": qa.answer,
+                    "answers": vqa_answers(qa.answer, text_rng),
+                }
+            )
         instructions.append(image_instruction(scene, file_name, text_rng, pairs))
 
     task_rng = rng("tasks")
@@ -621,10 +714,13 @@ def _write_split(root: Path, split: str, n: int, n_docs: int, params: dict, next
 
     instructions += [text_instruction(task_rng, scene_of, pairs) for _ in range(max(1, n // 2))]
     more_rng = rng("instructions-v2")
-    instructions += [more_image_instruction(scene, f"images/{split}/{i:06d}.png", more_rng, pairs)
-                     for i, scene in enumerate(scenes)]  # fmt: skip
-    instructions += [more_text_instruction(more_rng, lambda: sample_scene(more_rng, pairs, required), pairs)
-                     for _ in range(max(1, n // 2))]  # fmt: skip
+    instructions += [
+        more_image_instruction(scene, f"images/{split}/{i:06d}.png", more_rng, pairs) for i, scene in enumerate(scenes)
+    ]
+    instructions += [
+        more_text_instruction(more_rng, lambda: sample_scene(more_rng, pairs, required), pairs)
+        for _ in range(max(1, n // 2))
+    ]
     entail = []
     for i in range(n):
         scene, true = scene_of(), task_rng.random() < 0.5
@@ -635,11 +731,15 @@ def _write_split(root: Path, split: str, n: int, n_docs: int, params: dict, next
     corpus = [{"text": document(doc_rng, lambda: sample_scene(doc_rng, pairs, required), pairs)} for _ in range(n_docs)]
 
     files = {
-        "captions": f"captions_{split}.json", "scenes": f"scenes_{split}.jsonl",
-        "vqa_questions": f"vqa/{split}_questions.json", "vqa_annotations": f"vqa/{split}_annotations.json",
-        "entail": f"text/entail_{split}.tsv", "choice": f"text/choice_{split}.jsonl",
-        "corpus": f"text/corpus_{split}.jsonl", "instructions": f"instructions_{split}.jsonl",
-    }  # fmt: skip
+        "captions": f"captions_{split}.json",
+        "scenes": f"scenes_{split}.jsonl",
+        "vqa_questions": f"vqa/{split}_questions.json",
+        "vqa_annotations": f"vqa/{split}_annotations.json",
+        "entail": f"text/entail_{split}.tsv",
+        "choice": f"text/choice_{split}.jsonl",
+        "corpus": f"text/corpus_{split}.jsonl",
+        "instructions": f"instructions_{split}.jsonl",
+    }
     info = {"description": f"MetaLM bundled world, {split} split", "version": VERSION}
     _dump(root / files["captions"], {"info": info, "images": images, "annotations": annotations})
     _jsonl(root / files["scenes"], scene_rows)
@@ -700,9 +800,18 @@ def generate_world(
             docs = n_docs if split == "train" else max(1, round(n_docs * n / max(n_train, 1)))
             splits[split] = _write_split(tmp, split, n, docs, params, next_id)
             next_id += n
-        meta = {"version": VERSION, "params": params, "seed": seed, "image_size": image_size, "sizes": sizes,
-                "colors": COLORS, "shapes": list(SHAPES), "slots": list(SLOTS),
-                "heldout_pairs": [list(p) for p in HELDOUT_PAIRS], "splits": splits}  # fmt: skip
+        meta = {
+            "version": VERSION,
+            "params": params,
+            "seed": seed,
+            "image_size": image_size,
+            "sizes": sizes,
+            "colors": COLORS,
+            "shapes": list(SHAPES),
+            "slots": list(SLOTS),
+            "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
+            "splits": splits,
+        }
         _dump(tmp / "meta.json", meta, indent=1)
         os.chmod(tmp, 0o755)
         _swap_in(tmp, out, params)
@@ -767,8 +876,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--n_docs", "--n-docs", type=int, default=3000, help="training corpus documents")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return generate_world(args.out, args.seed, args.n_train, args.n_val, args.n_test, args.n_heldout,
-                          args.image_size, args.n_docs)  # fmt: skip
+    return generate_world(
+        args.out, args.seed, args.n_train, args.n_val, args.n_test, args.n_heldout, args.image_size, args.n_docs
+    )
 
 
 if __name__ == "__main__":

@@ -248,18 +248,18 @@ class Decoder(nn.Module):
     @classmethod
     def from_hf(cls, path: str) -> Decoder:
         """Load a GPT-2 or Llama-family checkpoint that transformers saved with ``save_pretrained``."""
-        from metalm.hf import load_decoder
+        from metalm.hf import load_decoder  # here, not at the top: metalm.hf imports Decoder
 
         return load_decoder(path)
 
     def to_hf(self, path: str) -> None:
         """Write this decoder as a transformers GPT-2 or Llama checkpoint (config.json + model.safetensors)."""
-        from metalm.hf import save_decoder
+        from metalm.hf import save_decoder  # (metalm.hf imports Decoder)
 
         save_decoder(self, path)
 
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
         """Greedy, sampled or beam-search continuation; see ``metalm.generation.generate``."""
-        from metalm.generation import generate
+        from metalm.generation import generate  # (metalm.generation imports Decoder)
 
         return generate(self, input_ids, **kwargs)

@@ -76,8 +76,17 @@ def generate(
     if num_beams > 1:
         if do_sample:
             raise ValueError("beam search with sampling is not supported: use num_beams=1 or do_sample=False")
-        return beam_search(decoder, input_ids, attention_mask, inputs_embeds, max_new_tokens, num_beams,
-                           length_penalty, eos_token_id, pad_token_id)  # fmt: skip
+        return beam_search(
+            decoder,
+            input_ids,
+            attention_mask,
+            inputs_embeds,
+            max_new_tokens,
+            num_beams,
+            length_penalty,
+            eos_token_id,
+            pad_token_id,
+        )
     logits, cache = _prefill(decoder, input_ids, inputs_embeds, attention_mask)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     out = [input_ids]

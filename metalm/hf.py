@@ -16,8 +16,12 @@ from metalm.io import read_json, save_safetensors_atomic
 
 LLAMA_FAMILY = ("llama", "mistral")
 # our linear layers and GPT-2's Conv1D layers (which store weights transposed), in both directions of conversion
-GPT2_LINEARS = (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
-                ("mlp.proj", "mlp.c_proj"))  # fmt: skip
+GPT2_LINEARS = (
+    ("attn.qkv", "attn.c_attn"),
+    ("attn.proj", "attn.c_proj"),
+    ("mlp.fc", "mlp.c_fc"),
+    ("mlp.proj", "mlp.c_proj"),
+)
 
 
 def load_hf_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -61,26 +65,44 @@ def decoder_config_from_hf(hf: dict, source: Path) -> DecoderConfig:
             raise ValueError(f"{source}: activation_function {act!r} not supported; expected gelu_new or gelu")
         dim = hf["n_embd"]
         return DecoderConfig(
-            vocab_size=hf["vocab_size"], dim=dim, n_layers=hf["n_layer"], n_heads=hf["n_head"],
-            mlp_hidden=hf.get("n_inner") or 4 * dim, max_seq_len=hf["n_positions"], positions="learned",
-            norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp="gelu",
-            gelu_approximate="none" if act == "gelu" else "tanh", attn_bias=True, mlp_bias=True,
+            vocab_size=hf["vocab_size"],
+            dim=dim,
+            n_layers=hf["n_layer"],
+            n_heads=hf["n_head"],
+            mlp_hidden=hf.get("n_inner") or 4 * dim,
+            max_seq_len=hf["n_positions"],
+            positions="learned",
+            norm="layernorm",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            mlp="gelu",
+            gelu_approximate="none" if act == "gelu" else "tanh",
+            attn_bias=True,
+            mlp_bias=True,
             tie_embeddings=hf.get("tie_word_embeddings", True),
-        )  # fmt: skip
+        )
     if kind in LLAMA_FAMILY:
         if hf.get("hidden_act", "silu") != "silu":
             raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} not supported; expected silu")
         if hf.get("sliding_window"):
             raise ValueError(f"{source}: sliding-window attention is not supported")
         return DecoderConfig(
-            vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-            n_heads=hf["num_attention_heads"], n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            head_dim=hf.get("head_dim"), mlp_hidden=hf["intermediate_size"],
-            max_seq_len=hf.get("max_position_embeddings", 2048), positions="rotary", rope_theta=_rope_theta(hf, source),
-            norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu",
-            attn_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False),
+            vocab_size=hf["vocab_size"],
+            dim=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=hf["num_attention_heads"],
+            n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            head_dim=hf.get("head_dim"),
+            mlp_hidden=hf["intermediate_size"],
+            max_seq_len=hf.get("max_position_embeddings", 2048),
+            positions="rotary",
+            rope_theta=_rope_theta(hf, source),
+            norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            mlp="swiglu",
+            attn_bias=hf.get("attention_bias", False),
+            mlp_bias=hf.get("mlp_bias", False),
             tie_embeddings=hf.get("tie_word_embeddings", False),
-        )  # fmt: skip
+        )
     raise ValueError(f"{source}: model_type {kind!r} is not supported; expected gpt2 or one of {LLAMA_FAMILY}")
 
 
@@ -152,23 +174,44 @@ def load_decoder(path: str | Path) -> Decoder:
 def hf_config_from_decoder(cfg: DecoderConfig) -> dict:
     """The transformers config dict equivalent to ``cfg``; ValueError if no GPT-2 or Llama model matches."""
     gpt2_like = (cfg.positions, cfg.norm, cfg.mlp, cfg.attn_bias, cfg.mlp_bias) == (
-        "learned", "layernorm", "gelu", True, True)  # fmt: skip
+        "learned",
+        "layernorm",
+        "gelu",
+        True,
+        True,
+    )
     llama_like = (cfg.positions, cfg.norm, cfg.mlp, cfg.mlp_bias) == ("rotary", "rmsnorm", "swiglu", False)
     if gpt2_like and cfg.n_kv_heads == cfg.n_heads and cfg.head_dim * cfg.n_heads == cfg.dim:
         return dict(
-            model_type="gpt2", vocab_size=cfg.vocab_size, n_embd=cfg.dim, n_layer=cfg.n_layers, n_head=cfg.n_heads,
-            n_inner=cfg.mlp_hidden, n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
+            model_type="gpt2",
+            vocab_size=cfg.vocab_size,
+            n_embd=cfg.dim,
+            n_layer=cfg.n_layers,
+            n_head=cfg.n_heads,
+            n_inner=cfg.mlp_hidden,
+            n_positions=cfg.max_seq_len,
+            layer_norm_epsilon=cfg.norm_eps,
             activation_function="gelu_new" if cfg.gelu_approximate == "tanh" else "gelu",
             tie_word_embeddings=cfg.tie_embeddings,
-        )  # fmt: skip
+        )
     if llama_like:
         return dict(
-            model_type="llama", vocab_size=cfg.vocab_size, hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers,
-            num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-            intermediate_size=cfg.mlp_hidden, max_position_embeddings=cfg.max_seq_len, rope_theta=cfg.rope_theta,
-            rms_norm_eps=cfg.norm_eps, attention_bias=cfg.attn_bias, mlp_bias=False,
-            tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu",
-        )  # fmt: skip
+            model_type="llama",
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.dim,
+            num_hidden_layers=cfg.n_layers,
+            num_attention_heads=cfg.n_heads,
+            num_key_value_heads=cfg.n_kv_heads,
+            head_dim=cfg.head_dim,
+            intermediate_size=cfg.mlp_hidden,
+            max_position_embeddings=cfg.max_seq_len,
+            rope_theta=cfg.rope_theta,
+            rms_norm_eps=cfg.norm_eps,
+            attention_bias=cfg.attn_bias,
+            mlp_bias=False,
+            tie_word_embeddings=cfg.tie_embeddings,
+            hidden_act="silu",
+        )
     raise ValueError(
         "this decoder has no transformers equivalent: GPT-2 needs learned positions, layernorm, gelu and biases; "
         "Llama needs rotary positions, rmsnorm, swiglu and no MLP bias"
@@ -179,8 +222,12 @@ def _ours_to_hf(model: Decoder, kind: str) -> dict[str, torch.Tensor]:
     cfg = model.cfg
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if kind == "gpt2":
-        out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
-               "transformer.ln_f.weight": sd["norm.weight"], "transformer.ln_f.bias": sd["norm.bias"]}  # fmt: skip
+        out = {
+            "transformer.wte.weight": sd["tok_emb.weight"],
+            "transformer.wpe.weight": sd["pos_emb.weight"],
+            "transformer.ln_f.weight": sd["norm.weight"],
+            "transformer.ln_f.bias": sd["norm.bias"],
+        }
         for i in range(cfg.n_layers):
             h, o = f"transformer.h.{i}.", f"blocks.{i}."
             for name in ("weight", "bias"):

@@ -25,8 +25,9 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     of counted targets. The labels are shifted, not the logits, so no logits-sized slice is copied."""
     targets = shift_labels(labels).reshape(-1)
     n = int((targets != IGNORE_INDEX).sum())
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, ignore_index=IGNORE_INDEX,
-                           reduction="sum")  # fmt: skip
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return loss / max(n, 1), n
 
 

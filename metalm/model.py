@@ -15,8 +15,10 @@ from metalm.config import EncoderConfig, MetaLMConfig, eager_checks
 from metalm.connectors import build_connector
 from metalm.decoder import Decoder
 from metalm.docking import Dock, docked_mask, scatter_docked
+from metalm.generation import generate
 from metalm.io import atomic_write_dir, atomic_write_text, read_json, save_safetensors_atomic
 from metalm.loss import causal_lm_loss, fused_linear_cross_entropy
+from metalm.presets import get_preset
 from metalm.semicausal import semicausal_labels
 
 CONFIG_NAME = "config.json"
@@ -58,8 +60,6 @@ class MetaLM(nn.Module):
     @classmethod
     def from_preset(cls, name: str, **decoder_overrides) -> MetaLM:
         """Build a named preset (``tiny``, ``language-xl``, ``vl-medium``) with random weights."""
-        from metalm.presets import get_preset
-
         return cls(get_preset(name, **decoder_overrides))
 
     def embed_inputs(self, input_ids: torch.Tensor, docks: list[Dock] | None = None) -> torch.Tensor:
@@ -121,8 +121,6 @@ class MetaLM(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         """Continue ``input_ids`` (with docked encoder vectors in the prompt); see ``metalm.generation.generate``."""
-        from metalm.generation import generate
-
         embeds = self.embed_inputs(input_ids, docks)
         return generate(self.decoder, input_ids, inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 

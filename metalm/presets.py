@@ -17,8 +17,9 @@ def tiny(**overrides) -> MetaLMConfig:
     """4-layer 256-wide decoder, a 4-layer ViT on 32x32 images (8x8 patches) and a 2-layer text encoder that
     shares the decoder's tokenizer. Learned positions: on the bundled world they let the decoder start reading the
     docked image vectors several times sooner than sinusoidal ones did in our CPU runs."""
-    decoder = _decoder(dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=256, positions="learned"),
-                       overrides)  # fmt: skip
+    decoder = _decoder(
+        dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=256, positions="learned"), overrides
+    )
     vision = EncoderConfig(
         kind="timm",
         kwargs=dict(model_name="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=128, depth=4, num_heads=4),
@@ -40,8 +41,9 @@ def tiny_gpt(**overrides) -> MetaLMConfig:
 def language_xl(**overrides) -> MetaLMConfig:
     """The paper's language MetaLM: a 24-layer 2048-hidden decoder and a 24-layer 1024-hidden text encoder whose
     last two layers are trained, docked through a linear connector."""
-    decoder = _decoder(dict(vocab_size=64000, dim=2048, n_layers=24, n_heads=32, max_seq_len=2048,
-                            positions="sinusoidal"), overrides)  # fmt: skip
+    decoder = _decoder(
+        dict(vocab_size=64000, dim=2048, n_layers=24, n_heads=32, max_seq_len=2048, positions="sinusoidal"), overrides
+    )
     text = EncoderConfig(
         kind="native_text",
         kwargs=dict(vocab_size=decoder.vocab_size, dim=1024, n_layers=24, n_heads=16, max_len=decoder.max_seq_len),
@@ -53,8 +55,9 @@ def language_xl(**overrides) -> MetaLMConfig:
 
 def vl_medium(**overrides) -> MetaLMConfig:
     """The paper's vision-language MetaLM: a 24-layer 1024-hidden decoder and a ViT-B/16 through a 3-layer MLP."""
-    decoder = _decoder(dict(vocab_size=64000, dim=1024, n_layers=24, n_heads=16, max_seq_len=2048,
-                            positions="sinusoidal"), overrides)  # fmt: skip
+    decoder = _decoder(
+        dict(vocab_size=64000, dim=1024, n_layers=24, n_heads=16, max_seq_len=2048, positions="sinusoidal"), overrides
+    )
     vision = EncoderConfig(
         kind="open_clip", kwargs=dict(model_name="ViT-B-16"), connector=ConnectorConfig(kind="mlp", layers=3)
     )
@@ -69,8 +72,11 @@ def _decoder(defaults: dict, overrides: dict) -> DecoderConfig:
 
 
 PRESETS: dict[str, Callable[..., MetaLMConfig]] = {
-    "tiny": tiny, "tiny-gpt": tiny_gpt, "language-xl": language_xl, "vl-medium": vl_medium,
-}  # fmt: skip
+    "tiny": tiny,
+    "tiny-gpt": tiny_gpt,
+    "language-xl": language_xl,
+    "vl-medium": vl_medium,
+}
 
 
 def get_preset(name: str, **decoder_overrides) -> MetaLMConfig:
