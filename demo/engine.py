@@ -12,7 +12,6 @@ the front ends show it and carry on.
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from data.tokenizer import Tokenizer
 from demo import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, DemoError, Settings, parse_settings
 from metalm import MetaLM
 from metalm.config import MetaLMConfig
+from metalm.io import read_json
 from metalm.model import CONFIG_NAME, WEIGHTS_NAME
 from metalm.presets import PRESETS, get_preset
 
@@ -147,7 +147,7 @@ def _read_config(path: Path) -> MetaLMConfig:
     if not file.is_file():
         raise DemoError(f"checkpoint {path}: {CONFIG_NAME} is missing; expected the MetaLM config that training writes")
     try:
-        data = json.loads(file.read_text())
+        data = read_json(file, "MetaLM config")
         if not isinstance(data, dict) or data.get("model_type") != "metalm":
             raise ValueError("model_type is not 'metalm'")
         return MetaLMConfig.from_dict(data, str(file))
@@ -158,7 +158,7 @@ def _read_config(path: Path) -> MetaLMConfig:
 def _recorded_preset(path: Path) -> str | None:
     """The preset name training wrote beside the weights (train_config.json), when it is there and readable."""
     try:
-        preset = json.loads((path / "train_config.json").read_text()).get("preset")
+        preset = read_json(path / "train_config.json", "training config").get("preset")
     except (OSError, ValueError, AttributeError):
         return None
     return preset if isinstance(preset, str) else None

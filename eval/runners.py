@@ -28,6 +28,7 @@ from eval.icl import Demo, few_shot_prompt, sample_demos
 from eval.metrics import mean_std
 from eval.scoring import Prompt, Scorer
 from eval.settings import CALIBRATIONS, DecodeSettings, EvalSettings
+from metalm.io import read_json
 
 
 def device_of(name: str) -> str:
@@ -311,4 +312,4 @@ def finish(settings: EvalSettings, benchmark: str, header: dict, outcome: Outcom
     """Write the results and predictions, print the summary, return the results dict."""
     out = write_outputs(settings, benchmark, header, outcome)
     print_summary(benchmark, header, outcome, out)
-    return json.loads(out.read_text())
+    return read_json(out, "results")
