@@ -21,40 +21,12 @@ from eval.cli import base_parser  # noqa: E402
 TASKS = ("captions", "vqa", "entail", "choice")
 
 
-def scene_naming(world: Path, split: str):
-    """Metric on captions: the share that name exactly the scene's set of shapes, and of colours; on scenes that
-    show a held-out colour-shape pair, the share that name that pair itself."""
-    from data.world import COLORS, HELDOUT_PAIRS, SHAPES, mentions
-
-    scenes = {}
-    for line in (world / f"scenes_{split}.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        scenes[row.get("image_id", row["file_name"])] = row["things"]
-
-    def metric(ids: list, captions: list[str]) -> dict[str, float]:
-        shapes = colors = unseen = unseen_named = 0
-        for image_id, text in zip(ids, captions, strict=True):
-            words = set(text.replace(",", " ").replace(".", " ").lower().split())
-            things = scenes[image_id]
-            shapes += {w for w in words if w in SHAPES} == {t[1] for t in things}
-            colors += {w for w in words if w in COLORS} == {t[0] for t in things}
-            pairs = {(c, s) for c, s, _ in things} & set(HELDOUT_PAIRS)
-            if pairs:
-                unseen += 1
-                unseen_named += all(mentions(text, c, s) for c, s in pairs)
-        out = {"shapes_named": shapes / max(len(ids), 1), "colors_named": colors / max(len(ids), 1)}
-        if unseen:
-            out["unseen_pair_named"] = unseen_named / unseen
-        return out
-
-    return metric
-
-
 def run(args: argparse.Namespace, scorer=None) -> dict:
     from data import tasks
     from eval import caption, vqa
     from eval.common import choose, classification, finish, limited, load_scorer, needs_pool
     from eval.icl import Demo, shots_list
+    from eval.scene import scene_naming
 
     world, split = Path(args.world), args.split
     scorer = scorer or load_scorer(args)
