@@ -7,7 +7,7 @@ import os
 
 from synthetic import make_batch, slice_batch, small_model, stream
 
-from train.config import TrainConfig
+from train.pretraining import PretrainConfig as TrainConfig
 from train.loop import train
 
 ROWS = 2  # rows per micro-batch; the global batch is 2 micro-batches

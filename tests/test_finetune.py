@@ -16,15 +16,15 @@ from data.tokenizer import Tokenizer
 from metalm import MetaLM
 from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
-from train.config import parse_config
-from train.finetune import FINETUNE_DEFAULTS, ExampleBatcher, FinetuneConfig, configure_freeze, read_examples
+from data.batching import ExampleBatcher
+from train.finetuning import FinetuneConfig, parse_finetune_config, read_examples
+from train.tuning import configure_freeze
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg(world, pretrained, *extra) -> FinetuneConfig:
-    return parse_config(["--init_from", str(pretrained), "--world", str(world), "--batch_size", "4", *extra],
-                        cls=FinetuneConfig, defaults=FINETUNE_DEFAULTS)  # fmt: skip
+    return parse_finetune_config(["--init_from", str(pretrained), "--world", str(world), "--batch_size", "4", *extra])
 
 
 @pytest.mark.parametrize("task", ["world-vqa", "world-entail", "world-captions", "world-choice"])

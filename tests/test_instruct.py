@@ -18,7 +18,8 @@ from data.tokenizer import Tokenizer
 from metalm import MetaLM
 from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
-from train.instruct import InstructBatcher, split_tasks
+from data.batching import InstructBatcher
+from train.instruction_tuning import split_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 

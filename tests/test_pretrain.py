@@ -96,13 +96,12 @@ def test_vision_warm_up_teaches_the_encoder_to_see(tmp_path):
 
     from data.world import generate_world as gen
     from metalm.presets import get_preset
-    from train.config import TrainConfig
-    from train.pretrain import pipeline_config, warm_up_vision
+    from train.pretraining import PretrainConfig, job_pipeline_config, warm_up_vision
 
     world = gen(tmp_path / "w", seed=1, n_train=400, n_val=4, n_test=4, n_heldout=4, n_docs=4)
     torch.manual_seed(0)
     model = MetaLM(get_preset("tiny", vocab_size=64))
-    pcfg = pipeline_config(TrainConfig(), model)
+    pcfg = job_pipeline_config(PretrainConfig(), model)
     before = warm_up_vision(model, world, pcfg, steps=0, seed=0)
     after = warm_up_vision(model, world, pcfg, steps=60, seed=0)
     assert after["color_accuracy"] > before["color_accuracy"] + 0.25
@@ -111,17 +110,16 @@ def test_vision_warm_up_teaches_the_encoder_to_see(tmp_path):
 
 def test_resume_with_another_number_of_workers_warns(tmp_path, caplog):
     """The batch order depends on --num_workers, so resuming with another number is not exact: say so."""
-    from train.config import TrainConfig
-    from train.pretrain import warn_if_workers_changed
+    from train.pretraining import PretrainConfig, warn_if_workers_changed
 
     ckpt = tmp_path / "checkpoints" / "step_0000002"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.pt").write_bytes(b"")
     (ckpt / "train_config.json").write_text(json.dumps({"num_workers": 2}))
     (tmp_path / "checkpoints" / "latest").write_text(ckpt.name)
-    warn_if_workers_changed(TrainConfig(out=str(tmp_path), num_workers=2, resume=True))
+    warn_if_workers_changed(PretrainConfig(out=str(tmp_path), num_workers=2, resume=True))
     assert not caplog.records
-    warn_if_workers_changed(TrainConfig(out=str(tmp_path), num_workers=0, resume=True))
+    warn_if_workers_changed(PretrainConfig(out=str(tmp_path), num_workers=0, resume=True))
     assert "saved with num_workers = 2 but this run has 0" in caplog.text
 
 

@@ -12,7 +12,8 @@ import torch
 from synthetic import small_model, stream
 
 from metalm import MetaLM
-from train.config import TrainConfig, parse_config
+from train.pretraining import PretrainConfig as TrainConfig
+from train.pretraining import parse_pretrain_config as parse_config
 from train.loop import latest_checkpoint, lr_at, train
 
 
@@ -201,3 +202,25 @@ def test_inductor_training_matches_eager(tmp_path):
 def test_an_unknown_compile_backend_is_named(tmp_path):
     with pytest.raises(ValueError, match="compile_backend = 'fast'"):
         train(cfg_for(tmp_path, compile=True, compile_backend="fast"), small_model(), stream)
+
+
+def test_mfu_counts_the_real_tokens_of_a_padded_batch():
+    """Finetuning pads rows to the longest example: MFU counts the attention mask's tokens, not rows x length."""
+    from data.batch import Batch
+    from train.throughput import batch_flops, batch_tokens, mfu
+
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    batch = Batch(ids, ids.clone(), mask, [])
+    assert batch_tokens(batch) == 6
+    assert batch_flops(batch, lambda seq_len: 10.0 * seq_len) == 6 * 40.0  # FLOPs per token at the batch's length
+    assert mfu(1e12, 2.0, 1e12) == pytest.approx(0.5)
+    assert mfu(1e12, 2.0, 1e12, world_size=2) == pytest.approx(0.25)
+
+
+def test_mfu_above_100_percent_comes_with_a_warning(tmp_path, caplog):
+    """A peak set (or measured) too low gives MFU > 1; the run says why instead of printing it bare."""
+    result = train(cfg_for(tmp_path, max_steps=2, grad_accum=1, peak_flops=1.0), small_model(), stream)
+    assert all(m["mfu"] > 1 for m in result.metrics if "mfu" in m)
+    assert "is above 100%: the peak of 1 FLOP/s measured at start-up is too low" in caplog.text
+    assert caplog.text.count("is above 100%") == 1  # once per run
