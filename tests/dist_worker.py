@@ -7,8 +7,8 @@ import os
 
 from synthetic import make_batch, slice_batch, small_model, stream
 
-from train.pretraining import PretrainConfig as TrainConfig
 from train.loop import train
+from train.pretraining import PretrainConfig as TrainConfig
 
 ROWS = 2  # rows per micro-batch; the global batch is 2 micro-batches
 

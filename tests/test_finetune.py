@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.batching import ExampleBatcher
 from data.prompts import PromptEncoder
 from data.tokenizer import Tokenizer
 from metalm import MetaLM
 from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
-from data.batching import ExampleBatcher
 from train.finetuning import FinetuneConfig, parse_finetune_config, read_examples
 from train.tuning import configure_freeze
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.batching import InstructBatcher
 from data.prompts import PromptEncoder
 from data.tasks import TaskDataError, read_instructions
 from data.tokenizer import Tokenizer
 from metalm import MetaLM
 from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
-from data.batching import InstructBatcher
 from train.instruction_tuning import split_tasks
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -289,8 +289,8 @@ def test_workers_pin_batches_for_the_gpu(tokenizer, shards):
 def test_training_on_workers_resumes_exactly(tokenizer, shards, tmp_path):
     """The training loop on batches from 2 workers, stopped by SIGTERM after an odd number of batches and resumed,
     ends with the weights of an uninterrupted run (dropout on: starting the workers must not draw from the RNG)."""
-    from train.pretraining import PretrainConfig as TrainConfig
     from train.loop import train
+    from train.pretraining import PretrainConfig as TrainConfig
 
     text, caps = shards
     c = cfg(seq_len=32)

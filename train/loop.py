@@ -37,7 +37,7 @@ from tqdm import tqdm
 from metalm.io import atomic_write_dir, atomic_write_text
 from metalm.model import MetaLM, write_pretrained
 from train.config import LoopConfig
-from train.throughput import MFU_WARNING, batch_flops, batch_tokens, measure_peak_flops, mfu
+from train.throughput import batch_flops, batch_tokens, measure_peak_flops, mfu, mfu_warning
 
 log = logging.getLogger("metalm.train")
 STATE_NAME = "trainer_state.pt"
@@ -431,7 +431,7 @@ def train(
                 metrics.write(step, row)
                 result.metrics.append({"step": step, **row})
                 if row["mfu"] > 1.0 and not mfu_warned and env.main:
-                    log.warning(MFU_WARNING, 100 * row["mfu"], peak)
+                    log.warning(mfu_warning(row["mfu"], peak, measured=not cfg.peak_flops))
                     mfu_warned = True
                 mark = "!" if row["mfu"] > 1.0 else ""
                 bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tps:.0f}", mfu=f"{row['mfu']:.1%}{mark}")

@@ -10,12 +10,6 @@ import torch
 
 from data.batch import Batch
 
-MFU_WARNING = (
-    "MFU %.0f%% is above 100%%: the peak of %.3g FLOP/s measured at start-up is too low, most likely because other "
-    "processes held the cores while it was timed; give the machine's real peak with --peak_flops. MFU values above "
-    "100%% are marked with '!'"
-)
-
 
 def measure_peak_flops(device: torch.device, bf16: bool, trials: int = 10, pause_s: float = 0.02) -> float:
     """FLOP/s of a large matmul in the training precision: MFU's denominator. The fastest of ``trials`` timings,
@@ -53,3 +47,17 @@ def batch_flops(batch: Batch, flops_per_token: Callable[[int], float]) -> float:
 def mfu(flops: float, seconds: float, peak_flops: float, world_size: int = 1) -> float:
     """Achieved FLOP/s over the peak of all processes."""
     return flops / max(seconds, 1e-9) / (peak_flops * world_size)
+
+
+def mfu_warning(value: float, peak_flops: float, measured: bool) -> str:
+    """Why an MFU above 100% was printed: the peak FLOP/s it divides by is too low."""
+    why = (
+        "measured at start-up, most likely while other processes held the cores; give the machine's real peak "
+        "with --peak_flops"
+        if measured
+        else "given by --peak_flops; give the machine's real peak"
+    )
+    return (
+        f"MFU {value:.0%} is above 100%: the peak of {peak_flops:.3g} FLOP/s is too low ({why}). MFU values above "
+        "100% are marked with '!'"
+    )
