@@ -29,12 +29,6 @@ def option(default: Any, help: str, **kw) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
-def override(cls: type, name: str, default: Any) -> Any:
-    """Field ``name`` of ``cls`` with another default (a job's own, e.g. finetuning's shorter schedule)."""
-    inherited = {f.name: f for f in dataclasses.fields(cls)}[name]
-    return option(default, **inherited.metadata)
-
-
 @dataclass
 class LoopConfig:
     """What the shared training loop (train/loop.py) reads: optimisation, systems, checkpoints and logs."""
@@ -79,6 +73,18 @@ class LoopConfig:
         "FLOP/s for MFU (0: the fastest of several large matmuls timed at start-up); set it when other processes "
         "share the machine, since a busy core makes the measured peak too low and MFU too high",
     )
+
+    def __init_subclass__(cls, defaults: dict[str, Any] | None = None, **kw) -> None:
+        """``class Job(LoopConfig, defaults={"max_steps": 300})``: a job's own defaults for inherited fields (e.g.
+        finetuning's shorter schedule), with their help strings; ``@dataclass`` then makes them the defaults."""
+        super().__init_subclass__(**kw)
+        annotations = cls.__dict__.get("__annotations__")
+        if annotations is None:
+            annotations = cls.__annotations__ = {}
+        for name, default in (defaults or {}).items():
+            inherited = cls.__dataclass_fields__[name]
+            annotations[name] = inherited.type
+            setattr(cls, name, option(default, **inherited.metadata))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

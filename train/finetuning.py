@@ -18,7 +18,7 @@ from pathlib import Path
 from data import tasks
 from data.batching import Example, ExampleBatcher
 from data.templates import CLASSIFICATION, caption_prompt, qa_prompt
-from train.config import option, override, parse_config
+from train.config import option, parse_config
 from train.loop import train, validation_loss, write_summary
 from train.tuning import TuneConfig, load_pretrained, report_final
 
@@ -30,15 +30,11 @@ FILE_TASKS = ("vqav2", "okvqa", "coco", "snli-ve", "nlvr2", *GLUE_TASKS)
 
 
 @dataclass
-class FinetuneConfig(TuneConfig):
+class FinetuneConfig(
+    TuneConfig, defaults={"max_steps": 300, "out": "runs/finetune", "eval_every": 100, "ckpt_every": 100}
+):
     """Finetuning's task and data on top of the shared tuning fields; a shorter schedule than pretraining's."""
 
-    max_steps: int = override(TuneConfig, "max_steps", 300)
-    lr: float = override(TuneConfig, "lr", 3e-4)
-    warmup_steps: int = override(TuneConfig, "warmup_steps", 30)
-    out: str = override(TuneConfig, "out", "runs/finetune")
-    eval_every: int = override(TuneConfig, "eval_every", 100)
-    ckpt_every: int = override(TuneConfig, "ckpt_every", 100)
     task: str = option("world-vqa", "task to finetune on", choices=WORLD_TASKS + FILE_TASKS)
     train_data: str = option("", "training file (questions json, captions json, tsv or jsonl); world tasks: unused")
     train_labels: str = option("", "VQA: the training annotations json")
@@ -52,8 +48,6 @@ class FinetuneConfig(TuneConfig):
         "send the prompt's text through the text encoder (auto: when the model has one)",
         choices=("auto", "true", "false"),
     )
-    eval_limit: int = option(200, "examples the final evaluation scores (0: all)")
-    final_eval: bool = option(True, "run the task's evaluation script on the final checkpoint")
 
 
 def parse_finetune_config(argv: list[str] | None = None, description: str = "") -> FinetuneConfig:

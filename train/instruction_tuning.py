@@ -18,7 +18,7 @@ from pathlib import Path
 from data.batching import InstructBatcher
 from data.tasks import InstructionExample, read_instructions
 from data.world import current_world
-from train.config import option, override, parse_config
+from train.config import option, parse_config
 from train.loop import train, validation_loss, write_summary
 from train.tuning import TuneConfig, load_pretrained, report_final
 
@@ -27,28 +27,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
-class InstructConfig(TuneConfig):
+class InstructConfig(
+    TuneConfig,
+    defaults={"max_steps": 900, "out": "runs/instruct", "eval_every": 300, "ckpt_every": 300, "eval_limit": 60},
+):
     """Instruction tuning's data and held-out clusters on top of the shared tuning fields."""
 
-    max_steps: int = override(TuneConfig, "max_steps", 900)
-    lr: float = override(TuneConfig, "lr", 3e-4)
-    warmup_steps: int = override(TuneConfig, "warmup_steps", 30)
-    out: str = override(TuneConfig, "out", "runs/instruct")
-    eval_every: int = override(TuneConfig, "eval_every", 300)
-    ckpt_every: int = override(TuneConfig, "ckpt_every", 300)
+    encode_user: str = option(
+        "auto",
+        "read the user's words through the text encoder (auto: when the model has one)",
+        choices=("auto", "true", "false"),
+    )
     seq_len: int = option(256, "tokens per training row")
     data: str = option("", "instruction jsonl to train on (default: the world's instructions_train.jsonl)")
     val_data: str = option("", "instruction jsonl to validate and evaluate on (default: the world's val file)")
     image_root: str = option("", "folder image paths are relative to (default: each file's folder)")
     heldout_tasks: str = option("yesno,count", "comma-separated task clusters never trained on (zero-shot tests)")
     pack: bool = option(True, "pack several short examples into each row of seq_len tokens")
-    encode_user: str = option(
-        "auto",
-        "read the user's words through the text encoder (auto: when the model has one)",
-        choices=("auto", "true", "false"),
-    )
-    eval_limit: int = option(60, "examples per task cluster the final evaluation scores")
-    final_eval: bool = option(True, "score held-out and trained clusters before and after tuning (eval/instruct.py)")
 
     def check(self) -> None:
         super().check()

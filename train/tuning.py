@@ -15,8 +15,9 @@ from train.loop import Env, TrainResult, setup_env
 
 
 @dataclass
-class TuneConfig(LoopConfig):
-    """The fields every job that starts from a pretrained checkpoint reads, on top of the loop's."""
+class TuneConfig(LoopConfig, defaults={"lr": 3e-4, "warmup_steps": 30}):
+    """The fields every job that starts from a pretrained checkpoint reads, on top of the loop's; a gentler
+    learning rate and warm-up than pretraining's."""
 
     init_from: str = option("", "the pretrained MetaLM checkpoint directory to start from (required)")
     world: str = option("data/world", "bundled world directory (world tasks and the default data)")
@@ -25,6 +26,14 @@ class TuneConfig(LoopConfig):
     encoder_freeze: dict = option({}, "freeze policy per encoder, e.g. {text: none, vision: all}")
     seed: int = option(0, "seed for data order and dropout")
     eval_batches: int = option(8, "validation batches per evaluation")
+    eval_limit: int = option(
+        200, "examples the final evaluation scores (finetuning: in all, 0: all; instruction tuning: per task cluster)"
+    )
+    final_eval: bool = option(
+        True,
+        "score the final checkpoint with the evaluation script (finetuning: the task's; instruction tuning: "
+        "eval/instruct.py on held-out and trained clusters, before and after tuning)",
+    )
 
     def check(self) -> None:
         super().check()
