@@ -9,17 +9,31 @@ import signal
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from synthetic import small_model, stream
 
+from data.batch import Batch
 from metalm import MetaLM
 from train.loop import latest_checkpoint, lr_at, train
 from train.pretraining import PretrainConfig as TrainConfig
 from train.pretraining import parse_pretrain_config as parse_config
+from train.throughput import batch_flops, batch_tokens, mfu
 
 
 def cfg_for(tmp_path, **kw) -> TrainConfig:
-    base = dict(out=str(tmp_path), max_steps=6, batch_size=4, grad_accum=2, seq_len=32, lr=3e-3, warmup_steps=2,
-                ckpt_every=100, log_every=1, eval_every=0, peak_flops=1e11)  # fmt: skip
+    base = dict(
+        out=str(tmp_path),
+        max_steps=6,
+        batch_size=4,
+        grad_accum=2,
+        seq_len=32,
+        lr=3e-3,
+        warmup_steps=2,
+        ckpt_every=100,
+        log_every=1,
+        eval_every=0,
+        peak_flops=1e11,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -160,8 +174,6 @@ def test_config_cli_yaml_and_errors(tmp_path, capsys):
 
 
 def _final_names(run) -> set[str]:
-    from safetensors.torch import load_file
-
     return set(load_file(str(run / "final" / "model.safetensors")))
 
 
@@ -189,8 +201,10 @@ def test_compiled_training_matches_eager_saves_clean_names_and_resumes_exactly(t
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")),
-                    reason="inductor on CPU compiles C++ kernels")  # fmt: skip
+@pytest.mark.skipif(
+    not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")),
+    reason="inductor on CPU compiles C++ kernels",
+)
 def test_inductor_training_matches_eager(tmp_path):
     """The default backend end to end (slow: over a minute of kernel compilation on a cold inductor cache)."""
     eager = train(cfg_for(tmp_path / "eager", max_steps=3, grad_accum=1), small_model(), stream)
@@ -206,8 +220,6 @@ def test_an_unknown_compile_backend_is_named(tmp_path):
 
 def test_mfu_counts_the_real_tokens_of_a_padded_batch():
     """Finetuning pads rows to the longest example: MFU counts the attention mask's tokens, not rows x length."""
-    from data.batch import Batch
-    from train.throughput import batch_flops, batch_tokens, mfu
 
     ids = torch.zeros(2, 4, dtype=torch.long)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
