@@ -80,31 +80,9 @@ def test_bad_config_is_named(world, pretrained):
 
 def test_finetune_end_to_end_with_a_frozen_decoder_and_the_final_eval(world, pretrained, tmp_path):
     out = tmp_path / "ft"
-    args = [
-        "--init_from",
-        str(pretrained),
-        "--world",
-        str(world),
-        "--task",
-        "world-vqa",
-        "--out",
-        str(out),
-        "--max_steps",
-        "6",
-        "--batch_size",
-        "4",
-        "--eval_batches",
-        "1",
-        "--eval_every",
-        "0",
-        "--log_every",
-        "1",
-        "--peak_flops",
-        "1e11",
-        "--freeze_decoder",
-        "--eval_limit",
-        "6",
-    ]
+    args = ["--init_from", str(pretrained), "--world", str(world), "--task", "world-vqa", "--out", str(out)]
+    args += "--max_steps 6 --batch_size 4 --eval_batches 1 --eval_every 0 --log_every 1 --peak_flops 1e11".split()
+    args += ["--freeze_decoder", "--eval_limit", "6"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     proc = subprocess.run(

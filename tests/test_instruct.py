@@ -101,28 +101,8 @@ def test_instruction_jsonl_errors_name_file_and_line(tmp_path):
 
 def test_instruct_end_to_end_reports_held_out_clusters_before_and_after(world, pretrained, tmp_path):
     out = tmp_path / "ins"
-    args = [
-        "--init_from",
-        str(pretrained),
-        "--world",
-        str(world),
-        "--out",
-        str(out),
-        "--max_steps",
-        "4",
-        "--batch_size",
-        "2",
-        "--eval_batches",
-        "1",
-        "--eval_every",
-        "0",
-        "--log_every",
-        "1",
-        "--peak_flops",
-        "1e11",
-        "--eval_limit",
-        "3",
-    ]
+    args = ["--init_from", str(pretrained), "--world", str(world), "--out", str(out), "--eval_limit", "3"]
+    args += "--max_steps 4 --batch_size 2 --eval_batches 1 --eval_every 0 --log_every 1 --peak_flops 1e11".split()
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     proc = subprocess.run(

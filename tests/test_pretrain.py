@@ -19,26 +19,8 @@ from metalm.presets import get_preset
 from train.pretraining import PretrainConfig, job_pipeline_config, warm_up_vision, warn_if_workers_changed
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--seq_len",
-    "64",
-    "--batch_size",
-    "4",
-    "--eval_batches",
-    "1",
-    "--eval_every",
-    "0",
-    "--log_every",
-    "1",
-    "--shuffle_buffer",
-    "16",
-    "--vision_warmup_steps",
-    "3",
-    "--peak_flops",
-    "1e11",
-    "--model",
-    "{dim: 64, n_layers: 2, n_heads: 2}",
-]
+SMALL = "--seq_len 64 --batch_size 4 --eval_batches 1 --eval_every 0 --log_every 1 --shuffle_buffer 16".split()
+SMALL += ["--vision_warmup_steps", "3", "--peak_flops", "1e11", "--model", "{dim: 64, n_layers: 2, n_heads: 2}"]
 
 
 @pytest.fixture(scope="module")
