@@ -14,16 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-# run as a script, this file's folder comes first on sys.path and its own name would shadow the `data` package
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if __package__ in (None, ""):  # run as a script: import from the repository root, not from bench/ (whose
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # data.py would shadow the `data` package)
 
 import torch  # noqa: E402
 
 from data.pipeline import batches  # noqa: E402
+from data.prepare import prepare_shards, prepare_tokenizer, prepare_world  # noqa: E402
 from data.reader import ReaderStats, iter_samples  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
 from train.loop import make_optimizer  # noqa: E402
-from train.pretrain import build_model, pipeline_config, prepare_shards, prepare_tokenizer, prepare_world  # noqa: E402
+from train.pretraining import PretrainConfig, build_model, job_pipeline_config  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,12 +36,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    cfg = TrainConfig(world=args.world)
-    world = prepare_world(cfg)
-    tokenizer = prepare_tokenizer(cfg, world)
+    cfg = PretrainConfig(world=args.world)
+    world = prepare_world(cfg.world, cfg.seed)
+    tokenizer = prepare_tokenizer(world, cfg.tokenizer, cfg.vocab_size)
     text, caption = prepare_shards(world, "train")
     model = build_model(cfg, tokenizer)
-    pcfg = pipeline_config(cfg, model)
+    pcfg = job_pipeline_config(cfg, model)
     stats = ReaderStats()
 
     def stream():
@@ -74,7 +74,7 @@ def main() -> None:
             "seq_len": cfg.seq_len,
             "text_rows": pcfg.text_rows,
             "image_caption_samples_per_batch": samples,
-        },  # fmt: skip
+        },
         "reader_batches_per_s": 1 / reader_s,
         "train_steps_per_s": 1 / step_s,
         "headroom": step_s / reader_s,

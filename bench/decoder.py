@@ -75,8 +75,16 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=args.layers, n_embd=args.dim, n_head=args.heads, vocab_size=args.vocab,
-                     n_positions=max(1024, args.seq), attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)  # fmt: skip
+    cfg = GPT2Config(
+        n_layer=args.layers,
+        n_embd=args.dim,
+        n_head=args.heads,
+        vocab_size=args.vocab,
+        n_positions=max(1024, args.seq),
+        attn_pdrop=0.0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+    )
     hf = GPT2LMHeadModel(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
@@ -142,8 +150,10 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['step_s_median']:.3f} | {r['tokens_per_s']:.0f} | "
-                     f"{r['achieved_tflops'] * 1e3:.1f} | {r['fraction_of_matmul_peak']:.1%} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {r['step_s_median']:.3f} | {r['tokens_per_s']:.0f} | "
+            f"{r['achieved_tflops'] * 1e3:.1f} | {r['fraction_of_matmul_peak']:.1%} |"
+        )
     lines += ["", f"Ratio metalm / transformers GPT-2 tokens/s: **{ratio:.2f}**"]
     (args.out / "decoder.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy's
 
 from synthetic import make_batch, slice_batch, small_model, stream
 
-from train.config import TrainConfig
 from train.loop import train
+from train.pretraining import PretrainConfig
 
 ROWS = 2  # rows per micro-batch; the global batch is 2 micro-batches
 
@@ -31,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    cfg = TrainConfig(out=args.out, max_steps=args.steps, batch_size=ROWS, grad_accum=2 if world == 1 else 1,
+    cfg = PretrainConfig(out=args.out, max_steps=args.steps, batch_size=ROWS, grad_accum=2 if world == 1 else 1,
                       seq_len=32, lr=3e-3, warmup_steps=1, ckpt_every=100, log_every=1, eval_every=0,
                       peak_flops=1e11, dist="fsdp" if args.dist == "fsdp" else "ddp")  # fmt: skip
     model = small_model(seed=0)

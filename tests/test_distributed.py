@@ -22,8 +22,9 @@ def run(out: Path, mode: str) -> None:
         cmd = [sys.executable, str(WORKER)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER)]
-    proc = subprocess.run(cmd + ["--dist", mode, "--out", str(out)], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        cmd + ["--dist", mode, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

@@ -11,20 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.batching import ExampleBatcher
 from data.prompts import PromptEncoder
 from data.tokenizer import Tokenizer
 from metalm import MetaLM
 from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
-from train.config import parse_config
-from train.finetune import FINETUNE_DEFAULTS, ExampleBatcher, FinetuneConfig, configure_freeze, read_examples
+from train.finetuning import FinetuneConfig, parse_finetune_config, read_examples
+from train.tuning import configure_freeze
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg(world, pretrained, *extra) -> FinetuneConfig:
-    return parse_config(["--init_from", str(pretrained), "--world", str(world), "--batch_size", "4", *extra],
-                        cls=FinetuneConfig, defaults=FINETUNE_DEFAULTS)  # fmt: skip
+    return parse_finetune_config(["--init_from", str(pretrained), "--world", str(world), "--batch_size", "4", *extra])
 
 
 @pytest.mark.parametrize("task", ["world-vqa", "world-entail", "world-captions", "world-choice"])
@@ -80,22 +80,38 @@ def test_bad_config_is_named(world, pretrained):
 
 def test_finetune_end_to_end_with_a_frozen_decoder_and_the_final_eval(world, pretrained, tmp_path):
     out = tmp_path / "ft"
-    args = ["--init_from", str(pretrained), "--world", str(world), "--task", "world-vqa", "--out", str(out),
-            "--max_steps", "6", "--batch_size", "4", "--eval_batches", "1", "--eval_every", "0", "--log_every", "1",
-            "--peak_flops", "1e11", "--freeze_decoder", "--eval_limit", "6"]  # fmt: skip
+    args = ["--init_from", str(pretrained), "--world", str(world), "--task", "world-vqa", "--out", str(out)]
+    args += "--max_steps 6 --batch_size 4 --eval_batches 1 --eval_every 0 --log_every 1 --peak_flops 1e11".split()
+    args += ["--freeze_decoder", "--eval_limit", "6"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    proc = subprocess.run(launcher + [str(ROOT / "train" / "finetune.py"), *args], capture_output=True, text=True,
-                          env=env, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        launcher + [str(ROOT / "train" / "finetune.py"), *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "final checkpoint" in proc.stdout and "vqa_accuracy" in proc.stdout
     before, after = MetaLM.from_pretrained(pretrained), MetaLM.from_pretrained(out / "final")
     for (name, p), q in zip(before.decoder.state_dict().items(), after.decoder.state_dict().values(), strict=True):
         assert torch.equal(p, q), f"decoder tensor {name} changed with --freeze_decoder"
-    moved = [not torch.equal(p, q) for p, q in zip(before.connectors.state_dict().values(),
-                                                    after.connectors.state_dict().values(), strict=True)]  # fmt: skip
+    moved = [
+        not torch.equal(p, q)
+        for p, q in zip(before.connectors.state_dict().values(), after.connectors.state_dict().values(), strict=True)
+    ]
     assert any(moved)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "world-vqa" and summary["steps"] == 6 and summary["encode_input"] is True
     vqa = summary["eval"]["tasks"]["vqa"]["results"][0]
     assert vqa["n"] == 6 and 0.0 <= vqa["vqa_accuracy"]["mean"] <= 1.0
+
+
+def test_help_lists_only_the_fields_finetuning_reads(capsys):
+    with pytest.raises(SystemExit):
+        parse_finetune_config(["--help"])
+    help_text = capsys.readouterr().out
+    assert "--task" in help_text and "--encode_input" in help_text and "--max_steps" in help_text
+    for pretraining_only in ("--text_shards", "--vision_warmup_steps", "--span_ratio", "--seq_len", "--preset"):
+        assert pretraining_only not in help_text
+    assert "optimizer steps to train for (default: 300)" in help_text  # finetuning's own default
+    cfg = parse_finetune_config(["--max-steps", "7", "--freeze_decoder"])  # the hyphenated spelling still parses
+    assert cfg.max_steps == 7 and cfg.freeze_decoder is True and cfg.lr == 3e-4
+    assert "--max-steps is deprecated; use --max_steps" in capsys.readouterr().err

@@ -12,13 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.batching import InstructBatcher
 from data.prompts import PromptEncoder
 from data.tasks import TaskDataError, read_instructions
+from data.templates import instruction_prompt, instruction_text
 from data.tokenizer import Tokenizer
+from eval import instruct as ev
+from eval.scoring import Scorer
 from metalm import MetaLM
 from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
-from train.instruct import InstructBatcher, split_tasks
+from train.instruction_tuning import split_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,13 +101,13 @@ def test_instruction_jsonl_errors_name_file_and_line(tmp_path):
 
 def test_instruct_end_to_end_reports_held_out_clusters_before_and_after(world, pretrained, tmp_path):
     out = tmp_path / "ins"
-    args = ["--init_from", str(pretrained), "--world", str(world), "--out", str(out), "--max_steps", "4",
-            "--batch_size", "2", "--eval_batches", "1", "--eval_every", "0", "--log_every", "1",
-            "--peak_flops", "1e11", "--eval_limit", "3"]  # fmt: skip
+    args = ["--init_from", str(pretrained), "--world", str(world), "--out", str(out), "--eval_limit", "3"]
+    args += "--max_steps 4 --batch_size 2 --eval_batches 1 --eval_every 0 --log_every 1 --peak_flops 1e11".split()
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    proc = subprocess.run(launcher + [str(ROOT / "train" / "instruct.py"), *args], capture_output=True, text=True,
-                          env=env, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        launcher + [str(ROOT / "train" / "instruct.py"), *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     table = summary["clusters"]
@@ -119,11 +123,12 @@ def test_instruct_end_to_end_reports_held_out_clusters_before_and_after(world, p
 
 
 def test_options_are_read_checked_and_shown(tmp_path):
-    from data.templates import instruction_text
 
-    rows = [{"instruction": "Is it red?", "output": "yes", "options": ["yes", "no"]},
-            {"instruction": "Describe it.", "output": "a red circle.", "options": None},
-            {"instruction": "Hi", "output": "x"}]  # fmt: skip
+    rows = [
+        {"instruction": "Is it red?", "output": "yes", "options": ["yes", "no"]},
+        {"instruction": "Describe it.", "output": "a red circle.", "options": None},
+        {"instruction": "Hi", "output": "x"},
+    ]
     f = tmp_path / "ins.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ex = read_instructions(f).examples
@@ -131,8 +136,12 @@ def test_options_are_read_checked_and_shown(tmp_path):
     assert instruction_text(ex[0].instruction, "", 0, ex[0].options) == "Is it red?\nOptions: yes, no"
     assert instruction_text("Do it.", "in", 1, ("a", "b")) == "Instruction: Do it.\nInput: in\nOptions: a, b"
     assert instruction_text("Do it.", "in", 1) == "Instruction: Do it.\nInput: in"
-    bad = [(["yes"], "a list of at least 2 strings"), (["yes", "yes"], "distinct"),
-           (["maybe", "no"], "output 'yes' is not one of the options"), ("yes", "a list")]  # fmt: skip
+    bad = [
+        (["yes"], "a list of at least 2 strings"),
+        (["yes", "yes"], "distinct"),
+        (["maybe", "no"], "output 'yes' is not one of the options"),
+        ("yes", "a list"),
+    ]
     for options, message in bad:
         f.write_text(json.dumps({"instruction": "Is it red?", "output": "yes", "options": options}) + "\n")
         with pytest.raises(TaskDataError, match=f"ins.jsonl:1: .*{message}"):
@@ -140,27 +149,56 @@ def test_options_are_read_checked_and_shown(tmp_path):
 
 
 def test_eval_rank_classifies_examples_with_options_and_agrees_with_its_predictions(world, pretrained, tmp_path):
-    from data.templates import instruction_prompt
-    from eval import instruct as ev
-    from eval.scoring import Scorer
 
     rows = [json.loads(line) for line in (world / "instructions_val.jsonl").read_text().splitlines()]
     image = next(r["image"] for r in rows if r["image"])
-    mine = [{"task": "yesno", "instruction": "Say yes or no.", "image": image, "input": "is it red?", "output": a,
-             "options": ["yes", "no"]} for a in ("yes", "no", "no")]  # fmt: skip
-    mine += [{"task": "caption", "instruction": "Describe it.", "image": image, "output": f"a {c} circle."}
-             for c in ("red", "blue")]  # fmt: skip
-    mine += [{"task": "truth", "instruction": "True?", "input": "scene: a red circle. claim: it is red.", "output": a,
-              "options": ["yes", "no", "maybe"]} for a in ("yes", "no")]  # fmt: skip
+    mine = [
+        {
+            "task": "yesno",
+            "instruction": "Say yes or no.",
+            "image": image,
+            "input": "is it red?",
+            "output": a,
+            "options": ["yes", "no"],
+        }
+        for a in ("yes", "no", "no")
+    ]
+    mine += [
+        {"task": "caption", "instruction": "Describe it.", "image": image, "output": f"a {c} circle."}
+        for c in ("red", "blue")
+    ]
+    mine += [
+        {
+            "task": "truth",
+            "instruction": "True?",
+            "input": "scene: a red circle. claim: it is red.",
+            "output": a,
+            "options": ["yes", "no", "maybe"],
+        }
+        for a in ("yes", "no")
+    ]
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in mine))
     out = tmp_path / "r.json"
-    args = ["--checkpoint", str(pretrained), "--data", str(data), "--image-root", str(world), "--out", str(out),
-            "--max-new-tokens", "2", "--batch-size", "4"]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(pretrained),
+        "--data",
+        str(data),
+        "--image-root",
+        str(world),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "2",
+        "--batch-size",
+        "4",
+    ]
     result = ev.main(args)
     entry = result["results"][0]
-    assert {k for k in entry if k.startswith("option_")} == {f"option_{m}/{t}" for m in ("accuracy", "chance",
-                                                              "majority") for t in ("yesno", "truth")}  # fmt: skip
+    assert {k for k in entry if k.startswith("option_")} == {
+        f"option_{m}/{t}" for m in ("accuracy", "chance", "majority") for t in ("yesno", "truth")
+    }
     assert entry["option_majority/yesno"] == pytest.approx(2 / 3) and entry["option_majority/truth"] == 0.5
     rows = [json.loads(line) for line in Path(result["predictions"]).read_text().splitlines()]
     scorer = Scorer.from_checkpoint(pretrained, progress=False)

@@ -24,8 +24,8 @@ from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
 from metalm import MetaLM
 from metalm.loss import IGNORE_INDEX
-from train.config import TrainConfig
 from train.loop import train
+from train.pretraining import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "red green blue circle square triangle left right middle the a is on and of there two three".split()
@@ -352,9 +352,9 @@ def test_training_on_workers_resumes_exactly(tokenizer, shards, tmp_path):
                 os.kill(os.getpid(), signal.SIGTERM)
             yield batch
 
-    def run_cfg(out, **kw) -> TrainConfig:
+    def run_cfg(out, **kw) -> PretrainConfig:
         schedule = dict(max_steps=5, lr=3e-3, warmup_steps=1, ckpt_every=100, log_every=1, eval_every=0)
-        return TrainConfig(out=str(out), batch_size=4, seq_len=32, peak_flops=1e11, num_workers=2, **schedule, **kw)
+        return PretrainConfig(out=str(out), batch_size=4, seq_len=32, peak_flops=1e11, num_workers=2, **schedule, **kw)
 
     full_model = model()
     full = train(run_cfg(tmp_path / "full"), full_model, data)

@@ -11,14 +11,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from data.world import generate_world
 from metalm import MetaLM
+from metalm.presets import get_preset
+from train.pretraining import PretrainConfig, job_pipeline_config, warm_up_vision, warn_if_workers_changed
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--seq_len", "64", "--batch_size", "4", "--eval_batches", "1", "--eval_every", "0", "--log_every", "1",
-         "--shuffle_buffer", "16", "--vision_warmup_steps", "3", "--peak_flops", "1e11",
-         "--model", "{dim: 64, n_layers: 2, n_heads: 2}"]  # fmt: skip
+SMALL = "--seq_len 64 --batch_size 4 --eval_batches 1 --eval_every 0 --log_every 1 --shuffle_buffer 16".split()
+SMALL += ["--vision_warmup_steps", "3", "--peak_flops", "1e11", "--model", "{dim: 64, n_layers: 2, n_heads: 2}"]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,11 @@ def world(tmp_path_factory) -> Path:
 
 def pretrain(args: list[str], torchrun: bool = False) -> subprocess.CompletedProcess:
     script = str(ROOT / "train" / "pretrain.py")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"] if torchrun else [
-        sys.executable]  # fmt: skip
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+        if torchrun
+        else [sys.executable]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     return subprocess.run(launcher + [script] + args, capture_output=True, text=True, env=env, timeout=600)
 
@@ -73,9 +78,25 @@ def test_corrupt_shards_are_skipped_counted_and_reported(world, tmp_path):
             dst.addfile(member, io.BytesIO(payload))
     # built in 2 DataLoader worker processes, one shard each: their counts must reach the summary (the unigram
     # baseline's in-process pass over the first batches counts apart, so it cannot stand in for them)
-    proc = pretrain(["--world", str(world), "--out", str(tmp_path / "run"), "--max_steps", "10",
-                     "--image_shards", str(shards), *SMALL, "--seq_len", "128", "--text_weight", "0",
-                     "--num_workers", "2"])  # fmt: skip
+    proc = pretrain(
+        [
+            "--world",
+            str(world),
+            "--out",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "10",
+            "--image_shards",
+            str(shards),
+            *SMALL,
+            "--seq_len",
+            "128",
+            "--text_weight",
+            "0",
+            "--num_workers",
+            "2",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reader = json.loads((tmp_path / "run" / "summary.json").read_text())["reader"]
     assert reader["skipped"].get("bad_image", 0) >= 1 and reader["skipped"].get("damaged_tar", 0) >= 1
@@ -92,17 +113,10 @@ def test_bad_flags_and_help(tmp_path):
 
 def test_vision_warm_up_teaches_the_encoder_to_see(tmp_path):
     """The warm-up's held-out accuracy on scene labels rises well above what an untrained encoder gets."""
-    import torch
-
-    from data.world import generate_world as gen
-    from metalm.presets import get_preset
-    from train.config import TrainConfig
-    from train.pretrain import pipeline_config, warm_up_vision
-
-    world = gen(tmp_path / "w", seed=1, n_train=400, n_val=4, n_test=4, n_heldout=4, n_docs=4)
+    world = generate_world(tmp_path / "w", seed=1, n_train=400, n_val=4, n_test=4, n_heldout=4, n_docs=4)
     torch.manual_seed(0)
     model = MetaLM(get_preset("tiny", vocab_size=64))
-    pcfg = pipeline_config(TrainConfig(), model)
+    pcfg = job_pipeline_config(PretrainConfig(), model)
     before = warm_up_vision(model, world, pcfg, steps=0, seed=0)
     after = warm_up_vision(model, world, pcfg, steps=60, seed=0)
     assert after["color_accuracy"] > before["color_accuracy"] + 0.25
@@ -111,25 +125,24 @@ def test_vision_warm_up_teaches_the_encoder_to_see(tmp_path):
 
 def test_resume_with_another_number_of_workers_warns(tmp_path, caplog):
     """The batch order depends on --num_workers, so resuming with another number is not exact: say so."""
-    from train.config import TrainConfig
-    from train.pretrain import warn_if_workers_changed
 
     ckpt = tmp_path / "checkpoints" / "step_0000002"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.pt").write_bytes(b"")
     (ckpt / "train_config.json").write_text(json.dumps({"num_workers": 2}))
     (tmp_path / "checkpoints" / "latest").write_text(ckpt.name)
-    warn_if_workers_changed(TrainConfig(out=str(tmp_path), num_workers=2, resume=True))
+    warn_if_workers_changed(PretrainConfig(out=str(tmp_path), num_workers=2, resume=True))
     assert not caplog.records
-    warn_if_workers_changed(TrainConfig(out=str(tmp_path), num_workers=0, resume=True))
+    warn_if_workers_changed(PretrainConfig(out=str(tmp_path), num_workers=0, resume=True))
     assert "saved with num_workers = 2 but this run has 0" in caplog.text
 
 
 def test_the_gpt_baseline_preset_pretrains_on_text_alone(world, tmp_path):
     """``--preset tiny-gpt``: the same decoder with no encoders, trained causally on the documents (the report's
     baseline); no spans, no images, no captions to score."""
-    proc = pretrain(["--world", str(world), "--out", str(tmp_path / "gpt"), "--max_steps", "2", "--preset",
-                     "tiny-gpt", *SMALL])  # fmt: skip
+    proc = pretrain(
+        ["--world", str(world), "--out", str(tmp_path / "gpt"), "--max_steps", "2", "--preset", "tiny-gpt", *SMALL]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = MetaLM.from_pretrained(tmp_path / "gpt" / "final")
     assert len(model.encoders) == 0

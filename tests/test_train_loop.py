@@ -9,18 +9,32 @@ import signal
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from synthetic import small_model, stream
 
+from data.batch import Batch
 from metalm import MetaLM
-from train.config import TrainConfig, parse_config
 from train.loop import latest_checkpoint, lr_at, train
+from train.pretraining import PretrainConfig, parse_pretrain_config
+from train.throughput import batch_flops, batch_tokens, mfu
 
 
-def cfg_for(tmp_path, **kw) -> TrainConfig:
-    base = dict(out=str(tmp_path), max_steps=6, batch_size=4, grad_accum=2, seq_len=32, lr=3e-3, warmup_steps=2,
-                ckpt_every=100, log_every=1, eval_every=0, peak_flops=1e11)  # fmt: skip
+def cfg_for(tmp_path, **kw) -> PretrainConfig:
+    base = dict(
+        out=str(tmp_path),
+        max_steps=6,
+        batch_size=4,
+        grad_accum=2,
+        seq_len=32,
+        lr=3e-3,
+        warmup_steps=2,
+        ckpt_every=100,
+        log_every=1,
+        eval_every=0,
+        peak_flops=1e11,
+    )
     base.update(kw)
-    return TrainConfig(**base)
+    return PretrainConfig(**base)
 
 
 def weights(model: MetaLM) -> dict[str, torch.Tensor]:
@@ -111,7 +125,7 @@ def test_too_many_nan_steps_stop_with_a_clear_message(tmp_path):
 
 
 def test_learning_rate_schedule():
-    cfg = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1, schedule="cosine")
+    cfg = PretrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1, schedule="cosine")
     assert lr_at(0, cfg) == pytest.approx(0.1)
     assert lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(60, cfg) == pytest.approx(0.55)
@@ -122,30 +136,33 @@ def test_learning_rate_schedule():
 
 
 def test_config_cli_yaml_and_errors(tmp_path, capsys):
-    cfg = parse_config(["--max_steps", "7", "--resume", "--model", "{n_layers: 2}"])
+    cfg = parse_pretrain_config(["--max_steps", "7", "--resume", "--model", "{n_layers: 2}"])
     assert cfg.max_steps == 7 and cfg.resume is True and cfg.model == {"n_layers": 2}
     # a boolean takes a bare flag, a following value, or =value
-    assert parse_config(["--resume", "false", "--compile"]).resume is False
-    assert parse_config(["--compile", "--resume"]).compile is True
-    assert parse_config(["--resume=no"]).resume is False and parse_config(["--resume", "yes"]).resume is True
+    assert parse_pretrain_config(["--resume", "false", "--compile"]).resume is False
+    assert parse_pretrain_config(["--compile", "--resume"]).compile is True
+    assert (
+        parse_pretrain_config(["--resume=no"]).resume is False
+        and parse_pretrain_config(["--resume", "yes"]).resume is True
+    )
     (tmp_path / "run.yaml").write_text("lr: 0.01\nseq_len: 128\n")
-    cfg = parse_config(["--config", str(tmp_path / "run.yaml"), "--seq_len", "64"])
+    cfg = parse_pretrain_config(["--config", str(tmp_path / "run.yaml"), "--seq_len", "64"])
     assert cfg.lr == 0.01 and cfg.seq_len == 64  # flags win over the file
     (tmp_path / "bad.yaml").write_text("lr: 0.01\nlearning_rate: 3\n")
     with pytest.raises(ValueError, match="bad.yaml: unknown config fields \\['learning_rate'\\]"):
-        parse_config(["--config", str(tmp_path / "bad.yaml")])
+        parse_pretrain_config(["--config", str(tmp_path / "bad.yaml")])
     with pytest.raises(ValueError, match="schedule = 'step'"):
-        parse_config(["--schedule", "step"])
+        parse_pretrain_config(["--schedule", "step"])
     with pytest.raises(ValueError, match="num_workers = -1: expected 0"):
-        parse_config(["--num_workers", "-1"])
+        parse_pretrain_config(["--num_workers", "-1"])
     with pytest.raises(ValueError, match="prefetch_factor = 0: expected at least 1"):
-        parse_config(["--prefetch_factor", "0"])
-    assert parse_config(["--num_workers", "2"]).num_workers == 2
+        parse_pretrain_config(["--prefetch_factor", "0"])
+    assert parse_pretrain_config(["--num_workers", "2"]).num_workers == 2
     with pytest.raises(SystemExit):
-        parse_config(["--max_steps", "many"])
+        parse_pretrain_config(["--max_steps", "many"])
     assert "expected int" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parse_config(["--help"])
+        parse_pretrain_config(["--help"])
     help_text = capsys.readouterr().out
     for name in (
         "--span_ratio",
@@ -159,8 +176,6 @@ def test_config_cli_yaml_and_errors(tmp_path, capsys):
 
 
 def _final_names(run) -> set[str]:
-    from safetensors.torch import load_file
-
     return set(load_file(str(run / "final" / "model.safetensors")))
 
 
@@ -188,8 +203,10 @@ def test_compiled_training_matches_eager_saves_clean_names_and_resumes_exactly(t
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")),
-                    reason="inductor on CPU compiles C++ kernels")  # fmt: skip
+@pytest.mark.skipif(
+    not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")),
+    reason="inductor on CPU compiles C++ kernels",
+)
 def test_inductor_training_matches_eager(tmp_path):
     """The default backend end to end (slow: over a minute of kernel compilation on a cold inductor cache)."""
     eager = train(cfg_for(tmp_path / "eager", max_steps=3, grad_accum=1), small_model(), stream)
@@ -201,3 +218,23 @@ def test_inductor_training_matches_eager(tmp_path):
 def test_an_unknown_compile_backend_is_named(tmp_path):
     with pytest.raises(ValueError, match="compile_backend = 'fast'"):
         train(cfg_for(tmp_path, compile=True, compile_backend="fast"), small_model(), stream)
+
+
+def test_mfu_counts_the_real_tokens_of_a_padded_batch():
+    """Finetuning pads rows to the longest example: MFU counts the attention mask's tokens, not rows x length."""
+
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    batch = Batch(ids, ids.clone(), mask, [])
+    assert batch_tokens(batch) == 6
+    assert batch_flops(batch, lambda seq_len: 10.0 * seq_len) == 6 * 40.0  # FLOPs per token at the batch's length
+    assert mfu(1e12, 2.0, 1e12) == pytest.approx(0.5)
+    assert mfu(1e12, 2.0, 1e12, world_size=2) == pytest.approx(0.25)
+
+
+def test_mfu_above_100_percent_comes_with_a_warning(tmp_path, caplog):
+    """A peak set (or measured) too low gives MFU > 1; the run says why instead of printing it bare."""
+    result = train(cfg_for(tmp_path, max_steps=2, grad_accum=1, peak_flops=1.0), small_model(), stream)
+    assert all(m["mfu"] > 1 for m in result.metrics if "mfu" in m)
+    assert "is above 100%: the peak of 1 FLOP/s is too low (given by --peak_flops" in caplog.text
+    assert caplog.text.count("is above 100%") == 1  # once per run

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from metalm.io import atomic_write_dir, atomic_write_text
 from metalm.model import MetaLM, write_pretrained
-from train.config import TrainConfig
+from train.config import LoopConfig
+from train.throughput import batch_flops, batch_tokens, measure_peak_flops, mfu, mfu_warning
 
 log = logging.getLogger("metalm.train")
 STATE_NAME = "trainer_state.pt"
@@ -87,7 +88,7 @@ def all_reduce_sum(values: list[float], env: Env) -> list[float]:
     return t.tolist()
 
 
-def wrap_model(model: MetaLM, cfg: TrainConfig, env: Env) -> torch.nn.Module:
+def wrap_model(model: MetaLM, cfg: LoopConfig, env: Env) -> torch.nn.Module:
     """DDP or FSDP2 under torchrun; the model itself when single-process. Optional activation checkpointing."""
     model.decoder.activation_checkpointing = cfg.activation_checkpointing
     model.to(env.device)
@@ -111,21 +112,23 @@ def wrap_model(model: MetaLM, cfg: TrainConfig, env: Env) -> torch.nn.Module:
     if cfg.compile:
         backends = torch.compiler.list_backends(exclude_tags=())
         if cfg.compile_backend not in backends:
-            raise ValueError(f"compile_backend = {cfg.compile_backend!r}: expected a torch.compile backend such as "
-                             "inductor, aot_eager or eager (torch.compiler.list_backends(exclude_tags=()) lists "
-                             "them all)")  # fmt: skip
+            raise ValueError(
+                f"compile_backend = {cfg.compile_backend!r}: expected a torch.compile backend such as "
+                "inductor, aot_eager or eager (torch.compiler.list_backends(exclude_tags=()) lists "
+                "them all)"
+            )
         # checkpoints still get clean names: get_model_state_dict drops the compiled wrapper's ``_orig_mod.``
         wrapped = torch.compile(wrapped, backend=cfg.compile_backend)
     return wrapped
 
 
-def _bf16(cfg: TrainConfig, env: Env) -> bool:
+def _bf16(cfg: LoopConfig, env: Env) -> bool:
     if cfg.precision == "bf16":
         return True
     return cfg.precision == "auto" and env.device.type == "cuda"
 
 
-def make_optimizer(model: MetaLM, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: MetaLM, cfg: LoopConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW; matrices (and embeddings) are decayed, biases and norm gains are not. Fused where supported."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
@@ -136,7 +139,7 @@ def make_optimizer(model: MetaLM, cfg: TrainConfig, device: torch.device) -> tor
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: LoopConfig) -> float:
     """Linear warm-up to ``lr``, then cosine or linear decay to ``lr * min_lr_ratio`` at ``max_steps``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -145,23 +148,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
-
-
-def measure_peak_flops(device: torch.device, bf16: bool, repeats: int = 5) -> float:
-    """FLOP/s of a large matmul in the training precision, the fastest of several tries: MFU's denominator."""
-    n = 2048 if device.type == "cpu" else 8192
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first is a warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -181,11 +167,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_root(cfg: TrainConfig) -> Path:
+def checkpoint_root(cfg: LoopConfig) -> Path:
     return Path(cfg.out) / "checkpoints"
 
 
-def latest_checkpoint(cfg: TrainConfig) -> Path | None:
+def latest_checkpoint(cfg: LoopConfig) -> Path | None:
     """The checkpoint named by ``checkpoints/latest``, written only after that checkpoint was complete."""
     pointer = checkpoint_root(cfg) / "latest"
     if not pointer.is_file():
@@ -202,7 +188,7 @@ def save_checkpoint(
     wrapped: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
-    cfg: TrainConfig,
+    cfg: LoopConfig,
     env: Env,
     save_extra: Callable[[Path], None] | None,
 ) -> None:
@@ -241,7 +227,7 @@ def load_checkpoint(path: Path, wrapped: torch.nn.Module, optimizer: torch.optim
     return state
 
 
-def prune_checkpoints(cfg: TrainConfig) -> None:
+def prune_checkpoints(cfg: LoopConfig) -> None:
     root = checkpoint_root(cfg)
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in steps[: -cfg.keep_last]:
@@ -282,8 +268,12 @@ class TrainResult:
     def final_losses(self) -> dict[str, Any]:
         """The first and last training loss, the last validation loss and the final checkpoint, for a summary."""
         vals = [m["val_loss"] for m in self.metrics if "val_loss" in m]
-        return {"first_loss": self.losses[0], "last_loss": self.losses[-1], "val_loss": vals[-1],
-                "final": str(self.final_dir)}  # fmt: skip
+        return {
+            "first_loss": self.losses[0],
+            "last_loss": self.losses[-1],
+            "val_loss": vals[-1],
+            "final": str(self.final_dir),
+        }
 
 
 def write_summary(out: str | Path, summary: dict) -> None:
@@ -347,7 +337,7 @@ def plot_losses(metrics_path: Path, out_png: Path) -> None:
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: LoopConfig,
     model: MetaLM,
     batches: Callable[[int], Iterator[Any]],
     env: Env | None = None,
@@ -377,18 +367,18 @@ def train(
     data = batches(consumed)
     bf16 = _bf16(cfg, env)
     peak = cfg.peak_flops or measure_peak_flops(env.device, bf16)
-    flops_per_token = model.decoder.flops_per_token(cfg.seq_len)
+    mfu_warned = False
     metrics = Metrics(out, env.main)
     result = TrainResult(step=step, losses=[])
     stop = StopRequested()
     nan_run = 0
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not env.main, desc="train", dynamic_ncols=True)
-    window_tokens, window_start = 0.0, time.perf_counter()
+    window_tokens, window_flops, window_start = 0.0, 0.0, time.perf_counter()
     with stop.installed():
         while step < cfg.max_steps:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            loss_sum, targets, tokens = 0.0, 0.0, 0.0
+            loss_sum, targets, tokens, flops = 0.0, 0.0, 0.0, 0.0
             for micro in range(cfg.grad_accum):
                 batch = next(data).to(env.device)
                 consumed += 1
@@ -400,7 +390,8 @@ def train(
                 (loss / cfg.grad_accum).backward()
                 loss_sum += float(loss.detach()) / cfg.grad_accum
                 targets += out_.n_targets
-                tokens += batch.input_ids.numel()
+                tokens += batch_tokens(batch)
+                flops += batch_flops(batch, model.decoder.flops_per_token)
             bad = all_reduce_max(0.0 if math.isfinite(loss_sum) else 1.0, env)
             if bad:
                 optimizer.zero_grad(set_to_none=True)
@@ -419,22 +410,32 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss_avg, tokens = all_reduce_sum([loss_sum, tokens], env)
+            loss_avg, tokens, flops = all_reduce_sum([loss_sum, tokens, flops], env)
             loss_avg /= env.world_size
             result.losses.append(loss_avg)
             window_tokens += tokens
+            window_flops += flops
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / max(elapsed, 1e-9)
-                row = {"loss": loss_avg, "lr": lr_at(step - 1, cfg), "tokens_per_s": tps,
-                       "mfu": tps * flops_per_token / (peak * env.world_size), "targets": targets}  # fmt: skip
+                row = {
+                    "loss": loss_avg,
+                    "lr": lr_at(step - 1, cfg),
+                    "tokens_per_s": tps,
+                    "mfu": mfu(window_flops, elapsed, peak, env.world_size),
+                    "targets": targets,
+                }
                 if not bad:
                     row["grad_norm"] = float(norm)
                 metrics.write(step, row)
                 result.metrics.append({"step": step, **row})
-                bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tps:.0f}", mfu=f"{row['mfu']:.1%}")
-                window_tokens, window_start = 0.0, time.perf_counter()
+                if row["mfu"] > 1.0 and not mfu_warned and env.main:
+                    log.warning(mfu_warning(row["mfu"], peak, measured=not cfg.peak_flops))
+                    mfu_warned = True
+                mark = "!" if row["mfu"] > 1.0 else ""
+                bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tps:.0f}", mfu=f"{row['mfu']:.1%}{mark}")
+                window_tokens, window_flops, window_start = 0.0, 0.0, time.perf_counter()
             if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 values = evaluate(model, step)
                 metrics.write(step, values)
@@ -442,8 +443,9 @@ def train(
             stop_now = all_reduce_max(float(stop.signal is not None), env)
             if stop_now or step % cfg.ckpt_every == 0 or step == cfg.max_steps:
                 path = checkpoint_root(cfg) / f"step_{step:07d}"
-                save_checkpoint(path, model, wrapped, optimizer, {"step": step, "consumed": consumed}, cfg, env,
-                                save_extra)  # fmt: skip
+                save_checkpoint(
+                    path, model, wrapped, optimizer, {"step": step, "consumed": consumed}, cfg, env, save_extra
+                )
                 if env.main:
                     atomic_write_text(checkpoint_root(cfg) / "latest", path.name)
                     prune_checkpoints(cfg)

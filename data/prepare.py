@@ -1,0 +1,101 @@
+"""What a pretraining run prepares before it trains: the bundled world, a tokenizer, shards, the batch layout for a
+model, and the world's scene labels for the vision warm-up. Plain arguments in, so benchmarks and tests reuse it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from data.pipeline import PipelineConfig, image_tensor
+from data.reader import expand_urls
+from data.shards import write_coco_captions, write_text
+from data.tokenizer import Tokenizer
+from data.world import COLORS, SHAPES, SLOTS, current_world, generate_world
+from metalm import MetaLM
+
+
+def prepare_world(world: str | Path, seed: int) -> Path:
+    """The bundled world at ``world``: used as it is when present (whatever its size; brought up to the current
+    world version with its own parameters), generated from ``seed`` otherwise."""
+    world = Path(world)
+    if (world / "meta.json").is_file():
+        return current_world(world)
+    return Path(generate_world(world, seed=seed))
+
+
+def prepare_tokenizer(world: Path, tokenizer: str = "", vocab_size: int = 2048) -> Tokenizer:
+    """The ``tokenizer`` directory, or (empty) a byte-level BPE trained once on the world's training corpus."""
+    if tokenizer:
+        return Tokenizer.load(tokenizer)
+    cache = world / f"tokenizer-{vocab_size}"
+    if not (cache / "tokenizer.json").is_file():
+        docs = [json.loads(line)["text"] for line in (world / "text" / "corpus_train.jsonl").open()]
+        captions = [a["caption"] for a in json.loads((world / "captions_train.json").read_text())["annotations"]]
+        Tokenizer.train(docs + captions, vocab_size=vocab_size).save(cache)
+    return Tokenizer.load(cache)
+
+
+def prepare_shards(world: Path, split: str) -> tuple[list[str], list[str]]:
+    """Text and caption shards for a split of the world, written once under ``world/shards``."""
+    out = world / "shards"
+    text, caption = out / f"text-{split}", out / f"caption-{split}"
+    if not list(out.glob(f"text-{split}-*.tar")):
+        write_text([world / "text" / f"corpus_{split}.jsonl"], str(text) + "-%06d.tar")
+    if not list(out.glob(f"caption-{split}-*.tar")):
+        write_coco_captions(world / f"captions_{split}.json", world, str(caption) + "-%06d.tar")
+    return expand_urls(str(out / f"text-{split}-*.tar")), expand_urls(str(out / f"caption-{split}-*.tar"))
+
+
+def pipeline_config(
+    model: MetaLM,
+    *,
+    seq_len: int,
+    batch_size: int,
+    text_weight: float,
+    span_ratio: float,
+    span_min: int,
+    span_max: int,
+    prefix_max: float,
+    seed: int,
+) -> PipelineConfig:
+    """Batch layout for this model: image size, normalisation and token count come from its vision encoder."""
+    vision = model.encoders["vision"] if "vision" in model.encoders else None
+    mean, std = vision.normalization() if vision is not None else ((0.5,) * 3, (0.5,) * 3)
+    return PipelineConfig(
+        seq_len=seq_len,
+        batch_size=batch_size,
+        text_weight=text_weight,
+        span_ratio=span_ratio,
+        span_min=span_min,
+        span_max=span_max,
+        prefix_max=prefix_max,
+        image_size=tuple(vision.image_size) if vision is not None else (32, 32),
+        image_mean=tuple(mean),
+        image_std=tuple(std),
+        image_tokens=vision.num_tokens if vision is not None else 0,
+        text_encoder="text" if "text" in model.encoders else None,
+        vision_encoder="vision" if vision is not None else None,
+        seed=seed,
+    )
+
+
+def scene_labels(world: Path, pcfg: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The world's training images as pixels, with one label per slot for its colour and one for its shape
+    (``"none"`` for an empty slot): ``(pixels, labels, classes per label)``, colour labels first."""
+    scenes = [json.loads(line) for line in (world / "scenes_train.jsonl").open()]
+    colors, shapes = ["none", *COLORS], ["none", *SHAPES]
+    pixels = torch.stack(
+        [
+            image_tensor(Image.open(world / s["file_name"]), pcfg.image_size, pcfg.image_mean, pcfg.image_std)
+            for s in scenes
+        ]
+    )
+    labels = torch.zeros(len(scenes), 2 * len(SLOTS), dtype=torch.long)
+    for i, scene in enumerate(scenes):
+        for color, shape, slot in scene["things"]:
+            labels[i, SLOTS.index(slot)] = colors.index(color)
+            labels[i, len(SLOTS) + SLOTS.index(slot)] = shapes.index(shape)
+    return pixels, labels, [len(colors)] * len(SLOTS) + [len(shapes)] * len(SLOTS)

@@ -1,0 +1,279 @@
+"""Semi-causal pretraining of MetaLM on text documents and image-caption pairs: the job behind train/pretrain.py.
+
+``pretrain(cfg)`` prepares the bundled world, a tokenizer and shards (``data.prepare``), builds the model, warms up
+its vision encoder on the world's scene labels (``metalm.warmup``; standing in for the pretrained encoder MetaLM
+docks, then frozen), trains on the shared loop (``train.loop``), and scores greedy captions of held-out images
+(``eval.scene``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from data.batch import Batch
+from data.pipeline import BatchStream, PipelineConfig, batches, load_batches
+from data.prepare import pipeline_config, prepare_shards, prepare_tokenizer, prepare_world, scene_labels
+from data.reader import ReaderStats, expand_urls, iter_samples
+from data.tokenizer import Tokenizer
+from data.world import SLOTS
+from eval.scene import caption_split
+from metalm import MetaLM
+from metalm.docking import docked_mask
+from metalm.loss import IGNORE_INDEX
+from metalm.presets import get_preset
+from metalm.semicausal import semicausal_labels
+from metalm.warmup import warm_up_on_labels
+from train.config import LoopConfig, option, parse_config
+from train.loop import Env, latest_checkpoint, setup_env, train, validation_loss, write_summary
+
+log = logging.getLogger("metalm.pretrain")
+
+
+@dataclass
+class PretrainConfig(LoopConfig):
+    """Pretraining's model and data on top of the loop's settings."""
+
+    # model
+    preset: str = option("tiny", "model preset (tiny, tiny-gpt: its decoder alone, language-xl, vl-medium)")
+    model: dict = option({}, "decoder field overrides for the preset, e.g. {n_layers: 6} (YAML or JSON)")
+    init_from: str = option("", "start from this MetaLM checkpoint directory instead of random weights")
+    # data
+    world: str = option("data/world", "bundled world directory; generated there if missing")
+    text_shards: str = option("", "text shards (brace pattern, glob or directory); default: built from the world")
+    image_shards: str = option("", "image-text shards; default: built from the world")
+    tokenizer: str = option("", "tokenizer directory (tokenizer.json); default: a BPE trained on the world's corpus")
+    vocab_size: int = option(2048, "vocabulary size when a tokenizer is trained")
+    seq_len: int = option(256, "tokens per training sequence")
+    batch_size: int = option(16, "sequences per micro-batch on each process")
+    text_weight: float = option(0.3, "share of each batch's rows drawn from text documents (the rest image-text)")
+    span_ratio: float = option(0.25, "share of text tokens sent through the text encoder as semi-causal spans")
+    span_min: int = option(0, "minimum span length (0: the paper's 64 scaled to seq_len/2048)")
+    span_max: int = option(0, "maximum span length (0: the paper's 128 scaled to seq_len/2048)")
+    prefix_max: float = option(0.5, "image-text: the encoded caption prefix is up to this share of the caption")
+    shuffle_buffer: int = option(512, "samples held in the shuffle buffer")
+    num_workers: int = option(
+        0,
+        "DataLoader worker processes that read, decode, tokenize and collate training batches beside the training "
+        "step (0: in the training process); the batch order depends on it, so resume with the same number",
+    )
+    prefetch_factor: int = option(2, "batches each DataLoader worker builds ahead (with --num_workers)")
+    vision_warmup_steps: int = option(
+        200,
+        "supervised warm-up of the vision encoder on the world's scene labels "
+        "(colour and shape per slot) before docking; the warmed-up encoder is then frozen "
+        "(0: off, train it from scratch through the captions)",
+    )
+    seed: int = option(0, "seed for weights, data order and spans")
+    eval_batches: int = option(8, "validation batches per evaluation")
+
+    def check(self) -> None:
+        super().check()
+        for name in ("seq_len", "batch_size", "prefetch_factor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: expected at least 1")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers = {self.num_workers}: expected 0 (no workers) or more")
+        if not 0.0 <= self.text_weight <= 1.0:
+            raise ValueError(f"text_weight = {self.text_weight}: expected a share between 0 and 1")
+
+
+def parse_pretrain_config(argv: list[str] | None = None, description: str = "") -> PretrainConfig:
+    """Pretraining's config from the command line: defaults, then ``--config``, then flags."""
+    return parse_config(argv, PretrainConfig, description)
+
+
+def on_main_first(env: Env, fn: Callable, *args, **kwargs) -> Any:
+    """Run ``fn`` on rank 0 while the others wait, then everywhere (it must be idempotent): shared set-up."""
+    if env.main:
+        result = fn(*args, **kwargs)
+    if env.world_size > 1:
+        dist.barrier()
+    if not env.main:
+        result = fn(*args, **kwargs)
+    return result
+
+
+def build_model(cfg: PretrainConfig, tokenizer: Tokenizer) -> MetaLM:
+    """The ``--init_from`` checkpoint, or the preset (with ``--model`` overrides) seeded from ``cfg.seed``."""
+    if cfg.init_from:
+        return MetaLM.from_pretrained(cfg.init_from)
+    torch.manual_seed(cfg.seed)
+    overrides = {"vocab_size": tokenizer.vocab_size, "max_seq_len": cfg.seq_len, **cfg.model}
+    return MetaLM(get_preset(cfg.preset, **overrides))
+
+
+def job_pipeline_config(cfg: PretrainConfig, model: MetaLM) -> PipelineConfig:
+    """The batch layout of this job's data for ``model``."""
+    return pipeline_config(
+        model,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        text_weight=cfg.text_weight,
+        span_ratio=cfg.span_ratio,
+        span_min=cfg.span_min,
+        span_max=cfg.span_max,
+        prefix_max=cfg.prefix_max,
+        seed=cfg.seed,
+    )
+
+
+def warm_up_vision(model: MetaLM, world: Path, pcfg: PipelineConfig, steps: int, seed: int) -> dict[str, float]:
+    """Supervised warm-up of the vision encoder on the world's scene labels (colour and shape in each slot);
+    returns the held-out accuracy of the colour labels and of the shape labels."""
+    pixels, labels, sizes = scene_labels(world, pcfg)
+    acc = warm_up_on_labels(model.encoders[pcfg.vision_encoder], pixels, labels, sizes, steps, seed)
+    n = len(SLOTS)
+    return {"color_accuracy": sum(acc[:n]) / n, "shape_accuracy": sum(acc[n:]) / n}
+
+
+def warn_if_workers_changed(cfg: PretrainConfig) -> None:
+    """Resume is exact only with the number of DataLoader workers the run started with (the batch order depends on
+    it, see ``data.pipeline.BatchStream``); another number still trains, on a different order, so this warns."""
+    ckpt = latest_checkpoint(cfg)
+    if ckpt is None or not (ckpt / "train_config.json").is_file():
+        return
+    saved = json.loads((ckpt / "train_config.json").read_text()).get("num_workers", 0)
+    if saved != cfg.num_workers:
+        log.warning(
+            "--resume: %s was saved with num_workers = %d but this run has %d; the data order differs from "
+            "an uninterrupted run (resume with --num_workers %d for exact resume)",
+            ckpt,
+            saved,
+            cfg.num_workers,
+            saved,
+        )
+
+
+def unigram_loss(batch_iter: Iterator, n_batches: int, counts: Counter, vocab: int) -> float:
+    """Cross-entropy (nats/token) of a unigram model (add-one smoothed training counts) on the same targets."""
+    total = sum(counts.values()) + vocab
+    nll, n = 0.0, 0
+    for _ in range(n_batches):
+        batch = next(batch_iter)
+        docked = docked_mask(batch.docks, *batch.labels.shape, batch.labels.device)
+        labels = semicausal_labels(batch.labels, docked, batch.attention_mask)
+        for t in labels[:, 1:][labels[:, 1:] != IGNORE_INDEX].tolist():
+            nll -= math.log((counts[t] + 1) / total)
+            n += 1
+    return nll / max(n, 1)
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """The whole pretraining job; returns (and writes to ``out/summary.json``) what the model learned."""
+    env = setup_env()
+    logging.basicConfig(level=logging.INFO if env.main else logging.WARNING, format="%(message)s")
+    world = on_main_first(env, prepare_world, cfg.world, cfg.seed)
+    tokenizer = on_main_first(env, prepare_tokenizer, world, cfg.tokenizer, cfg.vocab_size)
+    text_train, caption_train = on_main_first(env, prepare_shards, world, "train")
+    text_train = expand_urls(cfg.text_shards) if cfg.text_shards else text_train
+    caption_train = expand_urls(cfg.image_shards) if cfg.image_shards else caption_train
+    text_val, caption_val = on_main_first(env, prepare_shards, world, "val")
+    model = build_model(cfg, tokenizer)
+    pcfg = job_pipeline_config(cfg, model)
+    stats = ReaderStats()
+    vision_warmup = {}
+    if cfg.vision_warmup_steps and pcfg.vision_encoder and not cfg.init_from:
+        vision_warmup = warm_up_vision(model, world, pcfg, cfg.vision_warmup_steps, cfg.seed)
+        model.config.encoders[pcfg.vision_encoder].freeze = "all"
+        model.apply_freeze()
+        if env.main:
+            log.info(
+                "vision warm-up: colour accuracy %.2f, shape accuracy %.2f (held-out scenes); encoder frozen",
+                vision_warmup["color_accuracy"],
+                vision_warmup["shape_accuracy"],
+            )
+
+    def train_batches(skip: int, num_workers: int = cfg.num_workers, counts: ReaderStats = stats) -> Iterator[Batch]:
+        stream = BatchStream(
+            text_train,
+            caption_train,
+            tokenizer,
+            pcfg,
+            skip=skip,
+            shuffle_buffer=cfg.shuffle_buffer,
+            seed=cfg.seed,
+            resample=True,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
+        return load_batches(
+            stream, num_workers, prefetch_factor=cfg.prefetch_factor, pin_memory=env.device.type == "cuda", stats=counts
+        )
+
+    # the same validation batches every evaluation: built once
+    val_iter = batches(iter_samples(text_val, resample=True), iter_samples(caption_val, resample=True), tokenizer, pcfg)
+    val = [next(val_iter) for _ in range(cfg.eval_batches)]
+
+    counts: Counter = Counter()
+    # the unigram counts read the first batches in-process (training's own with --num_workers 0; the same data with
+    # no workers to start and stop for them otherwise), counting skips apart: the summary reports what training read
+    sample_iter = train_batches(0, num_workers=0, counts=ReaderStats())
+    for _ in range(16):
+        batch = next(sample_iter)
+        counts.update(batch.input_ids[batch.attention_mask.bool()].tolist())
+    baseline = unigram_loss(iter(val), len(val), counts, tokenizer.vocab_size)
+    val_loss = validation_loss(val.__getitem__, len(val), env.device)
+
+    def evaluate(m: MetaLM, step: int) -> dict[str, float]:
+        return {**val_loss(m, step), "unigram_loss": baseline}
+
+    if cfg.resume and env.main:
+        warn_if_workers_changed(cfg)
+    result = train(cfg, model, train_batches, env, evaluate, save_extra=tokenizer.save)
+    summary = {
+        "steps": result.step,
+        "stopped_by_signal": result.stopped_by_signal,
+        "nan_steps": result.nan_steps,
+        "reader": {"samples": stats.samples, "skipped": dict(stats.skipped)},
+        "vision_warmup": vision_warmup,
+    }
+    if result.final_dir is not None and env.main:
+        summary.update(result.final_losses(), unigram_loss=baseline)
+        for split in ("heldout", "val") if pcfg.vision_encoder else ():  # a text-only model has nothing to caption
+            summary[f"{split}_captions"] = caption_split(model.eval(), tokenizer, pcfg, world, env.device, split)
+        write_summary(cfg.out, summary)
+        report(summary, cfg)
+    return summary
+
+
+def report(summary: dict, cfg: PretrainConfig) -> None:
+    """Print what the run learned: losses against the unigram baseline, the warm-up, and example captions."""
+    print(f"\nfinal checkpoint: {summary['final']}  (MetaLM.from_pretrained loads it)")
+    print(
+        f"training loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} over {summary['steps']} steps; "
+        f"validation loss {summary['val_loss']:.3f} vs unigram baseline {summary['unigram_loss']:.3f} nats/token"
+    )
+    if summary["vision_warmup"]:
+        w = summary["vision_warmup"]
+        print(
+            f"vision warm-up on scene labels: colour {w['color_accuracy']:.0%}, shape {w['shape_accuracy']:.0%} "
+            "on held-out scenes (encoder then frozen)"
+        )
+    skipped = summary["reader"]["skipped"]
+    if skipped:
+        print(f"skipped samples: {skipped}")
+    if "heldout_captions" not in summary:
+        print(f"loss curve: {Path(cfg.out) / 'loss.png'}; metrics: {Path(cfg.out) / 'metrics.jsonl'}")
+        return
+    held, val = summary["heldout_captions"], summary["val_captions"]
+    print(
+        f"greedy captions of {held['n']} held-out images: the right set of shapes in {held['shapes_named']:.0%}, "
+        f"of colours in {held['colors_named']:.0%} (validation images with seen pairs: shapes "
+        f"{val['shapes_named']:.0%}, colours {val['colors_named']:.0%}); they name the unseen colour-shape pair "
+        f"itself in {held['unseen_pair_named']:.0%}. For example:"
+    )
+    for row in held["examples"]:
+        truth = ", ".join(" ".join(t) for t in row["scene"])
+        mark = "right shapes" if row["shapes_named"] else "wrong shapes"
+        print(f"  {row['image']}: {row['caption']!r}   (scene: {truth}; {mark})")
+    print(f"loss curve: {Path(cfg.out) / 'loss.png'}; metrics: {Path(cfg.out) / 'metrics.jsonl'}")

@@ -1,0 +1,81 @@
+"""What finetuning and instruction tuning share: starting from a pretrained checkpoint, freeze policies, and the
+final report of the training losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from data.prompts import PromptEncoder
+from data.tokenizer import Tokenizer
+from metalm.model import MetaLM
+from train.config import LoopConfig, option
+from train.loop import Env, TrainResult, setup_env
+
+
+@dataclass
+class TuneConfig(LoopConfig, defaults={"lr": 3e-4, "warmup_steps": 30}):
+    """The fields every job that starts from a pretrained checkpoint reads, on top of the loop's; a gentler
+    learning rate and warm-up than pretraining's."""
+
+    init_from: str = option("", "the pretrained MetaLM checkpoint directory to start from (required)")
+    world: str = option("data/world", "bundled world directory (world tasks and the default data)")
+    batch_size: int = option(16, "sequences per micro-batch on each process")
+    freeze_decoder: bool = option(False, "train only encoders and connectors (the paper's MNLI recipe)")
+    encoder_freeze: dict = option({}, "freeze policy per encoder, e.g. {text: none, vision: all}")
+    seed: int = option(0, "seed for data order and dropout")
+    eval_batches: int = option(8, "validation batches per evaluation")
+    eval_limit: int = option(
+        200, "examples the final evaluation scores (finetuning: in all, 0: all; instruction tuning: per task cluster)"
+    )
+    final_eval: bool = option(
+        True,
+        "score the final checkpoint with the evaluation script (finetuning: the task's; instruction tuning: "
+        "eval/instruct.py on held-out and trained clusters, before and after tuning)",
+    )
+
+    def check(self) -> None:
+        super().check()
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size = {self.batch_size}: expected at least 1")
+
+
+def configure_freeze(model: MetaLM, cfg: TuneConfig) -> None:
+    """Apply ``cfg.encoder_freeze`` (per encoder) and ``cfg.freeze_decoder`` to ``model``."""
+    unknown = sorted(set(cfg.encoder_freeze) - set(model.encoders))
+    if unknown:
+        raise ValueError(f"encoder_freeze names {unknown}; this model's encoders are {sorted(model.encoders)}")
+    for name, policy in cfg.encoder_freeze.items():
+        model.config.encoders[name].freeze = policy
+    model.apply_freeze()
+    if cfg.freeze_decoder:
+        model.decoder.requires_grad_(False)
+
+
+def load_pretrained(cfg: TuneConfig, encode_flag: str, flag: str) -> tuple[Env, MetaLM, Tokenizer, PromptEncoder, bool]:
+    """The process environment, the ``--init_from`` model (freeze policies applied) and tokenizer, its prompt
+    encoder, and whether prompts go through the text encoder (``encode_flag``: auto / true / false)."""
+    if not cfg.init_from:
+        raise ValueError("this script starts from a pretrained checkpoint: give --init_from, e.g. runs/tiny/final")
+    env = setup_env()
+    torch.manual_seed(cfg.seed)
+    model = MetaLM.from_pretrained(cfg.init_from)
+    tokenizer = Tokenizer.load(cfg.init_from)
+    configure_freeze(model, cfg)
+    prompts = PromptEncoder(model, tokenizer)
+    encode = {"auto": prompts.text is not None, "true": True, "false": False}[encode_flag]
+    if encode and prompts.text is None:
+        raise ValueError(f"{flag} true: this model has no text encoder that shares the decoder's tokenizer")
+    return env, model, tokenizer, prompts, encode
+
+
+def report_final(result: TrainResult, summary: dict, val_name: str) -> None:
+    """Add the run's first and last training loss, last validation loss and final checkpoint to ``summary``, and
+    print them."""
+    summary.update(result.final_losses())
+    print(f"\nfinal checkpoint: {result.final_dir}")
+    print(
+        f"training loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} over {result.step} steps; "
+        f"{val_name} {summary['val_loss']:.3f}"
+    )
