@@ -3,7 +3,6 @@ model, and the world's scene labels for the vision warm-up. Plain arguments in, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
 from data.world import COLORS, SHAPES, SLOTS, current_world, generate_world
 from metalm import MetaLM
+from metalm.io import read_json, read_jsonl
 
 
 def prepare_world(world: str | Path, seed: int) -> Path:
@@ -32,8 +32,9 @@ def prepare_tokenizer(world: Path, tokenizer: str = "", vocab_size: int = 2048) 
         return Tokenizer.load(tokenizer)
     cache = world / f"tokenizer-{vocab_size}"
     if not (cache / "tokenizer.json").is_file():
-        docs = [json.loads(line)["text"] for line in (world / "text" / "corpus_train.jsonl").open()]
-        captions = [a["caption"] for a in json.loads((world / "captions_train.json").read_text())["annotations"]]
+        docs = [row["text"] for row in read_jsonl(world / "text" / "corpus_train.jsonl", "the world's text corpus")]
+        annotations = read_json(world / "captions_train.json", "the world's COCO captions")["annotations"]
+        captions = [a["caption"] for a in annotations]
         Tokenizer.train(docs + captions, vocab_size=vocab_size).save(cache)
     return Tokenizer.load(cache)
 
@@ -85,7 +86,7 @@ def pipeline_config(
 def scene_labels(world: Path, pcfg: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """The world's training images as pixels, with one label per slot for its colour and one for its shape
     (``"none"`` for an empty slot): ``(pixels, labels, classes per label)``, colour labels first."""
-    scenes = [json.loads(line) for line in (world / "scenes_train.jsonl").open()]
+    scenes = read_jsonl(world / "scenes_train.jsonl", "the world's scenes")
     colors, shapes = ["none", *COLORS], ["none", *SHAPES]
     pixels = torch.stack(
         [

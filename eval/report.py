@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,76 +31,58 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
 from eval.flags import FlagParser  # noqa: E402
 from eval.settings import DecodeSettings, EvalSettings, shots_list  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+
+def pretrain_run(args: argparse.Namespace, **fields) -> None:
+    """Pretraining (train/pretrain.py's job, in this process) for ``args.steps`` steps on ``args.world``."""
+    # the training library loads torch and the model code (seconds): imported here so --help answers at once
+    from train.pretraining import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(max_steps=args.steps, world=args.world, eval_every=0, seed=args.seed, **fields)
+    cfg.check()
+    pretrain(cfg)
 
 
-def sh(cmd: list[str], log: Path) -> None:
-    """Run one training command, its output appended to ``log``; a failure names the command and the log."""
-    print("$", " ".join(cmd), flush=True)
-    with log.open("a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        done = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"command failed ({done.returncode}): {' '.join(cmd)}; see {log}")
+def finetune_run(args: argparse.Namespace, base: Path, task: str, out: Path) -> None:
+    """Finetuning (train/finetune.py's job, in this process) from ``base`` on ``task`` with the report's settings."""
+    from train.finetuning import FinetuneConfig, finetune
 
-
-def torchrun(script: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", script, *args]
-
-
-def pretrain_subprocess(args: argparse.Namespace, log: Path, *flags: str) -> None:
-    """train/pretrain.py with ``flags`` under torchrun, for ``args.steps`` steps on ``args.world``."""
-    common = ["--max_steps", str(args.steps), "--world", args.world, "--eval_every", "0", "--seed", str(args.seed)]
-    sh(torchrun("train/pretrain.py", *flags, *common), log)
-
-
-def finetune_subprocess(args: argparse.Namespace, base: Path, task: str, out: Path, log: Path) -> None:
-    """train/finetune.py from ``base`` on ``task`` under torchrun, with the report's finetuning settings."""
-    sh(
-        torchrun(
-            "train/finetune.py",
-            *("--init_from", str(base), "--task", task, "--out", str(out), "--world", args.world),
-            *("--max_steps", str(args.finetune_steps), "--lr", str(args.finetune_lr)),
-            *("--final_eval", "false", "--seed", str(args.seed)),
-        ),
-        log,
+    cfg = FinetuneConfig(
+        init_from=str(base),
+        task=task,
+        out=str(out),
+        world=args.world,
+        max_steps=args.finetune_steps,
+        lr=args.finetune_lr,
+        final_eval=False,
+        seed=args.seed,
     )
+    cfg.check()
+    finetune(cfg)
 
 
-def pretrain(args: argparse.Namespace, runs: Path, log: Path) -> dict[str, Path]:
+def pretrain(args: argparse.Namespace, runs: Path) -> dict[str, Path]:
     models = {}
     if args.metalm:
         models["metalm"] = Path(args.metalm)
     else:
-        pretrain_subprocess(args, log, "--out", str(runs / "metalm"))
+        pretrain_run(args, out=str(runs / "metalm"))
         models["metalm"] = runs / "metalm" / "final"
     if args.gpt:
         models["gpt"] = Path(args.gpt)
     else:
         # the GPT reads the same world tokenizer, so both score the same token sequences
         tok = models["metalm"]
-        gpt = (
-            "--preset",
-            "tiny-gpt",
-            "--tokenizer",
-            str(tok),
-            "--out",
-            str(runs / "gpt"),
-            "--vision_warmup_steps",
-            "0",
-        )
-        pretrain_subprocess(args, log, *gpt)
+        pretrain_run(args, preset="tiny-gpt", tokenizer=str(tok), out=str(runs / "gpt"), vision_warmup_steps=0)
         models["gpt"] = runs / "gpt" / "final"
     return models
 
 
-def finetune(args: argparse.Namespace, name: str, base: Path, task: str, runs: Path, log: Path) -> Path:
+def finetune(args: argparse.Namespace, name: str, base: Path, task: str, runs: Path) -> Path:
     out = runs / f"{name}-{task}"
     if args.reuse and (out / "final" / "model.safetensors").is_file():
         print(f"reusing {out / 'final'}")
         return out / "final"
-    finetune_subprocess(args, base, task, out, log)
+    finetune_run(args, base, task, out)
     return out / "final"
 
 
@@ -150,13 +131,12 @@ def run(args: argparse.Namespace) -> dict:
     runs, results = Path(args.runs), Path(args.results)
     runs.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
-    log = runs / "report.log"
     started = time.time()
-    models = pretrain(args, runs, log)
+    models = pretrain(args, runs)
     ft = {
-        ("metalm", "world-entail"): finetune(args, "metalm", models["metalm"], "world-entail", runs, log),
-        ("gpt", "world-entail"): finetune(args, "gpt", models["gpt"], "world-entail", runs, log),
-        ("metalm", "world-vqa"): finetune(args, "metalm", models["metalm"], "world-vqa", runs, log),
+        ("metalm", "world-entail"): finetune(args, "metalm", models["metalm"], "world-entail", runs),
+        ("gpt", "world-entail"): finetune(args, "gpt", models["gpt"], "world-entail", runs),
+        ("metalm", "world-vqa"): finetune(args, "metalm", models["metalm"], "world-vqa", runs),
     }
     evals = results / "report-evals"
     report: dict = {"settings": vars(args), "models": {k: str(v) for k, v in models.items()}}

@@ -4,18 +4,18 @@ a colour-shape pair never seen in training) that pair itself. One rule for pretr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from data.pipeline import PipelineConfig, image_tensor
+from data.layout import IMAGE_OFFSET, image_dock, image_ids, image_tensor
+from data.pipeline import PipelineConfig
 from data.tokenizer import Tokenizer
 from data.world import COLORS, HELDOUT_PAIRS, SHAPES, mentions
 from metalm import MetaLM
-from metalm.docking import Dock, contiguous_positions
+from metalm.io import read_jsonl
 
 
 def names_scene(text: str, things: list, fold_case: bool) -> tuple[bool, bool, bool | None]:
@@ -33,10 +33,8 @@ def names_scene(text: str, things: list, fold_case: bool) -> tuple[bool, bool, b
 def scene_naming(world: Path, split: str) -> Callable[[list, list[str]], dict[str, float]]:
     """Metric on captions: the share that name exactly the scene's set of shapes, and of colours; on scenes that
     show a held-out colour-shape pair, the share that name that pair itself."""
-    scenes = {}
-    for line in (world / f"scenes_{split}.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        scenes[row.get("image_id", row["file_name"])] = row["things"]
+    rows = read_jsonl(world / f"scenes_{split}.jsonl", "the world's scenes")
+    scenes = {row.get("image_id", row["file_name"]): row["things"] for row in rows}
 
     def metric(ids: list, captions: list[str]) -> dict[str, float]:
         shapes = colors = unseen = unseen_named = 0
@@ -65,15 +63,10 @@ def caption(
     max_new_tokens: int = 24,
 ) -> str:
     """Greedy caption of one PIL image: the prompt is the docked image between ``<image>`` and ``</image>``."""
-    ids = [tokenizer.image_start_id] + [tokenizer.vec_id] * pcfg.image_tokens + [tokenizer.image_end_id]
+    ids = image_ids(tokenizer, pcfg.image_tokens)
     input_ids = torch.tensor([ids], device=device)
-    pixels = image_tensor(image, pcfg.image_size, pcfg.image_mean, pcfg.image_std)[None].to(device)
-    dock = Dock(
-        pcfg.vision_encoder,
-        {"pixel_values": pixels},
-        torch.tensor([0], device=device),
-        contiguous_positions(torch.tensor([1], device=device), pcfg.image_tokens),
-    )
+    pixels = image_tensor(image, pcfg.image_size, pcfg.image_mean, pcfg.image_std)
+    dock = image_dock(pcfg.vision_encoder, [pixels], [0], [IMAGE_OFFSET], pcfg.image_tokens).to(device)
     out = model.generate(
         input_ids, [dock], max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id
     )
@@ -92,7 +85,7 @@ def caption_split(
     """Greedy captions of a split's first ``n`` images, scored against the scene: does the caption name exactly the
     scene's set of shapes, and of colours? (``heldout`` images each show a colour-shape pair never seen in
     training; ``val`` images show only seen pairs.)"""
-    scenes = [json.loads(line) for line in (world / f"scenes_{split}.jsonl").open()][:n]
+    scenes = read_jsonl(world / f"scenes_{split}.jsonl", "the world's scenes")[:n]
     rows, shapes_ok, colors_ok, unseen, unseen_ok = [], 0, 0, 0, 0
     for scene in scenes:
         with Image.open(world / scene["file_name"]) as img:

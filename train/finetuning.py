@@ -2,31 +2,30 @@
 
 Every example becomes a prompt from ``data.templates`` followed by its answer (``read_examples``), batched by
 ``data.batching.ExampleBatcher`` with the loss on the answer only, and trained on the shared loop. At the end the
-final checkpoint is scored by the task's evaluation script, run as a separate command (``final_evaluation``).
+final checkpoint is scored by the task's evaluator from the eval library (``final_evaluation``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import subprocess
-import sys
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data import tasks
 from data.batching import Example, ExampleBatcher
 from data.templates import CLASSIFICATION, caption_prompt, qa_prompt
+from eval.evaluators import demo_answer, evaluate, evaluate_world
+from eval.settings import DecodeSettings, EvalSettings
 from train.config import option, parse_config
 from train.loop import train, validation_loss, write_summary
 from train.tuning import TuneConfig, load_pretrained, report_final
 
 log = logging.getLogger("metalm.finetune")
-ROOT = Path(__file__).resolve().parents[1]
 WORLD_TASKS = ("world-vqa", "world-captions", "world-entail", "world-choice")
 GLUE_TASKS = ("sst2", "mnli", "rte", "qnli", "mrpc", "qqp", "cola", "wnli")
 FILE_TASKS = ("vqav2", "okvqa", "coco", "snli-ve", "nlvr2", *GLUE_TASKS)
+ANSWER_TOKENS = {"vqa": 8, "caption": 24}  # generated tokens per answer, as eval/vqa.py and eval/caption.py default
+WORLD_ANSWER_TOKENS = 8  # eval/world.py's default (its captions get their own 24)
 
 
 @dataclass
@@ -55,38 +54,37 @@ def parse_finetune_config(argv: list[str] | None = None, description: str = "") 
     return parse_config(argv, FinetuneConfig, description)
 
 
-def read_examples(cfg: FinetuneConfig, split: str) -> list[Example]:
-    """The task's (prompt, answer) pairs for ``split`` ("train" or "val") from data.tasks readers and the shared
-    templates; the files come from the config (world tasks: the world directory)."""
+def read_task_data(cfg: FinetuneConfig, split: str) -> tasks.TaskData:
+    """The task's examples for ``split`` ("train" or "val"), read by the task's ``data.tasks`` reader from the
+    files the config names (world tasks: the world directory)."""
     world_split = cfg.train_split if split == "train" else cfg.val_split
     data_file = cfg.train_data if split == "train" else cfg.val_data
     labels_file = cfg.train_labels if split == "train" else cfg.val_labels
     if cfg.task not in WORLD_TASKS and not data_file:
         raise ValueError(f"task {cfg.task}: give --{split}_data (the task's {split} file)")
     kind = tasks.get_task(cfg.task).kind
-    if cfg.task == "world-vqa":
-        data = tasks.read_world_vqa(cfg.world, world_split)
-    elif cfg.task == "world-captions":
-        data = tasks.read_world_captions(cfg.world, world_split)
-    elif cfg.task == "world-entail":
-        data = tasks.read_world_entail(cfg.world, world_split)
-    elif cfg.task == "world-choice":
-        data = tasks.read_world_choice(cfg.world, world_split)
-    elif kind == "vqa":
+    if cfg.task in WORLD_TASKS:
+        return tasks.get_task(cfg.task).reader(cfg.world, world_split)
+    if kind == "vqa":
         if not labels_file:
             raise ValueError(f"task {cfg.task}: give --{split}_labels (the annotations json)")
-        data = tasks.read_vqa(data_file, labels_file, cfg.images)
-    elif kind == "caption":
-        data = tasks.read_coco_captions(data_file, cfg.images)
-    elif cfg.task in ("snli-ve", "nlvr2"):
-        data = getattr(tasks, "read_snli_ve" if cfg.task == "snli-ve" else "read_nlvr2")(data_file, cfg.images)
-    else:
-        data = tasks.read_glue(data_file, cfg.task)
+        return tasks.read_vqa(data_file, labels_file, cfg.images)
+    if kind == "caption":
+        return tasks.read_coco_captions(data_file, cfg.images)
+    if cfg.task in ("snli-ve", "nlvr2"):
+        return tasks.get_task(cfg.task).reader(data_file, cfg.images)
+    return tasks.read_glue(data_file, cfg.task)
+
+
+def read_examples(cfg: FinetuneConfig, split: str) -> list[Example]:
+    """The task's (prompt, answer) pairs for ``split`` ("train" or "val"): its examples rendered by the shared
+    templates."""
+    kind = tasks.get_task(cfg.task).kind
+    data = read_task_data(cfg, split)
     out: list[Example] = []
     for ex in data.examples:
         if kind == "vqa":
-            best = ex.meta.get("multiple_choice_answer") or Counter(ex.answers).most_common(1)[0][0]
-            out.append(Example(qa_prompt(ex.question, ex.image), " " + best))
+            out.append(Example(qa_prompt(ex.question, ex.image), " " + demo_answer(ex)))
         elif kind == "caption":
             refs = ex.references if split == "train" else ex.references[:1]
             out += [Example(caption_prompt(ex.image), ref) for ref in refs]
@@ -102,42 +100,19 @@ def read_examples(cfg: FinetuneConfig, split: str) -> list[Example]:
     return out
 
 
-def eval_command(cfg: FinetuneConfig, checkpoint: Path, encode: bool) -> list[str]:
-    """The evaluation script run on the final checkpoint, with the task's validation files."""
-    out = Path(cfg.out) / "eval.json"
-    common = ["--checkpoint", str(checkpoint), "--out", str(out), "--limit", str(cfg.eval_limit)]
-    common += ["--encode-input"] if encode else []
-    if cfg.task in WORLD_TASKS:
-        task = {"world-vqa": "vqa", "world-captions": "captions", "world-entail": "entail", "world-choice": "choice"}
-        return ["eval/world.py", *common, "--world", cfg.world, "--split", cfg.val_split, "--tasks", task[cfg.task]]
-    if cfg.task in ("vqav2", "okvqa"):
-        return [
-            "eval/vqa.py",
-            *common,
-            "--benchmark",
-            cfg.task,
-            "--questions",
-            cfg.val_data,
-            "--annotations",
-            cfg.val_labels,
-            "--images",
-            cfg.images,
-        ]
-    if cfg.task == "coco":
-        return ["eval/caption.py", *common, "--captions", cfg.val_data, "--images", cfg.images]
-    if cfg.task in ("snli-ve", "nlvr2"):
-        script = "eval/snli_ve.py" if cfg.task == "snli-ve" else "eval/nlvr2.py"
-        return [script, *common, "--data", cfg.val_data, "--images", cfg.images]
-    return ["eval/glue.py", *common, "--task", cfg.task, "--data", cfg.val_data]
-
-
 def final_evaluation(cfg: FinetuneConfig, checkpoint: Path, encode: bool) -> dict:
-    """The task's evaluation script on ``checkpoint``, run as its own command; returns its results JSON."""
-    cmd = [sys.executable, *eval_command(cfg, checkpoint, encode)]
-    cmd[1] = str(ROOT / cmd[1])
-    print("evaluating:", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True)
-    return json.loads((Path(cfg.out) / "eval.json").read_text())
+    """The task's evaluation on ``checkpoint`` (validation files, ``eval_limit`` examples, the input read by the
+    text encoder when it was in training), with the decoding its eval script uses; results in ``out/eval.json``."""
+    settings = EvalSettings(checkpoint, out=Path(cfg.out) / "eval.json", limit=cfg.eval_limit, encode_input=encode)
+    print(f"evaluating {checkpoint} on {cfg.task} ({cfg.val_split if cfg.task in WORLD_TASKS else cfg.val_data})")
+    if cfg.task in WORLD_TASKS:
+        settings = replace(settings, decode=DecodeSettings(max_new_tokens=WORLD_ANSWER_TOKENS))
+        return evaluate_world(cfg.world, cfg.val_split, [cfg.task.removeprefix("world-")], settings)
+    kind = tasks.get_task(cfg.task).kind
+    if kind in ANSWER_TOKENS:
+        settings = replace(settings, decode=DecodeSettings(max_new_tokens=ANSWER_TOKENS[kind]))
+    benchmark = f"glue-{cfg.task}" if cfg.task in GLUE_TASKS else cfg.task
+    return evaluate(cfg.task, read_task_data(cfg, "val"), settings, benchmark=benchmark)
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -163,8 +138,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
             encode,
         )
 
-    evaluate = validation_loss(val_batcher.batch, min(cfg.eval_batches, val_batcher.per_epoch), env.device)
-    result = train(cfg, model, batcher, env, evaluate, save_extra=tokenizer.save)
+    val_loss = validation_loss(val_batcher.batch, min(cfg.eval_batches, val_batcher.per_epoch), env.device)
+    result = train(cfg, model, batcher, env, val_loss, save_extra=tokenizer.save)
     summary = {
         "task": cfg.task,
         "steps": result.step,

@@ -2,28 +2,28 @@
 train/instruct.py.
 
 Examples are rendered by random templates and packed into rows by ``data.batching.InstructBatcher``, trained on
-the shared loop, and at the end scored before and after tuning by eval/instruct.py, run as a separate command
-(``evaluate_instructions``), into a per-cluster table.
+the shared loop, and at the end scored before and after tuning by the eval library's instruction evaluator
+(``final_evaluation``), into a per-cluster table.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
 import logging
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from data.batching import InstructBatcher
 from data.tasks import InstructionExample, read_instructions
 from data.world import current_world
+from eval.evaluators import evaluate_instructions
+from eval.settings import DecodeSettings, EvalSettings
 from train.config import option, parse_config
 from train.loop import train, validation_loss, write_summary
 from train.tuning import TuneConfig, load_pretrained, report_final
 
 log = logging.getLogger("metalm.instruct")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -63,27 +63,18 @@ def split_tasks(
     return [e for e in examples if e.task not in heldout], [e for e in examples if e.task in heldout]
 
 
-def evaluate_instructions(checkpoint: Path, cfg: InstructConfig, val: Path, out: Path, encode: bool) -> dict:
-    """eval/instruct.py on ``checkpoint``, run as its own command; returns its results JSON."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "eval" / "instruct.py"),
-        "--checkpoint",
-        str(checkpoint),
-        "--data",
-        str(val),
-        "--limit",
-        str(cfg.eval_limit),
-        "--out",
-        str(out),
-        "--encode-user",
-        str(encode).lower(),
-    ]
-    if cfg.image_root:
-        cmd += ["--image-root", cfg.image_root]
-    print("evaluating:", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
+INSTRUCTION_ANSWER_TOKENS = 24  # generated tokens per answer, as eval/instruct.py defaults
+
+
+def evaluate_checkpoint(checkpoint: Path, cfg: InstructConfig, val: Path, out: Path, encode: bool) -> dict:
+    """Instruction following of ``checkpoint`` on ``val`` (``eval_limit`` examples per cluster), as eval/instruct.py
+    scores it; results in ``out``. Its printed summary is left out: this job prints the per-cluster table."""
+    print(f"evaluating {checkpoint} on {val}", flush=True)
+    settings = EvalSettings(
+        checkpoint, out=out, limit=cfg.eval_limit, decode=DecodeSettings(max_new_tokens=INSTRUCTION_ANSWER_TOKENS)
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        return evaluate_instructions(read_instructions(val, cfg.image_root or None), settings, encode_user=encode)
 
 
 def cluster_table(before: dict, after: dict, heldout: set[str]) -> dict:
@@ -115,11 +106,11 @@ def cluster_table(before: dict, after: dict, heldout: set[str]) -> dict:
 
 
 def final_evaluation(cfg: InstructConfig, final: Path, val_file: Path, heldout: set[str], encode: bool) -> dict:
-    """eval/instruct.py on the starting and the tuned checkpoint (``eval-before.json``, ``eval-after.json`` in the
+    """Instruction following of the starting and the tuned checkpoint (``eval-before.json``, ``eval-after.json`` in the
     run directory); returns the per-cluster table."""
     out = Path(cfg.out)
-    before = evaluate_instructions(Path(cfg.init_from), cfg, val_file, out / "eval-before.json", encode)
-    after = evaluate_instructions(final, cfg, val_file, out / "eval-after.json", encode)
+    before = evaluate_checkpoint(Path(cfg.init_from), cfg, val_file, out / "eval-before.json", encode)
+    after = evaluate_checkpoint(final, cfg, val_file, out / "eval-after.json", encode)
     return cluster_table(before, after, heldout)
 
 

@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
-from metalm.io import atomic_write_dir, atomic_write_text
+from metalm.io import atomic_write_dir, atomic_write_text, read_jsonl
 from metalm.model import MetaLM, write_pretrained
 from train.config import LoopConfig
 from train.throughput import batch_flops, batch_tokens, measure_peak_flops, mfu, mfu_warning
@@ -318,7 +318,7 @@ def plot_losses(metrics_path: Path, out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(metrics_path, "the run's metrics")
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, style in (("loss", "-"), ("val_loss", "o-")):
         points = [(r["step"], r[key]) for r in rows if key in r]

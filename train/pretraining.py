@@ -8,7 +8,6 @@ docks, then frozen), trains on the shared loop (``train.loop``), and scores gree
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -29,6 +28,7 @@ from data.world import SLOTS
 from eval.scene import caption_split
 from metalm import MetaLM
 from metalm.docking import docked_mask
+from metalm.io import read_json
 from metalm.loss import IGNORE_INDEX
 from metalm.presets import get_preset
 from metalm.semicausal import semicausal_labels
@@ -142,7 +142,7 @@ def warn_if_workers_changed(cfg: PretrainConfig) -> None:
     ckpt = latest_checkpoint(cfg)
     if ckpt is None or not (ckpt / "train_config.json").is_file():
         return
-    saved = json.loads((ckpt / "train_config.json").read_text()).get("num_workers", 0)
+    saved = read_json(ckpt / "train_config.json", "the run's training config").get("num_workers", 0)
     if saved != cfg.num_workers:
         log.warning(
             "--resume: %s was saved with num_workers = %d but this run has %d; the data order differs from "
