@@ -1,4 +1,4 @@
-"""Finetune a pretrained MetaLM on one task, on the shared training loop, then evaluate with the task's script.
+"""Finetune a pretrained MetaLM on one task, on the shared training loop, then evaluate it on the task.
 
     torchrun --standalone --nproc_per_node=1 train/finetune.py --init_from runs/tiny/final --task world-vqa \\
         --out runs/finetune-vqa
@@ -10,7 +10,8 @@ only. With ``--encode_input`` (default when the model has a text encoder that sh
 prompt's text goes through the bidirectional text encoder and the decoder writes the answer, as MetaLM finetunes;
 ``--freeze_decoder`` trains only the encoders and connectors (the paper's MNLI recipe). Resume, checkpoints,
 SIGTERM handling and NaN checks are the training loop's (train/loop.py). At the end the final checkpoint is
-scored by the task's evaluation script, run as a separate command, and its results JSON lands in the run directory.
+scored by the task's evaluator (``eval.evaluators``, as the task's eval script scores it) and its results JSON lands
+in the run directory.
 The job itself is ``train.finetuning.finetune``; every field of its ``FinetuneConfig`` is a flag.
 """
 

@@ -6,10 +6,11 @@ Each example (instruction, optional input and image, output; see ``data.tasks.re
 one of several templates chosen at random (``data.templates.INSTRUCTION_TEMPLATES``) into a chat turn
 ``[image] User: ...\\nAssistant:`` followed by the output and ``</s>``; a closed-set task's options are
 listed after the input, as FLAN lists them. The loss counts the output only. Short examples are packed into rows
-of ``--seq_len`` tokens. The task clusters in ``--heldout_tasks`` are never trained on: at the end
-``eval/instruct.py`` scores them (and the trained clusters) on the validation file for the starting checkpoint and
-the tuned one, by exact match of the generated answer and, where the examples list options, by rank
-classification, so the printed table shows zero-shot transfer to unseen instruction types.
+of ``--seq_len`` tokens. The task clusters in ``--heldout_tasks`` are never trained on: at the end the
+instruction evaluator of ``eval.evaluators`` (as ``eval/instruct.py`` runs it) scores them (and the trained
+clusters) on the validation file for the starting checkpoint and the tuned one, by exact match of the generated
+answer and, where the examples list options, by rank classification, so the printed table shows zero-shot
+transfer to unseen instruction types.
 With ``--encode_user`` (auto: when the model has a text encoder) the user's words go through the bidirectional
 text encoder, as MetaLM reads an instruction; the answer is written causally. The job itself is
 ``train.instruction_tuning.instruction_tune``; every field of its ``InstructConfig`` is a flag.

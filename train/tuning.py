@@ -31,8 +31,8 @@ class TuneConfig(LoopConfig, defaults={"lr": 3e-4, "warmup_steps": 30}):
     )
     final_eval: bool = option(
         True,
-        "score the final checkpoint with the evaluation script (finetuning: the task's; instruction tuning: "
-        "eval/instruct.py on held-out and trained clusters, before and after tuning)",
+        "score the final checkpoint as the eval scripts do (finetuning: the task's evaluator; instruction tuning: "
+        "the instruction evaluator on held-out and trained clusters, before and after tuning)",
     )
 
     def check(self) -> None:
