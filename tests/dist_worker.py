@@ -35,9 +35,20 @@ def main() -> None:
     args = parser.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    cfg = PretrainConfig(out=args.out, max_steps=args.steps, batch_size=ROWS, grad_accum=2 if world == 1 else 1,
-                      seq_len=32, lr=3e-3, warmup_steps=1, ckpt_every=100, log_every=1, eval_every=0,
-                      peak_flops=1e11, dist="fsdp" if args.dist == "fsdp" else "ddp")  # fmt: skip
+    cfg = PretrainConfig(
+        out=args.out,
+        max_steps=args.steps,
+        batch_size=ROWS,
+        grad_accum=2 if world == 1 else 1,
+        seq_len=32,
+        lr=3e-3,
+        warmup_steps=1,
+        ckpt_every=100,
+        log_every=1,
+        eval_every=0,
+        peak_flops=1e11,
+        dist="fsdp" if args.dist == "fsdp" else "ddp",
+    )
     model = small_model(seed=0)
     if world == 1:
         train(cfg, model, single_process_halves)

@@ -26,8 +26,15 @@ def test_encoder_mode_docks_each_demonstration_and_keeps_images():
     img = ImageSeg("x.png")
     demos = [Demo([img, "Question: q0? Answer:"], " a0"), Demo("Question: q1? Answer:", " a1")]
     prompt = few_shot_prompt(demos, [img, "Question: q? Answer:"], mode="encoder")
-    assert prompt == [img, EncodedSeg("Question: q0? Answer: a0"), "\n\n", EncodedSeg("Question: q1? Answer: a1"),
-                      "\n\n", img, "Question: q? Answer:"]  # fmt: skip
+    assert prompt == [
+        img,
+        EncodedSeg("Question: q0? Answer: a0"),
+        "\n\n",
+        EncodedSeg("Question: q1? Answer: a1"),
+        "\n\n",
+        img,
+        "Question: q? Answer:",
+    ]
     # the query itself is never encoder-read
     assert not isinstance(prompt[-1], EncodedSeg)
 

@@ -21,8 +21,15 @@ VOCAB, IMG_TOKENS = 53, 17  # 16 patches + class token
 
 def small_config(connector: str = "mlp", positions: str = "rotary") -> MetaLMConfig:
     vision_connector = ConnectorConfig(connector, layers=3, queries=5, heads=2, depth=1)
-    return tiny_config(VOCAB, encoders=("text", "vision"), img_size=16, enc_dim=24, enc_layers=2,
-                       vision_connector=vision_connector, positions=positions)  # fmt: skip
+    return tiny_config(
+        VOCAB,
+        encoders=("text", "vision"),
+        img_size=16,
+        enc_dim=24,
+        enc_layers=2,
+        vision_connector=vision_connector,
+        positions=positions,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,12 @@ def model() -> MetaLM:
 
 def image_dock(n_images: int, start: int, length: int = IMG_TOKENS, seed: int = 0) -> Dock:
     g = torch.Generator().manual_seed(seed)
-    return Dock("vision", {"pixel_values": torch.randn(n_images, 3, 16, 16, generator=g)},
-                torch.arange(n_images), contiguous_positions(torch.full((n_images,), start), length))  # fmt: skip
+    return Dock(
+        "vision",
+        {"pixel_values": torch.randn(n_images, 3, 16, 16, generator=g)},
+        torch.arange(n_images),
+        contiguous_positions(torch.full((n_images,), start), length),
+    )
 
 
 def random_ids(b: int, t: int, seed: int = 0) -> torch.Tensor:
@@ -268,9 +279,15 @@ def test_tiny_preset_trains_a_step():
     m = MetaLM.from_preset("tiny", vocab_size=300)
     assert m.encoders["text"].blocks()  # text encoder shares the decoder's vocabulary
     ids = torch.randint(0, 300, (2, 64))
-    docks = [Dock("vision", {"pixel_values": torch.randn(2, 3, 32, 32)}, torch.arange(2),
-                  contiguous_positions(torch.tensor([1, 1]), 17)),
-             span_dock(ids, [(0, 30, 38)], "text")]  # fmt: skip
+    docks = [
+        Dock(
+            "vision",
+            {"pixel_values": torch.randn(2, 3, 32, 32)},
+            torch.arange(2),
+            contiguous_positions(torch.tensor([1, 1]), 17),
+        ),
+        span_dock(ids, [(0, 30, 38)], "text"),
+    ]
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     losses = []
     for _ in range(3):

@@ -340,8 +340,17 @@ def test_training_on_workers_resumes_exactly(tokenizer, shards, tmp_path):
     vocab = tokenizer.vocab_size
 
     def model(seed: int = 0) -> MetaLM:
-        return tiny_metalm(vocab, seed=seed, training=True, encoders=("text", "vision"), max_len=32, n_layers=1,
-                           n_heads=2, dropout=0.1, init_std=0.02)  # fmt: skip
+        return tiny_metalm(
+            vocab,
+            seed=seed,
+            training=True,
+            encoders=("text", "vision"),
+            max_len=32,
+            n_layers=1,
+            n_heads=2,
+            dropout=0.1,
+            init_std=0.02,
+        )
 
     def data(skip: int):
         return load_batches(BatchStream(text, caps, tokenizer, c, skip=skip), 2)

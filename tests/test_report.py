@@ -10,9 +10,13 @@ def entry(shots: int, **means) -> dict:
 
 
 def test_report_tables_and_plot(tmp_path):
-    icl = {key: {"entail": {"results": [entry(k, none=0.5, contextual=0.55, prototypical=0.6) for k in (0, 1, 4)]},
-                 "choice": {"results": [entry(k, acc=0.3 + 0.1 * k) for k in (0, 1, 4)]}}
-           for key in ("gpt/causal", "metalm/causal", "metalm/encoder")}  # fmt: skip
+    icl = {
+        key: {
+            "entail": {"results": [entry(k, none=0.5, contextual=0.55, prototypical=0.6) for k in (0, 1, 4)]},
+            "choice": {"results": [entry(k, acc=0.3 + 0.1 * k) for k in (0, 1, 4)]},
+        }
+        for key in ("gpt/causal", "metalm/causal", "metalm/encoder")
+    }
     report = {
         "settings": {"steps": 480, "seed": 0, "finetune_steps": 200, "limit": 200, "trials": 3},
         "minutes": 31.0,
@@ -20,12 +24,12 @@ def test_report_tables_and_plot(tmp_path):
         "captions": {
             s: {"results": [entry(0, cider_d=2.0, bleu_4=0.5, shapes_named=0.6, colors_named=0.7)]}
             for s in ("val", "heldout")
-        },  # fmt: skip
+        },
         "finetuned": {
             "metalm/entail": {"results": [entry(0, none=0.9)]},
             "gpt/entail": {"results": [entry(0, none=0.8)]},
             "metalm/vqa-val": {"results": [entry(0, vqa_accuracy=0.7)]},
-        },  # fmt: skip
+        },
     }
     out = write_markdown(report, tmp_path)
     text = out.read_text()
