@@ -10,6 +10,7 @@ image, an empty or overlong instruction, a bad setting) are printed and the chat
 from __future__ import annotations
 
 import argparse
+import io
 import shlex
 import sys
 from pathlib import Path
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     args = parser.parse_args(argv)
     settings = settings_from_args(parser, args)
     stdin, out = stdin or sys.stdin, stdout or sys.stdout
+    if isinstance(stdin, io.TextIOWrapper):  # bytes that are not text arrive as surrogates, refused line by line
+        stdin.reconfigure(errors="surrogateescape")
     print(f"loading {args.checkpoint} ...", file=out, flush=True)
     # demo.engine imports torch: imported here, not at the top, so --help answers in 0.1 s instead of seconds
     from demo.engine import Chat, load_checkpoint
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
         if line.strip() in ("/quit", "/exit"):
             return 0
         try:
+            _check_text(line)
             if line.startswith("/"):
                 _command(chat, line.strip(), out)
             elif line.strip():
@@ -101,6 +105,15 @@ def _read_line(stdin: TextIO, out: TextIO) -> str:
     if not line:
         raise EOFError
     return line.rstrip("\n")
+
+
+def _check_text(line: str) -> None:
+    """Refuse a line holding bytes that were not text in the terminal's encoding (read as surrogates)."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = line.encode("utf-8", "surrogateescape")
+        raise DemoError(f"that line is not UTF-8 text ({raw[:60]!r}); type it again as text") from None
 
 
 def _answer(chat: Chat, text: str, out: TextIO) -> None:
@@ -133,7 +146,10 @@ def _command(chat: Chat, line: str, out: TextIO) -> None:
     if name == "/image":
         if not rest:
             raise DemoError("/image needs a path, e.g. /image data/world/images/val/000001.png")
-        path = shlex.split(rest)[0] if rest[0] in "'\"" else rest
+        try:
+            path = shlex.split(rest)[0] if rest[0] in "'\"" else rest
+        except ValueError as err:  # an unterminated quote
+            raise DemoError(f"/image {rest}: {err}; expected a path, in quotes if it holds spaces") from None
         image = chat.attach(path)
         print(
             f"attached {path} ({image.width}x{image.height}); {len(chat.pending)} image(s) wait for your next "

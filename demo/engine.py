@@ -449,6 +449,10 @@ class Chat:
         hears about old turns left out to fit the window."""
         if not text.strip():
             raise DemoError("the instruction is empty: type what the model should do, e.g. 'describe the picture'")
+        try:
+            text.encode("utf-8")  # the tokenizer cannot take lone surrogates (JSON's "\udcff", undecodable bytes)
+        except UnicodeEncodeError:
+            raise DemoError(f"the instruction is not valid text ({text[:40]!r}); expected UTF-8") from None
         images = [self.engine.prepare(image) for image in images]
         with self._lock:
             turns = [*self.turns, Turn("user", text.strip(), [*self.pending, *images])]

@@ -10,6 +10,7 @@ and chromium-driver) are installed here when missing; a failed install skips tho
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import queue
@@ -42,6 +43,7 @@ if str(ROOT) not in sys.path:  # plain `pytest` with an install whose packages d
 
 from demo import MAX_IMAGE_BYTES, DemoError, Settings, parse_settings  # noqa: E402
 from demo.chat import build_parser as chat_parser  # noqa: E402
+from demo.chat import main as chat_main  # noqa: E402
 from demo.engine import Chat, Engine, load_checkpoint, load_image  # noqa: E402
 from demo.web import build_parser as web_parser  # noqa: E402
 
@@ -472,6 +474,24 @@ def test_terminal_chat_end_to_end(checkpoint, images, answer, web):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_chat_survives_unterminated_quotes_and_bytes_that_are_not_utf8(checkpoint, images, answer):
+    lines = [b"\xff\xfe what is this", b"/image 'unterminated", b'/image "', f"/image {images['red']}".encode()]
+    lines += [QUESTION.encode(), b"/quit"]
+    stdin = io.TextIOWrapper(io.BytesIO(b"\n".join(lines) + b"\n"), encoding="utf-8")  # strict, like a terminal
+    out = io.StringIO()
+    assert chat_main(["--checkpoint", str(checkpoint), *E2E], stdin=stdin, stdout=out) == 0
+    text = out.getvalue()
+    assert "error: that line is not UTF-8 text (b'\\xff\\xfe what is this')" in text
+    assert "error: /image 'unterminated: No closing quotation; expected a path" in text
+    assert 'error: /image ": No closing quotation' in text
+    assert f"metalm> {answer}" in text  # the chat went on and answered
+
+
+def test_instructions_that_are_not_text_are_refused(engine):
+    with pytest.raises(DemoError, match=r"the instruction is not valid text \('a\\udcff'\)"):
+        Chat(engine, GREEDY).ask("a\udcff")  # a lone surrogate: what JSON's "\udcff" or a non-UTF-8 byte gives
 
 
 class _WebServer:
