@@ -14,6 +14,14 @@ model is loaded, and is all here to read. It listens on 127.0.0.1 only.
 per line: ``{"notice"}``, ``{"text"}`` pieces, then ``{"done"}`` or ``{"error"}``. ``POST /api/reset`` forgets a
 session's conversation. Each page keeps its own conversation (by a random session id); model calls are serialized
 by the engine's lock, and a failing request never stops the server.
+
+What a request must be, checked before its body is read: a Host header naming this server (127.0.0.1:PORT,
+localhost:PORT or [::1]:PORT) and no Origin from elsewhere, else 403, so neither another site's page nor a
+rebound DNS name can drive the model; a POST with ``Content-Type: application/json`` (415), a plain
+Content-Length (400, 411 when missing) of at most ``MAX_BODY`` bytes (413). A client silent for ``READ_TIMEOUT``
+seconds, or whose body takes over ``BODY_SECONDS``, is dropped (408). At most ``MAX_WORKERS`` requests are served
+at once; the next waits in line up to ``QUEUE_WAIT`` seconds (later ones in a listen queue of
+``request_queue_size``) and is then answered 503 with Retry-After, never reset.
 """
 
 from __future__ import annotations
@@ -23,8 +31,10 @@ import binascii
 import dataclasses
 import json
 import re
+import socket
 import sys
 import threading
+import time
 import traceback
 from collections import OrderedDict
 from http import HTTPStatus
@@ -46,20 +56,85 @@ HOST = "127.0.0.1"
 MAX_BODY = MAX_IMAGE_BYTES * 4 // 3 + (1 << 20)  # a base64 image at the size limit plus the instruction
 MAX_SESSIONS = 32  # conversations kept; the least recently used is forgotten first
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_WORKERS = 16  # requests served at once; model calls queue on the engine's lock anyway
+QUEUE_WAIT = 5.0  # seconds a connection waits for a free worker before it is answered 503
+RETRY_AFTER = 5  # seconds, in that 503's Retry-After
+READ_TIMEOUT = 20.0  # seconds a client may stay silent while sending its request
+BODY_SECONDS = 120.0  # for the whole body: a 27 MB upload at 1 MB/s fits, a client trickling bytes does not
+LINGER_SECONDS, LINGER_BYTES = 2.0, 64 << 20  # what a refused client may still send, dropped, before the close
+GONE = (BrokenPipeError, ConnectionResetError, TimeoutError)  # the page stopped reading: nothing to answer
 
 
 class DemoServer(ThreadingHTTPServer):
-    """The HTTP server plus what its handlers share: the engine, the default settings and the conversations."""
+    """The HTTP server plus what its handlers share: the engine, the default settings, the conversations, the
+    addresses a request may name and the limits on clients (the keywords, for tests)."""
 
     daemon_threads = True
+    request_queue_size = 128  # connections waiting to be accepted; the default 5 reset bursts of requests
 
-    def __init__(self, port: int, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self,
+        port: int,
+        engine: Engine,
+        settings: Settings,
+        *,
+        workers: int = MAX_WORKERS,
+        queue_wait: float = QUEUE_WAIT,
+        read_timeout: float = READ_TIMEOUT,
+        body_seconds: float = BODY_SECONDS,
+    ) -> None:
         super().__init__((HOST, port), Handler)
         self.engine = engine
         self.settings = settings
         self.page = PAGE.read_bytes()
         self.sessions: OrderedDict[str, Chat] = OrderedDict()
         self.sessions_lock = threading.Lock()
+        self.workers, self.queue_wait = workers, queue_wait
+        self.read_timeout, self.body_seconds = read_timeout, body_seconds
+        self.slots = threading.BoundedSemaphore(workers)
+        port = self.server_address[1]
+        self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
+        if port == 80:  # browsers leave the default port out
+            self.hosts |= {"127.0.0.1", "localhost", "[::1]"}
+        self.origins = {f"http://{host}" for host in self.hosts}
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        """Serve on a thread of its own once one of the ``workers`` is free, waiting up to ``queue_wait`` seconds
+        (the connections behind wait in the listen queue); past that, answer 503 with Retry-After."""
+        if not self.slots.acquire(timeout=self.queue_wait):
+            self._busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _busy(self, request: socket.socket) -> None:
+        body = json.dumps({"error": f"the demo is busy with {self.workers} requests; try again in a few seconds"})
+        head = (
+            "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER}\r\nCache-Control: no-store\r\n\r\n"
+        )
+        try:  # first take what the client sent: closing a socket with unread data resets the connection
+            request.setblocking(False)
+            for _ in range(16):
+                if not request.recv(1 << 16):
+                    break
+        except OSError:
+            pass  # nothing (more) to read yet
+        try:
+            request.settimeout(1)
+            request.sendall(head.encode() + body.encode())
+        except OSError:
+            pass  # the client left or does not read; it is dropped all the same
+        self.shutdown_request(request)
 
     def chat(self, session: str) -> Chat:
         """The session's conversation, created on first use; old sessions beyond ``MAX_SESSIONS`` are dropped."""
@@ -73,13 +148,30 @@ class DemoServer(ThreadingHTTPServer):
             return chat
 
 
+class Refused(Exception):
+    """A request refused before its body is read (or while it is), with the HTTP status that says why."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Handler(BaseHTTPRequestHandler):
     """One request. HTTP/1.0: the connection closes after each response, which ends a streamed answer."""
 
     server: DemoServer
     server_version = "MetaLMDemo/0.1"
 
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout  # the socket's timeout: a silent client is dropped
+        super().setup()
+
     def do_GET(self) -> None:
+        try:
+            self._check_caller()
+        except Refused as err:
+            self._refuse(err)
+            return
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
@@ -94,6 +186,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
         try:
+            self._check_caller()
             if path == "/api/chat":
                 self._chat()
             elif path == "/api/reset":
@@ -101,9 +194,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.OK, {"ok": True})
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"{path}: no such endpoint"})
+        except Refused as err:
+            self._refuse(err)
         except DemoError as err:
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
-        except (BrokenPipeError, ConnectionResetError):
+        except GONE:
             pass  # the page went away; nothing to answer
         except Exception as err:  # a bug must not take the server down: report it and keep serving
             traceback.print_exc()
@@ -142,7 +237,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise
             stream.send({"error": str(err)})
             return
-        except (BrokenPipeError, ConnectionResetError):
+        except GONE:
             raise  # the page went away mid-answer: generation stopped, nothing left to tell it
         except Exception as err:
             if not stream.started:
@@ -161,21 +256,97 @@ class Handler(BaseHTTPRequestHandler):
         }
         stream.send({"done": done})
 
+    def _check_caller(self) -> None:
+        """Refuse (403) a request that does not name this server as its Host, or comes from another site's page:
+        a page elsewhere, or one whose DNS name was rebound to 127.0.0.1, must not drive the model."""
+        hosts = self.headers.get_all("Host") or [""]
+        expected = ", ".join(sorted(self.server.hosts))
+        if len(hosts) > 1 or hosts[0].strip().lower() not in self.server.hosts:
+            raise Refused(HTTPStatus.FORBIDDEN, f"Host {', '.join(hosts)!r}: expected one of {expected}")
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.strip().lower() not in self.server.origins:
+            raise Refused(HTTPStatus.FORBIDDEN, f"Origin {origin!r}: expected this page's own, http:// + {expected}")
+
+    def _body_length(self) -> int:
+        """The body's size from a POST's headers, refused before anything is read unless the body is JSON (415) of
+        a plain, single Content-Length (400; 411 when missing or chunked) of at most ``MAX_BODY`` bytes (413)."""
+        kind = self.headers.get("Content-Type", "")
+        if self.headers.get_content_type() != "application/json":  # text/plain when missing
+            raise Refused(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Type {kind!r}: expected application/json")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths or "Transfer-Encoding" in self.headers:
+            raise Refused(
+                HTTPStatus.LENGTH_REQUIRED,
+                "Content-Length: missing; expected the body's size in bytes (chunked bodies are not accepted)",
+            )
+        text = lengths[0].strip()
+        if len(lengths) > 1 or not (text.isascii() and text.isdigit()):  # int() would take "-1", "+5", "1_0"
+            raise Refused(
+                HTTPStatus.BAD_REQUEST, f"Content-Length {', '.join(lengths)!r}: expected a whole number of bytes"
+            )
+        if len(text) > 15 or int(text) > MAX_BODY:  # int() refuses over 4300 digits
+            raise Refused(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"Content-Length {text[:20]}{'...' * (len(text) > 20)}: over the {MAX_BODY / 2**20:.1f} MB a "
+                f"request may have; images are limited to {MAX_IMAGE_BYTES >> 20} MB",
+            )
+        return int(text)
+
+    def _read_body(self, length: int) -> bytes:
+        """The body, read piece by piece against ``body_seconds``: a client that stalls (each read times out) or
+        trickles bytes is answered 408 and dropped instead of holding a worker."""
+        deadline, parts, got = time.monotonic() + self.server.body_seconds, [], 0
+        try:
+            while got < length:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(min(self.server.read_timeout, left))
+                part = self.rfile.read1(length - got)
+                if not part:
+                    raise Refused(
+                        HTTPStatus.BAD_REQUEST,
+                        f"the request body ended after {got} of the {length} bytes its Content-Length announced",
+                    )
+                parts.append(part)
+                got += len(part)
+        except TimeoutError:
+            raise Refused(
+                HTTPStatus.REQUEST_TIMEOUT, f"the request body stalled: {got} of {length} bytes arrived"
+            ) from None
+        finally:
+            self.connection.settimeout(self.server.read_timeout)
+        return b"".join(parts)
+
     def _read_json(self) -> dict[str, Any]:
+        body = self._read_body(self._body_length())
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            raise DemoError("Content-Length: expected a number of bytes") from None
-        if length > MAX_BODY:
-            self.close_connection = True
-            raise DemoError(f"the request is {length / 2**20:.1f} MB; images are limited to {MAX_IMAGE_BYTES >> 20} MB")
-        try:
-            data = json.loads(self.rfile.read(length) or b"{}")
+            data = json.loads(body or b"{}")
         except (ValueError, UnicodeDecodeError) as err:
             raise DemoError(f"the request body is not JSON ({err})") from None
         if not isinstance(data, dict):
             raise DemoError("the request body: expected a JSON object")
         return data
+
+    def _refuse(self, err: Refused) -> None:
+        self.close_connection = True
+        try:
+            self._json(err.status, {"error": str(err)})
+            self._linger()
+        except OSError:
+            pass  # the client left or stalls; the connection closes all the same
+
+    def _linger(self) -> None:
+        """Read and drop the body a refused client is still sending (a bounded amount, for a bounded time):
+        closing with unread data resets the connection, and the client would lose the answer."""
+        self.connection.shutdown(socket.SHUT_WR)
+        deadline, dropped = time.monotonic() + LINGER_SECONDS, 0
+        while dropped < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+            self.connection.settimeout(left)
+            piece = self.connection.recv(1 << 16)
+            if not piece:
+                return
+            dropped += len(piece)
 
     def _json(self, status: HTTPStatus, data: dict) -> None:
         self._send(status, json.dumps(data).encode(), "application/json")

@@ -15,7 +15,9 @@ import json
 import os
 import queue
 import re
+import select
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -45,6 +47,7 @@ from demo import MAX_IMAGE_BYTES, DemoError, Settings, parse_settings  # noqa: E
 from demo.chat import build_parser as chat_parser  # noqa: E402
 from demo.chat import main as chat_main  # noqa: E402
 from demo.engine import Chat, Engine, load_checkpoint, load_image  # noqa: E402
+from demo.web import MAX_BODY, DemoServer  # noqa: E402
 from demo.web import build_parser as web_parser  # noqa: E402
 
 QUESTION = "What is in the picture?"
@@ -579,6 +582,175 @@ def test_web_api_streams_and_survives_bad_requests(server, engine, images, answe
         assert status == 400 and message in events[0]["error"]
     status, events = _post(server + "api/chat", {**ask, "text": "What colour is it?", "image": None})
     assert status == 200 and events[-1]["done"]["answer"] == _followup(engine, None)  # the session remembered
+
+
+def _http(port: int, method: str, path: str, body: bytes = b"", **headers: str | None) -> bytes:
+    """A request as raw bytes: Host, Content-Type (JSON) and Content-Length are this server's own unless given;
+    a header given as None is left out."""
+    fields = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json", "Content-Length": str(len(body))}
+    fields.update({name.replace("_", "-"): value for name, value in headers.items()})
+    if method == "GET":
+        fields = {name: value for name, value in fields.items() if name == "Host" or name in headers}
+    head = "".join(f"{name}: {value}\r\n" for name, value in fields.items() if value is not None)
+    return f"{method} {path} HTTP/1.0\r\n{head}\r\n".encode() + body
+
+
+def _exchange(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` over a socket to 127.0.0.1, close the sending side, read the whole response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    return _parse(response)
+
+
+def _parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    return int(status.split()[1]), dict(line.split(": ", 1) for line in lines), body
+
+
+def _port(url: str) -> int:
+    return int(url.rstrip("/").rsplit(":", 1)[1])
+
+
+def test_web_body_limits_are_checked_before_reading(server):
+    port = _port(server)
+    reset = json.dumps({"session": "limits"}).encode()
+    assert _exchange(port, _http(port, "POST", "/api/reset", reset))[0] == 200
+    for length, status, message in [
+        ("-1", 400, "Content-Length '-1': expected a whole number of bytes"),
+        ("+16", 400, "Content-Length '+16'"),
+        ("1_6", 400, "Content-Length '1_6'"),
+        ("ten", 400, "Content-Length 'ten'"),
+        (None, 411, "Content-Length: missing"),
+        (str(MAX_BODY + 1), 413, "images are limited to 20 MB"),
+        ("9" * 5000, 413, "images are limited to 20 MB"),
+    ]:
+        code, headers, body = _exchange(port, _http(port, "POST", "/api/reset", reset, Content_Length=length))
+        assert (code, headers["Content-Type"]) == (status, "application/json") and message in json.loads(body)["error"]
+    chunked = _http(port, "POST", "/api/reset", reset, Content_Length=None, Transfer_Encoding="chunked")
+    assert _exchange(port, chunked)[0] == 411
+    short = _http(port, "POST", "/api/reset", reset, Content_Length=str(len(reset) + 5))
+    code, _, body = _exchange(port, short)
+    assert code == 400 and "the request body ended after 21 of the 26 bytes" in json.loads(body)["error"]
+
+
+def test_web_requires_json_from_this_server_own_address(server):
+    port = _port(server)
+    reset = json.dumps({"session": "origin"}).encode()
+    for headers, status, message in [
+        ({"Content_Type": "text/plain"}, 415, "Content-Type 'text/plain': expected application/json"),
+        ({"Content_Type": None}, 415, "Content-Type '': expected application/json"),
+        ({"Content_Type": "application/json; charset=utf-8"}, 200, None),
+        ({"Host": "evil.example:80"}, 403, f"Host 'evil.example:80': expected one of 127.0.0.1:{port}"),
+        ({"Host": "127.0.0.1:1"}, 403, "Host '127.0.0.1:1'"),
+        ({"Host": None}, 403, "Host '': expected one of"),
+        ({"Host": f"LOCALHOST:{port}"}, 200, None),
+        ({"Host": f"[::1]:{port}"}, 200, None),
+        ({"Origin": "http://evil.example"}, 403, "Origin 'http://evil.example': expected "),
+        ({"Origin": "null"}, 403, "Origin 'null'"),
+        ({"Origin": f"http://localhost:{port}"}, 200, None),
+    ]:
+        code, _, body = _exchange(port, _http(port, "POST", "/api/reset", reset, **headers))
+        assert code == status and (message is None or message in json.loads(body)["error"])
+    for body, kind, status in [(b"x" * (4 << 20), "text/plain", 415), (b"{" * (MAX_BODY + 1), "application/json", 413)]:
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the answer arrives, not a broken pipe
+            urllib.request.urlopen(
+                urllib.request.Request(server + "api/reset", body, {"Content-Type": kind}), timeout=60
+            )
+        assert refused.value.code == status
+    rebound = _exchange(port, _http(port, "GET", "/api/info", Host=f"attacker.example:{port}"))
+    assert rebound[0] == 403 and b"decoder" not in rebound[2]
+    assert _exchange(port, _http(port, "GET", "/api/info"))[0] == 200
+    text = json.dumps({"session": "origin", "text": "a\udcff"}).encode()  # JSON may carry a lone surrogate
+    code, _, body = _exchange(port, _http(port, "POST", "/api/chat", text))
+    assert code == 400 and "the instruction is not valid text" in json.loads(body)["error"]
+
+
+def test_web_answers_40_parallel_requests_without_a_reset(server):
+    port, results = _port(server), queue.Queue()
+
+    def fetch() -> None:
+        try:
+            results.put(_exchange(port, _http(port, "GET", "/api/info"))[0])
+        except OSError as err:
+            results.put(repr(err))
+
+    threads = [threading.Thread(target=fetch) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    got = [results.get(timeout=1) for _ in threads]
+    assert got == [200] * 40, got  # before the fix: 21 of 40 were reset with backlog 5
+
+
+@pytest.fixture
+def local_server(engine):
+    """Starts in-process servers on 127.0.0.1 with small limits (``start(**limits)`` gives the port); all stop at the
+    end of the test."""
+    running = []
+
+    def start(**limits: float) -> int:
+        server = DemoServer(0, engine, GREEDY, **limits)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server.server_address[1]
+
+    yield start
+    for server, thread in running:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    response = b""
+    while chunk := sock.recv(65536):
+        response += chunk
+    return response
+
+
+def test_web_drops_stalled_and_trickling_clients(local_server):
+    port = local_server(read_timeout=0.5, body_seconds=1.5)
+    body = json.dumps({"session": "stall"}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(_http(port, "POST", "/api/reset", body)[:-5])  # the headers and part of the body, then nothing
+        code, _, answer = _parse(_read_all(sock))
+    assert (
+        code == 408
+        and f"the request body stalled: {len(body) - 5} of {len(body)} bytes arrived" in json.loads(answer)["error"]
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"POST /api/reset HTTP/1.0\r\nHost: ")  # stalls inside the headers: dropped, no answer
+        assert _read_all(sock) == b""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(_http(port, "POST", "/api/reset", body)[: -len(body)])
+        for byte in body:  # one byte every 0.2 s: never silent for the read timeout, too slow for the body's time
+            if select.select([sock], [], [], 0.2)[0]:
+                break
+            sock.sendall(bytes([byte]))
+        code, _, answer = _parse(_read_all(sock))
+    assert code == 408 and "the request body stalled" in json.loads(answer)["error"]
+
+
+def test_web_bounds_its_threads_and_refuses_politely_when_full(local_server):
+    port = local_server(workers=2, read_timeout=20, queue_wait=0.5)
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(2)]
+    try:
+        for sock in stalled:
+            sock.sendall(b"GET /api/info HTTP/1.0\r\n")  # both workers now wait for the rest of the headers
+        code, headers, body = _exchange(port, _http(port, "GET", "/api/info"))
+        assert (code, headers["Retry-After"]) == (503, "5") and "busy" in json.loads(body)["error"]
+    finally:
+        for sock in stalled:
+            sock.close()
+    codes = [_exchange(port, _http(port, "GET", "/api/info"))[0] for _ in range(3)]
+    assert 200 in codes  # the workers came back once the stalled clients were gone
 
 
 def _chromium():
