@@ -37,6 +37,7 @@ from tqdm import tqdm
 from metalm.io import atomic_write_dir, atomic_write_text, read_jsonl
 from metalm.model import MetaLM, write_pretrained
 from train.config import LoopConfig
+from train.provenance import environment
 from train.throughput import batch_flops, batch_tokens, measure_peak_flops, mfu, mfu_warning
 
 log = logging.getLogger("metalm.train")
@@ -277,7 +278,8 @@ class TrainResult:
 
 
 def write_summary(out: str | Path, summary: dict) -> None:
-    """``out/summary.json``: what a run learned, written atomically."""
+    """``out/summary.json``: what a run learned and what produced it (``train.provenance``), written atomically."""
+    summary = {**summary, "environment": environment()}
     atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
 
