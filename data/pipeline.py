@@ -28,6 +28,10 @@ from data.reader import ReaderStats, iter_samples
 from metalm.loss import IGNORE_INDEX
 from metalm.semicausal import sample_spans, scaled_span_lengths
 
+# the sample kinds the text and the image-text stream build rows from; BatchStream skips and counts others
+TEXT_KINDS = ("text",)
+IMAGE_TEXT_KINDS = ("caption",)
+
 
 @dataclass
 class PipelineConfig:
@@ -200,6 +204,9 @@ class BatchStream(IterableDataset):
     """Semi-causal batches from text and image-text shards, built whole where the stream is iterated: in the
     training process, or in each DataLoader worker (``batch_size=None``: items come out already built).
 
+    Samples of another kind than the stream's (``TEXT_KINDS``, ``IMAGE_TEXT_KINDS``: a VQA shard given as
+    captions, say) are skipped and counted as ``wrong_kind``, naming the shard, like other unusable samples.
+
     Items are ``(batch, stats)``, ``stats`` holding the reader's counts (samples, skips by reason) since this
     worker's previous item: each worker process has its own ``ReaderStats``, so the counts travel with the batches
     and ``load_batches`` sums them in the training process. They cover exactly the batches delivered, not the ones
@@ -252,8 +259,8 @@ class BatchStream(IterableDataset):
         """The items of role ``role`` of ``roles``, from the first one a loader resumed at ``self.skip`` delivers."""
         stats = ReaderStats()
         kw = dict(self.reader, stats=stats, worker=role, workers=roles)
-        text = iter_samples(self.text_urls, **kw) if self.text_urls is not None else None
-        images = iter_samples(self.image_urls, **kw) if self.image_urls is not None else None
+        text = iter_samples(self.text_urls, **kw, kinds=TEXT_KINDS) if self.text_urls is not None else None
+        images = iter_samples(self.image_urls, **kw, kinds=IMAGE_TEXT_KINDS) if self.image_urls is not None else None
         cfg = replace(self.cfg, seed=span_seed(self.cfg.seed, role, roles))
         shipped = ReaderStats()
         for batch in batches(text, images, self.tokenizer, cfg, role_skip(self.skip, role, roles)):

@@ -24,7 +24,7 @@ import random
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,8 +167,10 @@ def _raw_samples(url: str, stats: ReaderStats) -> Iterator[tuple[str, dict[str, 
         yield key, members
 
 
-def _decode(key: str, members: dict[str, bytes], url: str, stats: ReaderStats) -> dict | None:
-    """The sample dict, or None after counting why it is unusable."""
+def _decode(
+    key: str, members: dict[str, bytes], url: str, stats: ReaderStats, kinds: Collection[str] | None
+) -> dict | None:
+    """The sample dict, or None after counting why it is unusable (a kind outside ``kinds``, when given, is)."""
     where = f"{url} key {key}"
     if "json" not in members:
         stats.skip("no_json", where)
@@ -183,6 +185,9 @@ def _decode(key: str, members: dict[str, bytes], url: str, stats: ReaderStats) -
     kind = meta.get("kind")
     if kind not in KINDS:
         stats.skip("unknown_kind", f"{where}: kind {kind!r}")
+        return None
+    if kinds is not None and kind not in kinds:
+        stats.skip("wrong_kind", f"{where}: a {kind} sample where {' or '.join(kinds)} samples are read")
         return None
     missing = [name for name in KINDS[kind] if name not in meta]
     if missing:
@@ -269,6 +274,7 @@ def iter_samples(
     stats: ReaderStats | None = None,
     worker: int | None = None,
     workers: int | None = None,
+    kinds: Collection[str] | None = None,
 ) -> Iterator[dict]:
     """Samples ``{"key", "kind", "image": RGB PIL image | None, **json fields, "source": shard url}`` (json fields
     named key, kind, image or source are shadowed by the reader's) of this rank's and DataLoader worker's share.
@@ -280,7 +286,8 @@ def iter_samples(
     ``resample=True`` makes passes forever, the epoch going up by one each pass. Fewer shards than ranks raises a
     ValueError for a single pass; with ``resample`` every rank reads all the shards and keeps every
     ``world_size``-th sample, so ranks still see disjoint data. Fewer shards than DataLoader workers splits samples
-    the same way. Skips are counted in ``stats`` (a damaged shard once per consumer that reads it).
+    the same way. Skips are counted in ``stats`` (a damaged shard once per consumer that reads it); with ``kinds``,
+    samples of any other kind are skipped as ``wrong_kind`` (e.g. a VQA shard given as pretraining's captions).
     """
     urls = expand_urls(urls)
     _check(urls, shuffle_buffer, epoch, resample, rank, world_size)
@@ -289,7 +296,7 @@ def iter_samples(
     if workers is not None and not 0 <= worker < workers:
         raise ValueError(f"worker = {worker}: expected 0 <= worker < workers = {workers}")
     share = (worker, workers) if workers is not None else None
-    return _stream(urls, shuffle_buffer, seed, epoch, resample, rank, world_size, stats or ReaderStats(), share)
+    return _stream(urls, shuffle_buffer, seed, epoch, resample, rank, world_size, stats or ReaderStats(), share, kinds)
 
 
 def _stream(
@@ -302,6 +309,7 @@ def _stream(
     world_size: int,
     stats: ReaderStats,
     share: tuple[int, int] | None,
+    kinds: Collection[str] | None,
 ) -> Iterator[dict]:
     worker, workers = share if share is not None else _worker()  # read where the stream is consumed
     while True:
@@ -312,7 +320,7 @@ def _stream(
             raw = _shuffled(raw, shuffle_buffer, random.Random(f"metalm/samples/{seed}/{epoch}/{rank}/{worker}"))
         yielded = 0
         for key, members, url in raw:
-            sample = _decode(key, members, url, stats)
+            sample = _decode(key, members, url, stats, kinds)
             if sample is not None:
                 stats.samples += 1
                 yielded += 1

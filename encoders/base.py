@@ -53,13 +53,13 @@ class Encoder(nn.Module):
         return {}
 
 
-_FREEZE = re.compile(r"^(none|all|all_but_last_(\d+))$")
+FREEZE_POLICY = re.compile(r"^(none|all|all_but_last_(\d+))$")
 
 
 def apply_freeze(encoder: Encoder, policy: str) -> None:
     """Set ``requires_grad`` by policy: ``none`` trains all, ``all`` freezes all, ``all_but_last_N`` trains the
     last N blocks and the modules after them (the paper trains the text encoder's last two layers)."""
-    match = _FREEZE.match(policy)
+    match = FREEZE_POLICY.match(policy)
     if match is None:
         raise ValueError(f"freeze policy {policy!r}: expected 'none', 'all' or 'all_but_last_N' (e.g. all_but_last_2)")
     if policy == "none":

@@ -20,7 +20,7 @@ from data.layout import IMAGE_OFFSET, DockLayout, image_dock, image_ids, image_t
 from data.pipeline import BatchStream, PipelineConfig, batches, document_tokens, load_batches, role_skip
 from data.prompts import EncodedSeg, ImageSeg, PromptEncoder
 from data.reader import ReaderStats, expand_urls, iter_samples
-from data.shards import write_coco_captions, write_text
+from data.shards import write_coco_captions, write_text, write_vqa
 from data.tokenizer import Tokenizer
 from metalm import MetaLM
 from metalm.loss import IGNORE_INDEX
@@ -287,6 +287,35 @@ def test_reader_skips_in_workers_reach_the_training_process(tokenizer, shards, t
         for _, delta in _take(BatchStream(urls, None, tokenizer, c).role_batches(role, roles), 4 // roles):
             want.add(delta)
     assert (stats.samples, stats.skipped) == (want.samples, want.skipped)
+
+
+def _vqa_shard(root: Path) -> str:
+    """A real VQA shard (data.shards.write_vqa) of three questions on one 8x8 image."""
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(root / "1.png")
+    questions = [{"image_id": 1, "question": f"What colour {i}?", "question_id": i} for i in range(3)]
+    answers = [{"answer": "red", "answer_id": 1}]
+    annotations = [{"question_id": i, "multiple_choice_answer": "red", "answers": answers} for i in range(3)]
+    (root / "q.json").write_text(json.dumps({"questions": questions}))
+    (root / "a.json").write_text(json.dumps({"annotations": annotations}))
+    return write_vqa(root / "q.json", root / "a.json", root, str(root / "vqa-%06d.tar"), image_pattern="{image_id}.png")
+
+
+def test_samples_of_the_wrong_kind_are_skipped_counted_and_named(tokenizer, shards, tmp_path):
+    """A VQA or text shard given as image-text shards, and a caption shard given as text shards, are skipped and
+    counted as ``wrong_kind`` naming the shard (they stopped training with a bare KeyError)."""
+    text, caps = shards
+    vqa = _vqa_shard(tmp_path).shards
+    stats = ReaderStats()
+    stream = BatchStream([caps[0], *text], [*vqa, text[0], *caps], tokenizer, cfg(), resample=True)
+    got = _take(load_batches(stream, 0, stats=stats), 3)
+    assert len(got) == 3 and stats.samples > 0
+    # the text stream reads the caption shard, the image-text stream the VQA shard and a text shard
+    assert stats.skipped["wrong_kind"] >= 3 + 10 + 4
+    assert set(stats.skipped) == {"wrong_kind"}
+    examples = "\n".join(stats.examples)
+    assert f"{vqa[0]} key" in examples and "a vqa sample where caption samples are read" in examples
+    assert f"{text[0]} key" in examples and "a text sample where caption samples are read" in examples
+    assert f"{caps[0]} key" in examples and "a caption sample where text samples are read" in examples
 
 
 _SIGNAL_SCRIPT = """

@@ -14,8 +14,11 @@ from synthetic import small_model, stream
 
 from data.batch import Batch
 from metalm import MetaLM
+from metalm.presets import get_preset
+from train.finetuning import FinetuneConfig, parse_finetune_config
+from train.instruction_tuning import InstructConfig, parse_instruct_config
 from train.loop import latest_checkpoint, lr_at, train
-from train.pretraining import PretrainConfig, parse_pretrain_config
+from train.pretraining import PretrainConfig, job_pipeline_config, parse_pretrain_config, pretrain
 from train.throughput import batch_flops, batch_tokens, mfu
 
 
@@ -153,7 +156,7 @@ def test_config_cli_yaml_and_errors(tmp_path, capsys):
         parse_pretrain_config(["--config", str(tmp_path / "bad.yaml")])
     with pytest.raises(ValueError, match="schedule = 'step'"):
         parse_pretrain_config(["--schedule", "step"])
-    with pytest.raises(ValueError, match="num_workers = -1: expected 0"):
+    with pytest.raises(ValueError, match="num_workers = -1: expected at least 0"):
         parse_pretrain_config(["--num_workers", "-1"])
     with pytest.raises(ValueError, match="prefetch_factor = 0: expected at least 1"):
         parse_pretrain_config(["--prefetch_factor", "0"])
@@ -173,6 +176,85 @@ def test_config_cli_yaml_and_errors(tmp_path, capsys):
         "--compile_backend",
     ):
         assert name in help_text
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("grad_clip", "-1", "grad_clip = -1.0: expected at least 0"),  # clipping to -1 flipped the gradient
+        ("eval_batches", "0", "eval_batches = 0: expected at least 1"),  # printed "validation loss 0.000"
+        ("ckpt_every", "0", "ckpt_every = 0: expected at least 1"),  # divided by zero after set-up
+        ("log_every", "0", "log_every = 0: expected at least 1"),
+        ("prefix_max", "-1", "prefix_max = -1.0: expected at least 0 and at most 1"),  # crashed in the pipeline
+        ("seq_len", "1", "seq_len = 1: expected at least 2"),
+        ("lr", "nan", "lr = nan: expected a finite number"),
+        ("beta2", "1", "beta2 = 1.0: expected at least 0 and below 1"),
+        ("span_max", "1", "span_max = 1: expected at least the minimum span length 8"),  # 64 scaled to 256/2048
+        ("model", "{n_layer: 2}", "model = {'n_layer': 2}: \\['n_layer'\\] are not decoder fields"),
+        ("preset", "huge", "preset = 'huge': expected one of tiny"),
+    ],
+)
+def test_a_bad_flag_is_refused_naming_the_field_the_value_and_what_is_allowed(flag, value, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        parse_pretrain_config([f"--{flag}", value])
+
+
+def test_every_job_config_checks_its_fields_built_directly_or_parsed(tmp_path):
+    """``Config(...).check()`` (as eval/report.py builds them) checks what the parser checks, for every job; a
+    job started on a bad config stops before any work (no world generated)."""
+    with pytest.raises(ValueError, match="grad_clip = -1: expected at least 0"):
+        PretrainConfig(grad_clip=-1).check()
+    with pytest.raises(ValueError, match="max_steps = 'ten': expected an integer"):
+        PretrainConfig(max_steps="ten").check()
+    with pytest.raises(ValueError, match="resume = 'no': expected true or false"):
+        PretrainConfig(resume="no").check()
+    with pytest.raises(ValueError, match="eval_batches = 0: expected at least 1"):
+        FinetuneConfig(eval_batches=0).check()
+    with pytest.raises(ValueError, match="eval_batches = 0: expected at least 1"):
+        parse_finetune_config(["--eval_batches", "0"])
+    with pytest.raises(ValueError, match="log_every = 0: expected at least 1"):
+        parse_instruct_config(["--log_every", "0"])  # a default of its own (eval_every) keeps the inherited range
+    with pytest.raises(ValueError, match="ckpt_every = 0: expected at least 1"):
+        InstructConfig(ckpt_every=0).check()
+    with pytest.raises(ValueError, match="encoder_freeze .*: vision's policy 'most': expected none, all"):
+        FinetuneConfig(encoder_freeze={"vision": "most"}).check()
+    with pytest.raises(ValueError, match="eval_batches = 0"):
+        pretrain(PretrainConfig(world=str(tmp_path / "world"), out=str(tmp_path / "run"), eval_batches=0))
+    assert not (tmp_path / "world").exists() and not (tmp_path / "run").exists()
+
+
+def test_yaml_values_follow_the_flags_rules_and_errors_name_the_file(tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text('resume: "no"\ncompile: "yes"\nmax_steps: "12"\nlr: 1\nencode_input: true\n')
+    cfg = parse_finetune_config(["--config", str(run)])
+    assert cfg.resume is False and cfg.compile is True and cfg.max_steps == 12  # "no" was read as true
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.encode_input == "true"
+    for text, message in [
+        ('max_steps: "ten"', "max_steps = 'ten': expected an integer"),
+        ("max_steps: 2.5", "max_steps = 2.5: expected an integer"),
+        ("resume: maybe", "resume = 'maybe': expected true or false"),
+        ("resume: 2", "resume = 2: expected true or false"),
+        ("out:", "out = None: expected a string"),
+        ("model: [1, 2]", "model = \\[1, 2\\]: expected a mapping"),
+        ("ckpt_every: 0", "ckpt_every = 0: expected at least 1"),  # a range error names the file too
+    ]:
+        (tmp_path / "bad.yaml").write_text(text + "\n")
+        with pytest.raises(ValueError, match=f"^{tmp_path / 'bad.yaml'}: {message}"):
+            parse_pretrain_config(["--config", str(tmp_path / "bad.yaml")])
+    # a flag given over the file's bad value: the flag's value is the one checked
+    assert parse_pretrain_config(["--config", str(tmp_path / "bad.yaml"), "--ckpt_every", "5"]).ckpt_every == 5
+
+
+def test_seq_len_too_short_for_an_image_row_is_named():
+    """An image-text row holds <image>, the image's vectors, </image> and a caption token: the tiny preset's 17
+    vectors need 20 tokens, and ``--seq_len 16`` docked the image past the row's end."""
+    torch.manual_seed(0)
+    tiny = MetaLM(get_preset("tiny", vocab_size=300))
+    with pytest.raises(ValueError, match="seq_len = 16: expected at least 20 for this model: .* 17 vectors"):
+        job_pipeline_config(PretrainConfig(seq_len=16), tiny)
+    assert job_pipeline_config(PretrainConfig(seq_len=20), tiny).seq_len == 20
+    text_only = MetaLM(get_preset("tiny-gpt", vocab_size=300))
+    assert job_pipeline_config(PretrainConfig(seq_len=2), text_only).seq_len == 2
 
 
 def _final_names(run) -> set[str]:

@@ -38,17 +38,12 @@ class InstructConfig(
         "read the user's words through the text encoder (auto: when the model has one)",
         choices=("auto", "true", "false"),
     )
-    seq_len: int = option(256, "tokens per training row")
+    seq_len: int = option(256, "tokens per training row", min=1)
     data: str = option("", "instruction jsonl to train on (default: the world's instructions_train.jsonl)")
     val_data: str = option("", "instruction jsonl to validate and evaluate on (default: the world's val file)")
     image_root: str = option("", "folder image paths are relative to (default: each file's folder)")
     heldout_tasks: str = option("yesno,count", "comma-separated task clusters never trained on (zero-shot tests)")
     pack: bool = option(True, "pack several short examples into each row of seq_len tokens")
-
-    def check(self) -> None:
-        super().check()
-        if self.seq_len < 1:
-            raise ValueError(f"seq_len = {self.seq_len}: expected at least 1")
 
 
 def parse_instruct_config(argv: list[str] | None = None, description: str = "") -> InstructConfig:

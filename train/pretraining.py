@@ -12,7 +12,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +23,22 @@ from data.batch import Batch
 from data.pipeline import BatchStream, PipelineConfig, batches, load_batches
 from data.prepare import pipeline_config, prepare_shards, prepare_tokenizer, prepare_world, scene_labels
 from data.reader import ReaderStats, expand_urls, iter_samples
-from data.tokenizer import Tokenizer
+from data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from data.world import SLOTS
 from eval.scene import caption_split
 from metalm import MetaLM
+from metalm.config import DecoderConfig
 from metalm.docking import docked_mask
 from metalm.io import read_json
 from metalm.loss import IGNORE_INDEX
-from metalm.presets import get_preset
+from metalm.presets import PRESETS, get_preset
 from metalm.semicausal import semicausal_labels
 from metalm.warmup import warm_up_on_labels
-from train.config import LoopConfig, option, parse_config
+from train.config import ConfigError, LoopConfig, option, parse_config
 from train.loop import Env, latest_checkpoint, setup_env, train, validation_loss, write_summary
 
 log = logging.getLogger("metalm.pretrain")
+MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # a trained tokenizer's specials and 256 bytes
 
 
 @dataclass
@@ -44,7 +46,9 @@ class PretrainConfig(LoopConfig):
     """Pretraining's model and data on top of the loop's settings."""
 
     # model
-    preset: str = option("tiny", "model preset (tiny, tiny-gpt: its decoder alone, language-xl, vl-medium)")
+    preset: str = option(
+        "tiny", "model preset (tiny, tiny-gpt: its decoder alone, language-xl, vl-medium)", choices=tuple(PRESETS)
+    )
     model: dict = option({}, "decoder field overrides for the preset, e.g. {n_layers: 6} (YAML or JSON)")
     init_from: str = option("", "start from this MetaLM checkpoint directory instead of random weights")
     # data
@@ -52,39 +56,57 @@ class PretrainConfig(LoopConfig):
     text_shards: str = option("", "text shards (brace pattern, glob or directory); default: built from the world")
     image_shards: str = option("", "image-text shards; default: built from the world")
     tokenizer: str = option("", "tokenizer directory (tokenizer.json); default: a BPE trained on the world's corpus")
-    vocab_size: int = option(2048, "vocabulary size when a tokenizer is trained")
-    seq_len: int = option(256, "tokens per training sequence")
-    batch_size: int = option(16, "sequences per micro-batch on each process")
-    text_weight: float = option(0.3, "share of each batch's rows drawn from text documents (the rest image-text)")
-    span_ratio: float = option(0.25, "share of text tokens sent through the text encoder as semi-causal spans")
-    span_min: int = option(0, "minimum span length (0: the paper's 64 scaled to seq_len/2048)")
-    span_max: int = option(0, "maximum span length (0: the paper's 128 scaled to seq_len/2048)")
-    prefix_max: float = option(0.5, "image-text: the encoded caption prefix is up to this share of the caption")
-    shuffle_buffer: int = option(512, "samples held in the shuffle buffer")
+    vocab_size: int = option(2048, "vocabulary size when a tokenizer is trained", min=MIN_VOCAB)
+    seq_len: int = option(
+        256,
+        "tokens per training sequence (with images: at least the image's vectors, its two markers and a caption "
+        "token; checked once the model is built)",
+        min=2,
+    )
+    batch_size: int = option(16, "sequences per micro-batch on each process", min=1)
+    text_weight: float = option(
+        0.3, "share of each batch's rows drawn from text documents (the rest image-text)", min=0, max=1
+    )
+    span_ratio: float = option(
+        0.25, "share of text tokens sent through the text encoder as semi-causal spans", min=0, max=1
+    )
+    span_min: int = option(0, "minimum span length (0: the paper's 64 scaled to seq_len/2048)", min=0)
+    span_max: int = option(0, "maximum span length (0: the paper's 128 scaled to seq_len/2048)", min=0)
+    prefix_max: float = option(
+        0.5, "image-text: the encoded caption prefix is up to this share of the caption", min=0, max=1
+    )
+    shuffle_buffer: int = option(512, "samples held in the shuffle buffer (0: file order)", min=0)
     num_workers: int = option(
         0,
         "DataLoader worker processes that read, decode, tokenize and collate training batches beside the training "
         "step (0: in the training process); the batch order depends on it, so resume with the same number",
+        min=0,
     )
-    prefetch_factor: int = option(2, "batches each DataLoader worker builds ahead (with --num_workers)")
+    prefetch_factor: int = option(2, "batches each DataLoader worker builds ahead (with --num_workers)", min=1)
     vision_warmup_steps: int = option(
         200,
         "supervised warm-up of the vision encoder on the world's scene labels "
         "(colour and shape per slot) before docking; the warmed-up encoder is then frozen "
         "(0: off, train it from scratch through the captions)",
+        min=0,
     )
     seed: int = option(0, "seed for weights, data order and spans")
-    eval_batches: int = option(8, "validation batches per evaluation")
+    eval_batches: int = option(8, "validation batches per evaluation", min=1)
 
     def check(self) -> None:
+        """The fields' own ranges, then that ``model`` names decoder fields and that the span lengths (given, or
+        scaled from seq_len) make a range."""
         super().check()
-        for name in ("seq_len", "batch_size", "prefetch_factor"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} = {getattr(self, name)}: expected at least 1")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers = {self.num_workers}: expected 0 (no workers) or more")
-        if not 0.0 <= self.text_weight <= 1.0:
-            raise ValueError(f"text_weight = {self.text_weight}: expected a share between 0 and 1")
+        unknown = sorted(set(self.model) - {f.name for f in fields(DecoderConfig)})
+        if unknown:
+            raise ConfigError("model", f"model = {self.model!r}: {unknown} are not decoder fields (see DecoderConfig)")
+        lo, hi = PipelineConfig(seq_len=self.seq_len, span_min=self.span_min, span_max=self.span_max).span_lengths()
+        if lo > hi:
+            raise ConfigError(
+                "span_max",
+                f"span_max = {self.span_max}: expected at least the minimum span length {lo} "
+                f"(span_min = {self.span_min}{', scaled from seq_len' if not self.span_min else ''})",
+            )
 
 
 def parse_pretrain_config(argv: list[str] | None = None, description: str = "") -> PretrainConfig:
@@ -113,7 +135,8 @@ def build_model(cfg: PretrainConfig, tokenizer: Tokenizer) -> MetaLM:
 
 
 def job_pipeline_config(cfg: PretrainConfig, model: MetaLM) -> PipelineConfig:
-    """The batch layout of this job's data for ``model``."""
+    """The batch layout of this job's data for ``model``, once ``seq_len`` is known to fit it (``check_seq_len``)."""
+    check_seq_len(cfg.seq_len, model)
     return pipeline_config(
         model,
         seq_len=cfg.seq_len,
@@ -125,6 +148,21 @@ def job_pipeline_config(cfg: PretrainConfig, model: MetaLM) -> PipelineConfig:
         prefix_max=cfg.prefix_max,
         seed=cfg.seed,
     )
+
+
+def check_seq_len(seq_len: int, model: MetaLM) -> None:
+    """Raise a ConfigError unless an image-text row of ``seq_len`` tokens holds ``<image>``, the vectors of one
+    image of ``model``'s vision encoder, ``</image>`` and a caption token: a shorter row docks the image past the
+    row's end, or keeps no caption to learn from."""
+    if "vision" not in model.encoders:
+        return
+    vectors = model.encoders["vision"].num_tokens
+    if seq_len < vectors + 3:
+        raise ConfigError(
+            "seq_len",
+            f"seq_len = {seq_len}: expected at least {vectors + 3} for this model: an image-text row holds "
+            f"<image>, the image's {vectors} vectors, </image> and at least one caption token",
+        )
 
 
 def warm_up_vision(model: MetaLM, world: Path, pcfg: PipelineConfig, steps: int, seed: int) -> dict[str, float]:
@@ -169,7 +207,9 @@ def unigram_loss(batch_iter: Iterator, n_batches: int, counts: Counter, vocab: i
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    """The whole pretraining job; returns (and writes to ``out/summary.json``) what the model learned."""
+    """The whole pretraining job; returns (and writes to ``out/summary.json``) what the model learned. The config
+    is checked first, so a bad value stops the job before any work."""
+    cfg.check()
     env = setup_env()
     logging.basicConfig(level=logging.INFO if env.main else logging.WARNING, format="%(message)s")
     world = on_main_first(env, prepare_world, cfg.world, cfg.seed)

@@ -9,8 +9,9 @@ import torch
 
 from data.prompts import PromptEncoder
 from data.tokenizer import Tokenizer
+from encoders.base import FREEZE_POLICY
 from metalm.model import MetaLM
-from train.config import LoopConfig, option
+from train.config import ConfigError, LoopConfig, option
 from train.loop import Env, TrainResult, setup_env
 
 
@@ -21,13 +22,15 @@ class TuneConfig(LoopConfig, defaults={"lr": 3e-4, "warmup_steps": 30}):
 
     init_from: str = option("", "the pretrained MetaLM checkpoint directory to start from (required)")
     world: str = option("data/world", "bundled world directory (world tasks and the default data)")
-    batch_size: int = option(16, "sequences per micro-batch on each process")
+    batch_size: int = option(16, "sequences per micro-batch on each process", min=1)
     freeze_decoder: bool = option(False, "train only encoders and connectors (the paper's MNLI recipe)")
     encoder_freeze: dict = option({}, "freeze policy per encoder, e.g. {text: none, vision: all}")
     seed: int = option(0, "seed for data order and dropout")
-    eval_batches: int = option(8, "validation batches per evaluation")
+    eval_batches: int = option(8, "validation batches per evaluation", min=1)
     eval_limit: int = option(
-        200, "examples the final evaluation scores (finetuning: in all, 0: all; instruction tuning: per task cluster)"
+        200,
+        "examples the final evaluation scores (finetuning: in all, 0: all; instruction tuning: per task cluster)",
+        min=0,
     )
     final_eval: bool = option(
         True,
@@ -36,9 +39,16 @@ class TuneConfig(LoopConfig, defaults={"lr": 3e-4, "warmup_steps": 30}):
     )
 
     def check(self) -> None:
+        """The fields' own ranges, then each encoder's freeze policy (the encoder names are checked against the
+        model once it is loaded)."""
         super().check()
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size = {self.batch_size}: expected at least 1")
+        for name, policy in self.encoder_freeze.items():
+            if not (isinstance(policy, str) and FREEZE_POLICY.match(policy)):
+                raise ConfigError(
+                    "encoder_freeze",
+                    f"encoder_freeze = {self.encoder_freeze!r}: {name}'s policy {policy!r}: expected none, all or "
+                    "all_but_last_N (e.g. all_but_last_2)",
+                )
 
 
 def configure_freeze(model: MetaLM, cfg: TuneConfig) -> None:
@@ -55,7 +65,9 @@ def configure_freeze(model: MetaLM, cfg: TuneConfig) -> None:
 
 def load_pretrained(cfg: TuneConfig, encode_flag: str, flag: str) -> tuple[Env, MetaLM, Tokenizer, PromptEncoder, bool]:
     """The process environment, the ``--init_from`` model (freeze policies applied) and tokenizer, its prompt
-    encoder, and whether prompts go through the text encoder (``encode_flag``: auto / true / false)."""
+    encoder, and whether prompts go through the text encoder (``encode_flag``: auto / true / false); the config is
+    checked first, so a bad value stops the job before any work."""
+    cfg.check()
     if not cfg.init_from:
         raise ValueError("this script starts from a pretrained checkpoint: give --init_from, e.g. runs/tiny/final")
     env = setup_env()
