@@ -4,7 +4,9 @@ Numbers are only comparable across papers when the scorer is the official one, q
 here follows a named reference implementation rather than the metric's textbook definition:
 
 - VQA accuracy follows the VQA evaluation code of Agrawal et al. (GT-Vision-Lab/VQA,
-  ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``, v2.0 release), also used for OK-VQA, VizWiz and TextVQA.
+  ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` as of commit 458a8b2, 2016-10-08: the code of the VQAv2
+  release and challenges, also used for OK-VQA), which normalises the prediction always and the human answers by
+  punctuation only (see ``vqa_accuracy``).
 - BLEU and CIDEr-D follow the MS-COCO caption evaluation of Chen et al. 2015 (tylin/coco-caption, packaged as
   ``pycocoevalcap``): ``bleu/bleu_scorer.py`` (David Chiang's BLEU, "closest" reference length, corpus level) and
   ``cider/cider_scorer.py`` (Vedantam et al. 2015, which with its clipping and length penalty is CIDEr-D).
@@ -191,10 +193,11 @@ VQA_PUNCTUATION = (
     "?",
     "!",
 )
-_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
+# The official code is Python 2 and compiles its patterns without re.UNICODE, so there \d is [0-9] only: re.ASCII.
+_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d", re.ASCII)
 # A period not followed by a digit. The official pattern "(?!<=\d)(\.)(?!\d)" opens with a mistyped look-behind
 # that is really a look-ahead for "<=" and always holds, so "3.5" keeps its period while "5." and "1.5." lose theirs.
-_PERIOD = re.compile(r"\.(?!\d)")
+_PERIOD = re.compile(r"\.(?!\d)", re.ASCII)
 # The official call passes re.UNICODE (= 32) where re.sub expects ``count``: at most 32 periods are removed.
 _PERIOD_MAX_REMOVALS = int(re.UNICODE)
 
@@ -221,7 +224,8 @@ def _process_digit_article(text: str) -> str:
 
 
 def normalize_vqa_answer(answer: str) -> str:
-    """The full official answer normalisation: newlines/tabs to spaces, strip, punctuation, digits and articles."""
+    """The official normalisation of a predicted answer: newlines/tabs to spaces, strip, punctuation, then
+    lowercase, number words to digits, articles dropped and contractions restored ("dont" -> "don't")."""
     return _process_digit_article(_process_punctuation(_clean_whitespace(answer)))
 
 
@@ -229,21 +233,33 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """Official VQA accuracy of one predicted answer against the human ``answers`` (10 in VQAv2 and OK-VQA).
 
     For each human answer, the other ``len(answers) - 1`` form a subset; the prediction scores
-    ``min(#matches in the subset / 3, 1)`` on it, and the accuracy is the mean over subsets. As in the official code,
-    punctuation/number/article normalisation is applied, to the prediction and the answers alike, only when the
-    (whitespace-stripped) human answers are not all identical; when they are, the comparison is on the stripped
-    strings as given, so case and punctuation count.
+    ``min(#matches in the subset / 3, 1)`` on it, and the accuracy is the mean over subsets. This matches
+    GT-Vision-Lab/VQA's ``vqaEval.py`` at 458a8b2 case for case, quirks included:
+
+    - the prediction is always normalised (``normalize_vqa_answer``);
+    - the human answers are never lowercased, stripped or number/article/contraction-normalised; only when they
+      are not all identical (compared as given) each gets the punctuation step. So "two" against ten "two" scores
+      0 (the prediction becomes "2"), "Yes" against ten "Yes" scores 0, and "two" against ten "2" scores 1: the
+      official tool relies on the annotations being written in normalised form, as VQAv2's are;
+    - punctuation: each listed mark is deleted where it touches a space in the input, or everywhere when the
+      input has a digit-comma-digit ("1,000" -> "1000"), else it becomes a space; periods not followed by a digit
+      are then deleted, at most 32 of them (``re.UNICODE`` passed as the count); ``\\d`` means [0-9] (Python 2);
+    - the contractions map keeps its unreachable capitalised keys and its "somebody'd" -> "somebodyd" entry;
+    - the subsets leave out one answer by position (the official code compares answer records, which differ by
+      ``answer_id``), so repeated answers are each left out once.
+
+    The repository's later commit a013f00 (2021-03-11, "Fixed processing answers bug") normalises both sides
+    fully, and only when the answers are not all identical; the two versions' scores differ on such cases.
     """
     if isinstance(answers, str) or len(answers) < 2:
         raise ValueError(
             f"vqa_accuracy needs a list of at least 2 human answers (10 in VQAv2), got {answers!r}; with one answer "
             "every leave-one-out subset is empty and the accuracy is always 0"
         )
-    truths = [_clean_whitespace(a) for a in answers]
-    pred = _clean_whitespace(prediction)
+    pred = normalize_vqa_answer(prediction)
+    truths = list(answers)
     if len(set(truths)) > 1:
-        truths = [_process_digit_article(_process_punctuation(a)) for a in truths]
-        pred = _process_digit_article(_process_punctuation(pred))
+        truths = [_process_punctuation(a) for a in truths]
     hits = [truth == pred for truth in truths]
     matches = sum(hits)
     # Leaving out a matching answer removes one match from the subset; leaving out any other keeps them all.
