@@ -316,15 +316,20 @@ _PTB_WORD_SPLITS = {
     "gimme": "gim me",
     "lemme": "lem me",
 }
-_PTB_WORD_SPLIT = re.compile(r"\b(" + "|".join(_PTB_WORD_SPLITS) + r")\b")
+# Not before a period and , ; or : ("cannot.," stays "cannot.", as below).
+_PTB_WORD_SPLIT = re.compile(r"\b(" + "|".join(_PTB_WORD_SPLITS) + r")\b(?!\.[,;:])")
 _CLITIC = re.compile(r"(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _ABBREVIATIONS = r"(?:mrs|mr|ms|dr|prof|jr|sr|st|mt|co|corp|inc|ltd|vs|etc|ave)\."
 _TOKEN = re.compile(
-    r"(?:[^\W\d_]\.){2,}"  # acronyms: u.s., p.m., i.d.
-    rf"|\b{_ABBREVIATIONS}"
+    r"n't|'(?:s|re|ve|ll|d|m)\b"  # clitics split off above
+    r"|(?:[a-z]\.){2,}(?![^\W\d_])"  # acronyms: u.s., p.m., i.d. (but u.s.x is one word)
+    r"|[a-z]\.(?![^\W\d_])"  # an initial: "a.", "j. smith", "x.5" -> "x. 5" (but a.b is one word)
+    rf"|\b{_ABBREVIATIONS}(?!\w)"
+    r"|\bnos?\.(?=\s*\d)"  # "no. 5", "no.1"
     r"|\d+(?:[.,:/]\d+)+"  # 3.5, 1,000, 10:30, 1/2
+    r"|\w+(?:[-&.]\w+|'[^\W\d_]+)*\.(?=[,;:])"  # a period before , ; or : stays: "blue.," -> "blue." (not "a/c.,")
     r"|\w+(?:[-&/.]\w+|'[^\W\d_]+)*"  # black-and-white, and/or, o'clock, cows.it
-    r"|n't|'(?:s|re|ve|ll|d|m)\b|\.\.\.|--|[!?]+|\S"
+    r"|\.\.\.|--|[!?]+|\S"
 )
 
 
@@ -336,9 +341,12 @@ def tokenize_caption(caption: str) -> str:
     ("don't" -> "do n't", "man's" -> "man 's", "cannot" -> "can not"); hyphenated and slashed words, numbers
     ("3.5", "1,000", "10:30"), acronyms ("u.s.", "p.m.") and common abbreviations ("mr.", "st.") stay whole;
     brackets become ``-lrb-``/``-rsb-``-style tokens, which coco keeps (its list has only upper-case escapes);
-    quotes and the listed punctuation are dropped. Known differences from the Java tokenizer: its long
-    abbreviation list ("no." before a number), "y'all"/"'twas"/"'90s" splitting, "@handles" and emoticons.
-    On ordinary COCO captions the two agree (tests/test_metrics.py checks this against the Java tokenizer).
+    quotes and the listed punctuation are dropped. As in Java, a period stays on a single letter ("a.", "j.") and
+    on a word followed by , ; or : ("blue.," -> "blue."), and "no." before a number is a token. Known differences
+    from the Java tokenizer: the rest of its abbreviation list, "y'all"/"'twas"/"'90s" splitting, "@handles",
+    emoticons, and marks glued between other marks and characters with no space (",3", "d?x", ";(").
+    On words with punctuation attached at either end the two agree (tests/test_metrics.py checks this against
+    the Java tokenizer on fixed and random captions).
     """
     text = caption.replace("\n", " ").lower().translate(_QUOTES)
     text = _PTB_WORD_SPLIT.sub(lambda m: _PTB_WORD_SPLITS[m.group(1)], text)

@@ -266,6 +266,10 @@ def test_vqa_score_rejects_mismatched_ids_and_missing_types():
         ("Is this a cake?!", "is this a cake ?!"),
         ("a kitchen w/ a/c", "a kitchen w / a/c"),
         ("two\nlines", "two lines"),
+        ("I saw a. B. King", "i saw a. b. king"),  # a period stays on a single letter
+        ("blue., red; x.5", "blue. red x. 5"),  # and on a word before , ; or :
+        ("cannot., a/c., mr.smith", "cannot. a/c mr.smith"),
+        ("No. 5 and no.1, not no. dog", "no. 5 and no. 1 not no dog"),
     ],
 )
 def test_tokenize_caption_examples(raw, expected):
@@ -338,15 +342,40 @@ PTB_CAPTIONS = [
     "the boy's toys' boxes",
     "Two-and-a-half men",
     "6ft. tall",
+    "I saw a. B. King",
+    "It is blue., red; and green.: ok",
+    "A T-shirt., a/c., Mr.Smith",
+    "No. 5 and no.1, not no. dog",
+    "It cannot., I. M. Pei's x.5 u.s.x",
 ]
+
+
+_CASED_WORDS = [
+    "A", "dog", "Man", "man's", "isn't", "T-shirt", "3.5", "1,000", "2", "U.S.", "St.", "o'clock", "kids'", "NYC",
+    "e-mail", "x", "I", "cannot", "10:30", "a/c", "Frisbee", "We'll", "won't", "black-and-white", "50%", "$5", "&",
+]  # fmt: skip
+_BEFORE = ["", "", "", "(", '"', "'", "[", "--"]
+_AFTER = ["", "", "", ".", ",", ";", ":", "!", "?", ")", '"', "'", "...", ".,", "!!", "?!", "-", "]"]
+
+
+def _cased_caption(rng: random.Random) -> str:
+    """A caption of cased words with punctuation attached at either end, as people write them."""
+    n = rng.randint(1, 10)
+    return " ".join(rng.choice(_BEFORE) + rng.choice(_CASED_WORDS) + rng.choice(_AFTER) for _ in range(n))
+
+
+def _java_tokenize(captions: dict) -> dict:
+    ptb = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    return ptb.PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="coco-caption's PTBTokenizer needs Java")
 def test_tokenize_caption_matches_java_ptb_tokenizer():
-    ptb = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
-    gold = ptb.PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(PTB_CAPTIONS)})
+    rng = random.Random(0)
+    captions = PTB_CAPTIONS + [_cased_caption(rng) for _ in range(1000)]
+    gold = _java_tokenize({i: [c] for i, c in enumerate(captions)})
     mismatches = [
-        (c, gold[i][0], tokenize_caption(c)) for i, c in enumerate(PTB_CAPTIONS) if gold[i][0] != tokenize_caption(c)
+        (c, gold[i][0], tokenize_caption(c)) for i, c in enumerate(captions) if gold[i][0] != tokenize_caption(c)
     ]
     assert not mismatches
 
@@ -462,6 +491,54 @@ def test_bleu_and_cider_match_pycocoevalcap(seed):
     assert cider_d(predictions, references, tokenize=False) == pytest.approx(coco_cider, rel=1e-9, abs=1e-12)
     per_image = cider_d_scores(predictions, references, tokenize=False)
     assert list(per_image.values()) == pytest.approx(list(coco_cider_per_image), rel=1e-9, abs=1e-12)
+
+
+def _cased_caption_set(rng: random.Random) -> tuple[dict[int, str], dict[int, list[str]]]:
+    n_images = rng.randint(2, 12)
+    predictions = {i: _cased_caption(rng) for i in range(n_images)}
+    references = {i: [_cased_caption(rng) for _ in range(rng.randint(1, 5))] for i in range(n_images)}
+    return predictions, references
+
+
+def _coco_scores(predictions: dict, references: dict) -> tuple[list[float], float, list[float]]:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    res = {k: [v] for k, v in predictions.items()}
+    coco_bleu, _ = Bleu(4).compute_score(references, res, verbose=0)
+    coco_cider, per_image = Cider().compute_score(references, res)
+    return coco_bleu, coco_cider, list(per_image)
+
+
+def _assert_ours_match(predictions: dict, references: dict, coco: tuple[list[float], float, list[float]]) -> None:
+    coco_bleu, coco_cider, coco_per_image = coco
+    ours = bleu(predictions, references)
+    assert [ours[f"bleu_{k}"] for k in range(1, 5)] == pytest.approx(coco_bleu, rel=1e-9, abs=1e-12)
+    assert cider_d(predictions, references) == pytest.approx(coco_cider, rel=1e-9, abs=1e-12)
+    per_image = list(cider_d_scores(predictions, references).values())
+    assert per_image == pytest.approx(coco_per_image, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_bleu_and_cider_on_cased_punctuated_captions_match_coco_scorers(seed):
+    # Without Java: coco's scorers on our tokenizer's output, against ours on the raw captions.
+    pytest.importorskip("pycocoevalcap")
+    predictions, references = _cased_caption_set(random.Random(seed))
+    tokenized_refs = {k: [tokenize_caption(r) for r in v] for k, v in references.items()}
+    coco = _coco_scores({k: tokenize_caption(v) for k, v in predictions.items()}, tokenized_refs)
+    _assert_ours_match(predictions, references, coco)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="coco-caption's PTBTokenizer needs Java")
+@pytest.mark.parametrize("seed", range(4))
+def test_bleu_and_cider_on_cased_punctuated_captions_match_coco_pipeline(seed):
+    # coco-caption's own pipeline: the Java PTBTokenizer, then Bleu(4) and Cider, on the raw captions.
+    predictions, references = _cased_caption_set(random.Random(100 + seed))
+    gold = _java_tokenize(
+        {**{("ref", k): v for k, v in references.items()}, **{("hyp", k): [v] for k, v in predictions.items()}}
+    )
+    coco = _coco_scores({k: gold["hyp", k][0] for k in predictions}, {k: gold["ref", k] for k in references})
+    _assert_ours_match(predictions, references, coco)
 
 
 # --------------------------------------------------------------------------------------------------------------
