@@ -107,33 +107,14 @@ def test_vqa_accuracy_official_cases(prediction, answers, expected):
 
 # An independent transcription of GT-Vision-Lab/VQA vqaEval.py (commit 458a8b2): the module's tables are data and
 # shared, the logic is rewritten here statement by statement, without the module's helpers or closed form.
-_OFFICIAL_PUNCT = [
-    ";",
-    "/",
-    "[",
-    "]",
-    '"',
-    "{",
-    "}",
-    "(",
-    ")",
-    "=",
-    "+",
-    "\\",
-    "_",
-    "-",
-    ">",
-    "<",
-    "@",
-    "`",
-    ",",
-    "?",
-    "!",
-]
-_OFFICIAL_NUMBERS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
-}  # fmt: skip
+_OFFICIAL_PUNCT = r"""; / [ ] " { } ( ) = + \ _ - > < @ ` , ? !""".split()
+_OFFICIAL_NUMBERS = dict(
+    zip(
+        "none zero one two three four five six seven eight nine ten".split(),
+        "0 0 1 2 3 4 5 6 7 8 9 10".split(),
+        strict=True,
+    )
+)
 _ASCII_DIGITS = "0123456789"
 
 
@@ -182,11 +163,8 @@ def _official_vqa(prediction: str, answers: list[str]) -> float:
     return sum(accs) / len(accs)
 
 
-_VQA_PIECES = [
-    "two", "Two", "2", "none", "0", "ten", "a", "an", "the", "The", "dog", "Dog", "dont", "don't", "Im", "yes",
-    "Yes", "3.5", "1,000", "1000", "5.", ".", "..", ",", "-", "/", "?", "!", "(", ")", "'", ":", "\n", "\t", " ",
-    "  ", "\u0663",
-]  # fmt: skip
+_VQA_WORDS = "two Two 2 none 0 ten a an the The dog Dog dont don't Im yes Yes 3.5 1,000 1000 5. . .. , - / ? ! ( ) ' :"
+_VQA_PIECES = [*_VQA_WORDS.split(), "\n", "\t", " ", "  ", "\u0663"]
 _vqa_text = st.one_of(
     st.lists(st.sampled_from(_VQA_PIECES), max_size=6).map("".join),
     st.lists(st.sampled_from(_VQA_PIECES), max_size=4).map(" ".join),
@@ -350,10 +328,10 @@ PTB_CAPTIONS = [
 ]
 
 
-_CASED_WORDS = [
-    "A", "dog", "Man", "man's", "isn't", "T-shirt", "3.5", "1,000", "2", "U.S.", "St.", "o'clock", "kids'", "NYC",
-    "e-mail", "x", "I", "cannot", "10:30", "a/c", "Frisbee", "We'll", "won't", "black-and-white", "50%", "$5", "&",
-]  # fmt: skip
+_CASED_WORDS = (
+    "A dog Man man's isn't T-shirt 3.5 1,000 2 U.S. St. o'clock kids' NYC e-mail x I cannot 10:30 a/c Frisbee "
+    "We'll won't black-and-white 50% $5 &"
+).split()
 _BEFORE = ["", "", "", "(", '"', "'", "[", "--"]
 _AFTER = ["", "", "", ".", ",", ";", ":", "!", "?", ")", '"', "'", "...", ".,", "!!", "?!", "-", "]"]
 
