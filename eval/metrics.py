@@ -4,9 +4,8 @@ Numbers are only comparable across papers when the scorer is the official one, q
 here follows a named reference implementation rather than the metric's textbook definition:
 
 - VQA accuracy follows the VQA evaluation code of Agrawal et al. (GT-Vision-Lab/VQA,
-  ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` as of commit 458a8b2, 2016-10-08: the code of the VQAv2
-  release and challenges, also used for OK-VQA), which normalises the prediction always and the human answers by
-  punctuation only (see ``vqa_accuracy``).
+  ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` at its current commit a013f00, 2021-03-11), also used for
+  OK-VQA: both sides are normalised only when the human answers differ (see ``vqa_accuracy``).
 - BLEU and CIDEr-D follow the MS-COCO caption evaluation of Chen et al. 2015 (tylin/coco-caption, packaged as
   ``pycocoevalcap``): ``bleu/bleu_scorer.py`` (David Chiang's BLEU, "closest" reference length, corpus level) and
   ``cider/cider_scorer.py`` (Vedantam et al. 2015, which with its clipping and length penalty is CIDEr-D).
@@ -224,8 +223,9 @@ def _process_digit_article(text: str) -> str:
 
 
 def normalize_vqa_answer(answer: str) -> str:
-    """The official normalisation of a predicted answer: newlines/tabs to spaces, strip, punctuation, then
-    lowercase, number words to digits, articles dropped and contractions restored ("dont" -> "don't")."""
+    """The official full normalisation (what vqaEval.py applies to both sides when the human answers differ):
+    newlines/tabs to spaces, strip, punctuation, then lowercase, number words to digits, articles dropped and
+    contractions restored ("dont" -> "don't")."""
     return _process_digit_article(_process_punctuation(_clean_whitespace(answer)))
 
 
@@ -234,32 +234,38 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
     For each human answer, the other ``len(answers) - 1`` form a subset; the prediction scores
     ``min(#matches in the subset / 3, 1)`` on it, and the accuracy is the mean over subsets. This matches
-    GT-Vision-Lab/VQA's ``vqaEval.py`` at 458a8b2 case for case, quirks included:
+    GT-Vision-Lab/VQA's ``vqaEval.py`` at its current commit a013f00 (2021-03-11) case for case, quirks included:
 
-    - the prediction is always normalised (``normalize_vqa_answer``);
-    - the human answers are never lowercased, stripped or number/article/contraction-normalised; only when they
-      are not all identical (compared as given) each gets the punctuation step. So "two" against ten "two" scores
-      0 (the prediction becomes "2"), "Yes" against ten "Yes" scores 0, and "two" against ten "2" scores 1: the
-      official tool relies on the annotations being written in normalised form, as VQAv2's are;
-    - punctuation: each listed mark is deleted where it touches a space in the input, or everywhere when the
-      input has a digit-comma-digit ("1,000" -> "1000"), else it becomes a space; periods not followed by a digit
-      are then deleted, at most 32 of them (``re.UNICODE`` passed as the count); ``\\d`` means [0-9] (Python 2);
-    - the contractions map keeps its unreachable capitalised keys and its "somebody'd" -> "somebodyd" entry;
+    - newlines and tabs become spaces and both sides are stripped; then, only when the human answers are not all
+      identical, the prediction and every answer are normalised (``normalize_vqa_answer``). When they are all
+      identical nothing else is normalised and the match is exact: "two" against ten "2" scores 0, "Yes" against
+      ten "yes" scores 0, while "two" against nine "2" and one "3" scores 1;
+    - punctuation: each listed mark is deleted where it touches a space in the input (not the partly processed
+      text), or everywhere when the input has a digit-comma-digit ("1,000" -> "1000"), else it becomes a space;
+      periods not followed by a digit are then deleted ("3.5" keeps its period: the pattern's mistyped
+      look-behind ``(?!<=\\d)`` always holds), at most 32 of them (``re.UNICODE`` passed as the count); ``\\d``
+      means [0-9] only, as in the tool's Python 2 patterns;
+    - number words "none" and "zero" to ten become digits before articles are dropped; the contractions map keeps
+      its unreachable capitalised keys ("Im") and its "somebody'd" -> "somebodyd" entry;
     - the subsets leave out one answer by position (the official code compares answer records, which differ by
       ``answer_id``), so repeated answers are each left out once.
 
-    The repository's later commit a013f00 (2021-03-11, "Fixed processing answers bug") normalises both sides
-    fully, and only when the answers are not all identical; the two versions' scores differ on such cases.
+    The tool's 2016 version (commit 458a8b2) scored differently: it always normalised the prediction and gave the
+    human answers the punctuation step only, and only when they differed, so there "two" against ten "2" scores 1,
+    "two" against ten "two" scores 0 and "dont know" against ten "don't know" scores 1 (here 0, 1 and 0). The
+    examples of issue 11 describe that old version. Not reproduced: Python 2's older Unicode tables in
+    ``lower``/``split``/``strip`` on rare characters (U+0130 lowercased, U+180E as a space).
     """
     if isinstance(answers, str) or len(answers) < 2:
         raise ValueError(
             f"vqa_accuracy needs a list of at least 2 human answers (10 in VQAv2), got {answers!r}; with one answer "
             "every leave-one-out subset is empty and the accuracy is always 0"
         )
-    pred = normalize_vqa_answer(prediction)
-    truths = list(answers)
+    truths = [_clean_whitespace(a) for a in answers]
+    pred = _clean_whitespace(prediction)
     if len(set(truths)) > 1:
-        truths = [_process_punctuation(a) for a in truths]
+        truths = [_process_digit_article(_process_punctuation(a)) for a in truths]
+        pred = _process_digit_article(_process_punctuation(pred))
     hits = [truth == pred for truth in truths]
     matches = sum(hits)
     # Leaving out a matching answer removes one match from the subset; leaving out any other keeps them all.
