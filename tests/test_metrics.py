@@ -73,30 +73,40 @@ def test_vqa_accuracy_leave_one_out_values(matches, expected):
 
 
 @pytest.mark.parametrize(
+    ("prediction", "answer", "expected"),
+    [
+        # The cases, as vqaEval.py at a013f00 scores them.
+        ("two", "2", 0.0),
+        ("two", "two", 1.0),
+        ("dont know", "don't know", 0.0),
+        ("don't know", "dont know", 0.0),
+        ("Yes", "yes", 0.0),
+        ("yes!", "yes", 0.0),
+        ("yes", "yes!", 0.0),
+        ("1,000", "1,000", 1.0),
+        ("1000", "1,000", 0.0),
+        ("3.5.", "3.5", 0.0),
+    ],
+)
+def test_vqa_accuracy_ten_identical_answers_are_matched_exactly(prediction, answer, expected):
+    assert vqa_accuracy(prediction, [answer] * 10) == expected
+
+
+@pytest.mark.parametrize(
     ("prediction", "answers", "expected"),
     [
-        # The cases, as vqaEval.py at a013f00 scores them: ten identical answers are not normalised.
-        ("two", ["2"] * 10, 0.0),
-        ("two", ["two"] * 10, 1.0),
-        ("dont know", ["don't know"] * 10, 0.0),
-        ("don't know", ["dont know"] * 10, 0.0),
-        ("Yes", ["yes"] * 10, 0.0),
-        ("yes!", ["yes"] * 10, 0.0),
-        ("yes", ["yes!"] * 10, 0.0),
-        ("1,000", ["1,000"] * 10, 1.0),
-        ("1000", ["1,000"] * 10, 0.0),
-        ("3.5.", ["3.5"] * 10, 0.0),
-        # Whitespace is cleaned on both sides always, before the identity test.
-        (" yes\n", ["yes"] * 10, 1.0),
-        ("yes", ["yes "] * 10, 1.0),
-        ("yes", ["yes\t"] * 9 + ["yes"], 1.0),
-        # Answers that differ: both sides get punctuation, lowercase, numbers, articles and contractions.
+        # Answers that differ (after whitespace cleaning): both sides get punctuation, lowercase, numbers, articles
+        # and contractions.
         ("two", ["2"] * 9 + ["3"], 1.0),
         ("2", ["two"] * 9 + ["3"], 1.0),
         ("two", ["two"] * 5 + ["2"] * 5, 1.0),
         ("dont know", ["don't know"] * 9 + ["no"], 1.0),
         ("Yes", ["yes"] * 9 + ["no"], 1.0),
         ("yes", ["Yes"] * 9 + ["yes"], 1.0),
+        # Whitespace is cleaned on both sides always, before the answers are compared with each other.
+        (" yes\n", ["yes"] * 10, 1.0),
+        ("yes", ["yes\t"] * 9 + ["yes "], 1.0),
+        ("Yes", ["yes\t"] * 9 + ["yes "], 0.0),  # identical once cleaned: not normalised
         ("a dog", ["a dog"] * 9 + ["dog"], 1.0),
         ("the dog.", ["dog."] * 2 + ["cat"] * 8, 0.6),
         ("yes", ["yes!"] * 9 + ["no"], 1.0),
