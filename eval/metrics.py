@@ -4,7 +4,8 @@ Numbers are only comparable across papers when the scorer is the official one, q
 here follows a named reference implementation rather than the metric's textbook definition:
 
 - VQA accuracy follows the VQA evaluation code of Agrawal et al. (GT-Vision-Lab/VQA,
-  ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``, v2.0 release), also used for OK-VQA, VizWiz and TextVQA.
+  ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` at its current commit a013f00, 2021-03-11), also used for
+  OK-VQA: both sides are normalised only when the human answers differ (see ``vqa_accuracy``).
 - BLEU and CIDEr-D follow the MS-COCO caption evaluation of Chen et al. 2015 (tylin/coco-caption, packaged as
   ``pycocoevalcap``): ``bleu/bleu_scorer.py`` (David Chiang's BLEU, "closest" reference length, corpus level) and
   ``cider/cider_scorer.py`` (Vedantam et al. 2015, which with its clipping and length penalty is CIDEr-D).
@@ -191,10 +192,11 @@ VQA_PUNCTUATION = (
     "?",
     "!",
 )
-_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
+# The official code is Python 2 and compiles its patterns without re.UNICODE, so there \d is [0-9] only: re.ASCII.
+_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d", re.ASCII)
 # A period not followed by a digit. The official pattern "(?!<=\d)(\.)(?!\d)" opens with a mistyped look-behind
 # that is really a look-ahead for "<=" and always holds, so "3.5" keeps its period while "5." and "1.5." lose theirs.
-_PERIOD = re.compile(r"\.(?!\d)")
+_PERIOD = re.compile(r"\.(?!\d)", re.ASCII)
 # The official call passes re.UNICODE (= 32) where re.sub expects ``count``: at most 32 periods are removed.
 _PERIOD_MAX_REMOVALS = int(re.UNICODE)
 
@@ -221,7 +223,9 @@ def _process_digit_article(text: str) -> str:
 
 
 def normalize_vqa_answer(answer: str) -> str:
-    """The full official answer normalisation: newlines/tabs to spaces, strip, punctuation, digits and articles."""
+    """The official full normalisation (what vqaEval.py applies to both sides when the human answers differ):
+    newlines/tabs to spaces, strip, punctuation, then lowercase, number words to digits, articles dropped and
+    contractions restored ("dont" -> "don't")."""
     return _process_digit_article(_process_punctuation(_clean_whitespace(answer)))
 
 
@@ -229,10 +233,28 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """Official VQA accuracy of one predicted answer against the human ``answers`` (10 in VQAv2 and OK-VQA).
 
     For each human answer, the other ``len(answers) - 1`` form a subset; the prediction scores
-    ``min(#matches in the subset / 3, 1)`` on it, and the accuracy is the mean over subsets. As in the official code,
-    punctuation/number/article normalisation is applied, to the prediction and the answers alike, only when the
-    (whitespace-stripped) human answers are not all identical; when they are, the comparison is on the stripped
-    strings as given, so case and punctuation count.
+    ``min(#matches in the subset / 3, 1)`` on it, and the accuracy is the mean over subsets. This matches
+    GT-Vision-Lab/VQA's ``vqaEval.py`` at its current commit a013f00 (2021-03-11) case for case, quirks included:
+
+    - newlines and tabs become spaces and both sides are stripped; then, only when the human answers are not all
+      identical, the prediction and every answer are normalised (``normalize_vqa_answer``). When they are all
+      identical nothing else is normalised and the match is exact: "two" against ten "2" scores 0, "Yes" against
+      ten "yes" scores 0, while "two" against nine "2" and one "3" scores 1;
+    - punctuation: each listed mark is deleted where it touches a space in the input (not the partly processed
+      text), or everywhere when the input has a digit-comma-digit ("1,000" -> "1000"), else it becomes a space;
+      periods not followed by a digit are then deleted ("3.5" keeps its period: the pattern's mistyped
+      look-behind ``(?!<=\\d)`` always holds), at most 32 of them (``re.UNICODE`` passed as the count); ``\\d``
+      means [0-9] only, as in the tool's Python 2 patterns;
+    - number words "none" and "zero" to ten become digits before articles are dropped; the contractions map keeps
+      its unreachable capitalised keys ("Im") and its "somebody'd" -> "somebodyd" entry;
+    - the subsets leave out one answer by position (the official code compares answer records, which differ by
+      ``answer_id``), so repeated answers are each left out once.
+
+    The tool's 2016 version (commit 458a8b2) scored differently: it always normalised the prediction and gave the
+    human answers the punctuation step only, and only when they differed, so there "two" against ten "2" scores 1,
+    "two" against ten "two" scores 0 and "dont know" against ten "don't know" scores 1 (here 0, 1 and 0). The
+    examples of issue 11 describe that old version. Not reproduced: Python 2's older Unicode tables in
+    ``lower``/``split``/``strip`` on rare characters (U+0130 lowercased, U+180E as a space).
     """
     if isinstance(answers, str) or len(answers) < 2:
         raise ValueError(
@@ -300,15 +322,20 @@ _PTB_WORD_SPLITS = {
     "gimme": "gim me",
     "lemme": "lem me",
 }
-_PTB_WORD_SPLIT = re.compile(r"\b(" + "|".join(_PTB_WORD_SPLITS) + r")\b")
+# Not before a period and , ; or : ("cannot.," stays "cannot.", as below).
+_PTB_WORD_SPLIT = re.compile(r"\b(" + "|".join(_PTB_WORD_SPLITS) + r")\b(?!\.[,;:])")
 _CLITIC = re.compile(r"(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _ABBREVIATIONS = r"(?:mrs|mr|ms|dr|prof|jr|sr|st|mt|co|corp|inc|ltd|vs|etc|ave)\."
 _TOKEN = re.compile(
-    r"(?:[^\W\d_]\.){2,}"  # acronyms: u.s., p.m., i.d.
-    rf"|\b{_ABBREVIATIONS}"
+    r"n't|'(?:s|re|ve|ll|d|m)\b"  # clitics split off above
+    r"|(?:[a-z]\.){2,}(?![^\W\d_])"  # acronyms: u.s., p.m., i.d. (but u.s.x is one word)
+    r"|[a-z]\.(?![^\W\d_])"  # an initial: "a.", "j. smith", "x.5" -> "x. 5" (but a.b is one word)
+    rf"|\b{_ABBREVIATIONS}(?!\w)"
+    r"|\bnos?\.(?=\s*\d)"  # "no. 5", "no.1"
     r"|\d+(?:[.,:/]\d+)+"  # 3.5, 1,000, 10:30, 1/2
+    r"|\w+(?:[-&.]\w+|'[^\W\d_]+)*\.(?=[,;:])"  # a period before , ; or : stays: "blue.," -> "blue." (not "a/c.,")
     r"|\w+(?:[-&/.]\w+|'[^\W\d_]+)*"  # black-and-white, and/or, o'clock, cows.it
-    r"|n't|'(?:s|re|ve|ll|d|m)\b|\.\.\.|--|[!?]+|\S"
+    r"|\.\.\.|--|[!?]+|\S"
 )
 
 
@@ -320,9 +347,12 @@ def tokenize_caption(caption: str) -> str:
     ("don't" -> "do n't", "man's" -> "man 's", "cannot" -> "can not"); hyphenated and slashed words, numbers
     ("3.5", "1,000", "10:30"), acronyms ("u.s.", "p.m.") and common abbreviations ("mr.", "st.") stay whole;
     brackets become ``-lrb-``/``-rsb-``-style tokens, which coco keeps (its list has only upper-case escapes);
-    quotes and the listed punctuation are dropped. Known differences from the Java tokenizer: its long
-    abbreviation list ("no." before a number), "y'all"/"'twas"/"'90s" splitting, "@handles" and emoticons.
-    On ordinary COCO captions the two agree (tests/test_metrics.py checks this against the Java tokenizer).
+    quotes and the listed punctuation are dropped. As in Java, a period stays on a single letter ("a.", "j.") and
+    on a word followed by , ; or : ("blue.," -> "blue."), and "no." before a number is a token. Known differences
+    from the Java tokenizer: the rest of its abbreviation list, "y'all"/"'twas"/"'90s" splitting, "@handles",
+    emoticons, and marks glued between other marks and characters with no space (",3", "d?x", ";(").
+    On words with punctuation attached at either end the two agree (tests/test_metrics.py checks this against
+    the Java tokenizer on fixed and random captions).
     """
     text = caption.replace("\n", " ").lower().translate(_QUOTES)
     text = _PTB_WORD_SPLIT.sub(lambda m: _PTB_WORD_SPLITS[m.group(1)], text)
