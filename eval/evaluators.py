@@ -81,7 +81,10 @@ def _evaluate_vqa(task, data, settings, demos, scorer, benchmark) -> dict:
         "n": len(examples),
         "template": f"<image> {QA_TEMPLATE} [answer]",
         "decoding": decode.to_dict(),
-        "answer_normalisation": "official VQA evaluation (punctuation, digits, articles, contractions)",
+        "answer_normalisation": (
+            "official VQA evaluation (vqaEval.py at a013f00): when the human answers differ, both sides normalised "
+            "(punctuation, digits, articles, contractions); when they agree, exact match"
+        ),
         "data": data.report.to_dict(),
         "skipped": dict(data.report.skipped),
     }

@@ -1,7 +1,8 @@
 """Open-ended visual question answering: VQAv2 and OK-VQA from their published questions and annotations json
 (the bundled world's VQA files use the same format), answered by generation and scored with the official VQA
-accuracy (answers normalised as the official evaluation does; min(#humans that gave the answer / 3, 1) averaged
-over the 10 leave-one-out subsets of the human answers).
+accuracy of the current official evaluation (when the human answers differ, both sides normalised as it does,
+otherwise matched exactly; min(#humans that gave the answer / 3, 1) averaged over the 10 leave-one-out subsets of
+the human answers; see eval/metrics.py).
 
     python eval/vqa.py --checkpoint runs/tiny/final --questions v2_OpenEnded_mscoco_val2014_questions.json \\
         --annotations v2_mscoco_val2014_annotations.json --images val2014
