@@ -149,6 +149,10 @@ class MetaLM(nn.Module):
                 f"{path}: not a directory; expected a MetaLM checkpoint ({CONFIG_NAME} + {WEIGHTS_NAME})"
             )
         data = read_json(path / CONFIG_NAME, "the MetaLM config written by save_pretrained")
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path / CONFIG_NAME}: a JSON {type(data).__name__}; expected an object (a MetaLM config)"
+            )
         if data.get("model_type") != "metalm":
             raise ValueError(f"{path / CONFIG_NAME}: model_type is {data.get('model_type')!r}; expected 'metalm'")
         config = MetaLMConfig.from_dict(data, str(path / CONFIG_NAME))
