@@ -345,3 +345,14 @@ def test_the_hyphenated_flag_spelling_still_works(checkpoint, tmp_path, capsys):
     old = glue.main(base + ["--out", str(tmp_path / "old.json"), "--batch-size", "4", "--encode-input"])
     assert "--encode-input is deprecated; use --encode_input" in capsys.readouterr().err
     assert old["encode_input"] and old["results"] == new["results"]
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--limit", "-1"), ("--trials", "0"), ("--batch_size", "0"), ("--max_new_tokens", "0")]
+)
+def test_counts_that_would_run_oddly_are_refused_naming_the_flag(checkpoint, tmp_path, flag, value):
+    d = FIX / "vqav2"
+    args = ["--questions", str(d / "v2_OpenEnded_mscoco_val2014_questions.json"), "--images", str(d), flag, value]
+    with pytest.raises(ValueError, match=rf"\({flag}\) is {value}; expected an integer"):
+        vqa.main(common(checkpoint, tmp_path, *args))
+    assert not (tmp_path / "r.json").exists()
