@@ -22,9 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from data.tasks import (
+    CaptionExample,
     ChoiceExample,
     ReadReport,
     TaskData,
+    VQAExample,
     get_task,
     read_world_captions,
     read_world_choice,
@@ -62,6 +64,28 @@ def demo_answer(ex) -> str:
     return ex.meta.get("multiple_choice_answer") or Counter(ex.answers).most_common(1)[0][0]
 
 
+def _answer_inputs(
+    scorer: Scorer,
+    data: TaskData,
+    settings: EvalSettings,
+    pool: list[Demo],
+    query: Callable[[object], Query],
+    reserve: int,
+) -> tuple[list, list[Query], list[Demo], ReadReport]:
+    """The examples to answer (``settings.limit`` of them, less those ``drop_unusable`` leaves out with ``reserve``
+    answer tokens), their queries, the usable demonstrations and the report of what was skipped."""
+    examples, report = drop_unusable(
+        scorer,
+        data,
+        limited(data.examples, settings.limit),
+        lambda ex: (query(ex).key, [(query(ex).prompt, reserve)]),
+        settings,
+    )
+    pool = usable_pool(pool, settings, report)
+    needs_pool(settings, pool)
+    return examples, [query(ex) for ex in examples], pool, report
+
+
 def _evaluate_vqa(task, data, settings, demos, scorer, benchmark) -> dict:
     """Answer every question of ``data`` (``VQAExample``) and score it; without annotations, write the official
     submission file beside the predictions."""
@@ -72,16 +96,11 @@ def _evaluate_vqa(task, data, settings, demos, scorer, benchmark) -> dict:
     ]
     decode = replace(settings.decode, stop=VQA_STOP)
     scorer = scorer or load_scorer(settings)
-    examples, report = drop_unusable(
-        scorer,
-        data,
-        limited(data.examples, settings.limit),
-        lambda ex: (ex.question_id, [(qa_prompt(ex.question, ex.image), decode.max_new_tokens)]),
-        settings,
-    )
-    pool = usable_pool(pool, settings, report)
-    needs_pool(settings, pool)
-    queries = [Query(ex.question_id, qa_prompt(ex.question, ex.image)) for ex in examples]
+
+    def query(ex: VQAExample) -> Query:
+        return Query(ex.question_id, qa_prompt(ex.question, ex.image))
+
+    examples, queries, pool, report = _answer_inputs(scorer, data, settings, pool, query, decode.max_new_tokens)
     annotated = bool(examples) and all(ex.answers for ex in examples)
     ids = [ex.question_id for ex in examples]
 
@@ -127,15 +146,11 @@ def _evaluate_caption(task, data, settings, demos, scorer, benchmark, extra_metr
     ]
     decode = replace(settings.decode, stop=CAPTION_STOP)
     scorer = scorer or load_scorer(settings)
-    examples, report = drop_unusable(
-        scorer,
-        data,
-        limited(data.examples, settings.limit),
-        lambda ex: (ex.image_id, [(caption_prompt(ex.image), decode.max_new_tokens)]),
-        settings,
-    )
-    pool = usable_pool(pool, settings, report)
-    needs_pool(settings, pool)
+
+    def query(ex: CaptionExample) -> Query:
+        return Query(ex.image_id, caption_prompt(ex.image))
+
+    examples, queries, pool, report = _answer_inputs(scorer, data, settings, pool, query, decode.max_new_tokens)
     ids = [ex.image_id for ex in examples]
     refs = {ex.image_id: ex.references for ex in examples}
 
@@ -144,7 +159,6 @@ def _evaluate_caption(task, data, settings, demos, scorer, benchmark, extra_metr
         extra = extra_metric(ids, captions) if extra_metric is not None else {}
         return {"cider_d": cider_d(preds, refs), **bleu(preds, refs), **extra}
 
-    queries = [Query(ex.image_id, caption_prompt(ex.image)) for ex in examples]
     outcome = answer(scorer, queries, pool, settings, decode, metric, "cider_d")
     header = {
         "n": len(examples),
