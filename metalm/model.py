@@ -163,7 +163,10 @@ class MetaLM(nn.Module):
             state = load_file(str(weights), device=str(map_location))
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{weights}: not a readable safetensors file ({err})") from err
-        model = cls(config)
+        try:
+            model = cls(config)
+        except (ValueError, RuntimeError) as err:  # values of the right type that no model has (a negative size)
+            raise ValueError(f"{path / CONFIG_NAME}: the config does not build a model ({err})") from err
         load_state(model, state, weights)
         return model.eval()
 

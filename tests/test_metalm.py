@@ -341,3 +341,12 @@ def test_every_malformed_config_names_its_file(tmp_path, content, message):
     (tmp_path / "config.json").write_bytes(content)
     with pytest.raises(ValueError, match=message):
         MetaLM.from_pretrained(tmp_path)
+
+
+def test_a_config_of_impossible_sizes_names_its_file(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["decoder"]["dim"] = -4
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config.json: the config does not build a model .*negative dimension"):
+        MetaLM.from_pretrained(tmp_path)
