@@ -352,8 +352,7 @@ def test_the_hyphenated_flag_spelling_still_works(checkpoint, tmp_path, capsys):
     "flag, value", [("--limit", "-1"), ("--trials", "0"), ("--batch_size", "0"), ("--max_new_tokens", "0")]
 )
 def test_counts_that_would_run_oddly_are_refused_naming_the_flag(checkpoint, tmp_path, flag, value):
-    d = FIX / "vqav2"
-    args = ["--questions", str(d / "v2_OpenEnded_mscoco_val2014_questions.json"), "--images", str(d), flag, value]
+    args = ["--questions", str(tmp_path / "not_read_yet.json"), "--images", str(tmp_path), flag, value]
     with pytest.raises(ValueError, match=rf"\({flag}\) is {value}; expected an integer"):
         vqa.main(common(checkpoint, tmp_path, *args))
     assert not (tmp_path / "r.json").exists()
