@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--demo_images", default=None, help="image directory of the demonstrations (default: --images)")
     p.add_argument("--demo_split", default="train", help="Karpathy split of the demonstrations")
     args = p.parse_args(argv)
+    settings = EvalSettings.from_args(args)  # bad values stop here, before any file is read
     # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
     from eval.evaluators import evaluate
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     demos = None
     if args.demos:
         demos = read(args.format, args.demos, args.demo_images or args.images, args.demo_split, args.on_error)
-    return evaluate(FORMATS[args.format], data, EvalSettings.from_args(args), demos, benchmark=args.benchmark)
+    return evaluate(FORMATS[args.format], data, settings, demos, benchmark=args.benchmark)
 
 
 if __name__ == "__main__":

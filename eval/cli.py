@@ -46,8 +46,8 @@ def base_parser(description: str, generative: bool = False, classification: bool
         "--on_error",
         choices=ON_ERROR,
         default="error",
-        help="a bad example (missing image, no annotation, malformed line, unknown label): stop with an "
-        "error naming it, or skip it and count it in the results JSON",
+        help="a bad example (missing or unreadable image, no annotation, malformed line, unknown label, repeated "
+        "id, input too long for the model): stop with an error naming it, or skip it and count it in the results JSON",
     )
     if generative:
         p.add_argument("--max_new_tokens", type=int, default=16)

@@ -22,8 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from data.tasks import (
+    CaptionExample,
     ChoiceExample,
+    ReadReport,
     TaskData,
+    VQAExample,
     get_task,
     read_world_captions,
     read_world_choice,
@@ -33,7 +36,19 @@ from data.tasks import (
 from data.templates import CHAT_STOP, CLASSIFICATION, QA_TEMPLATE, caption_prompt, instruction_prompt, qa_prompt
 from eval.icl import Demo
 from eval.metrics import bleu, cider_d, normalize_vqa_answer, vqa_score
-from eval.runners import Outcome, Query, answer, choose, classify, finish, limited, load_scorer, needs_pool
+from eval.runners import (
+    Outcome,
+    Query,
+    answer,
+    choose,
+    classify,
+    drop_unusable,
+    finish,
+    limited,
+    load_scorer,
+    needs_pool,
+    usable_pool,
+)
 from eval.scene import scene_naming
 from eval.scoring import Scorer
 from eval.settings import WORLD_TASKS, EvalSettings
@@ -49,17 +64,43 @@ def demo_answer(ex) -> str:
     return ex.meta.get("multiple_choice_answer") or Counter(ex.answers).most_common(1)[0][0]
 
 
+def _answer_inputs(
+    scorer: Scorer,
+    data: TaskData,
+    settings: EvalSettings,
+    pool: list[Demo],
+    query: Callable[[object], Query],
+    reserve: int,
+) -> tuple[list, list[Query], list[Demo], ReadReport]:
+    """The examples to answer (``settings.limit`` of them, less those ``drop_unusable`` leaves out with ``reserve``
+    answer tokens), their queries, the usable demonstrations and the report of what was skipped."""
+    examples, report = drop_unusable(
+        scorer,
+        data,
+        limited(data.examples, settings.limit),
+        lambda ex: (query(ex).key, [(query(ex).prompt, reserve)]),
+        settings,
+    )
+    pool = usable_pool(pool, settings, report)
+    needs_pool(settings, pool)
+    return examples, [query(ex) for ex in examples], pool, report
+
+
 def _evaluate_vqa(task, data, settings, demos, scorer, benchmark) -> dict:
     """Answer every question of ``data`` (``VQAExample``) and score it; without annotations, write the official
     submission file beside the predictions."""
-    examples = limited(data.examples, settings.limit)
     pool = [
         Demo(qa_prompt(ex.question, ex.image), " " + demo_answer(ex), ("demo", ex.question_id))
         for ex in (demos.examples if demos is not None else [])
         if ex.answers
     ]
-    needs_pool(settings, pool)
-    queries = [Query(ex.question_id, qa_prompt(ex.question, ex.image)) for ex in examples]
+    decode = replace(settings.decode, stop=VQA_STOP)
+    scorer = scorer or load_scorer(settings)
+
+    def query(ex: VQAExample) -> Query:
+        return Query(ex.question_id, qa_prompt(ex.question, ex.image))
+
+    examples, queries, pool, report = _answer_inputs(scorer, data, settings, pool, query, decode.max_new_tokens)
     annotated = bool(examples) and all(ex.answers for ex in examples)
     ids = [ex.question_id for ex in examples]
 
@@ -74,9 +115,8 @@ def _evaluate_vqa(task, data, settings, demos, scorer, benchmark) -> dict:
         per_type = {f"vqa_accuracy/{t}": v for t, v in scores["per_answer_type"].items()}
         return {"vqa_accuracy": scores["overall"]} | per_type
 
-    decode = replace(settings.decode, stop=VQA_STOP)
     headline = "vqa_accuracy" if annotated else None
-    outcome = answer(scorer or load_scorer(settings), queries, pool, settings, decode, metric, headline)
+    outcome = answer(scorer, queries, pool, settings, decode, metric, headline)
     header = {
         "n": len(examples),
         "template": f"<image> {QA_TEMPLATE} [answer]",
@@ -85,8 +125,8 @@ def _evaluate_vqa(task, data, settings, demos, scorer, benchmark) -> dict:
             "official VQA evaluation (vqaEval.py at a013f00): when the human answers differ, both sides normalised "
             "(punctuation, digits, articles, contractions); when they agree, exact match"
         ),
-        "data": data.report.to_dict(),
-        "skipped": dict(data.report.skipped),
+        "data": report.to_dict(),
+        "skipped": dict(report.skipped),
     }
     if not annotated:
         header["note"] = "no annotations: predictions only (see the submission file)"
@@ -102,13 +142,18 @@ def _evaluate_vqa(task, data, settings, demos, scorer, benchmark) -> dict:
 def _evaluate_caption(task, data, settings, demos, scorer, benchmark, extra_metric=None) -> dict:
     """Caption every image of ``data`` (``CaptionExample``); CIDEr-D and BLEU-1..4, plus
     ``extra_metric(ids, captions) -> {name: value}`` when given."""
-    examples = limited(data.examples, settings.limit)
     pool = [
         Demo(caption_prompt(ex.image), ex.references[0], ("demo", ex.image_id))
         for ex in (demos.examples if demos is not None else [])
         if ex.references
     ]
-    needs_pool(settings, pool)
+    decode = replace(settings.decode, stop=CAPTION_STOP)
+    scorer = scorer or load_scorer(settings)
+
+    def query(ex: CaptionExample) -> Query:
+        return Query(ex.image_id, caption_prompt(ex.image))
+
+    examples, queries, pool, report = _answer_inputs(scorer, data, settings, pool, query, decode.max_new_tokens)
     ids = [ex.image_id for ex in examples]
     refs = {ex.image_id: ex.references for ex in examples}
 
@@ -117,16 +162,14 @@ def _evaluate_caption(task, data, settings, demos, scorer, benchmark, extra_metr
         extra = extra_metric(ids, captions) if extra_metric is not None else {}
         return {"cider_d": cider_d(preds, refs), **bleu(preds, refs), **extra}
 
-    decode = replace(settings.decode, stop=CAPTION_STOP)
-    queries = [Query(ex.image_id, caption_prompt(ex.image)) for ex in examples]
-    outcome = answer(scorer or load_scorer(settings), queries, pool, settings, decode, metric, "cider_d")
+    outcome = answer(scorer, queries, pool, settings, decode, metric, "cider_d")
     header = {
         "n": len(examples),
         "template": "<image> [caption]",
         "decoding": decode.to_dict(),
         "tokenization": "PTB-like, lower-cased, punctuation removed (eval/metrics.py)",
-        "data": data.report.to_dict(),
-        "skipped": dict(data.report.skipped),
+        "data": report.to_dict(),
+        "skipped": dict(report.skipped),
     }
     return finish(settings, benchmark, header, outcome)
 
@@ -135,29 +178,36 @@ def _evaluate_classification(task, data, settings, demos, scorer, benchmark) -> 
     """Rank the task's label words (template from ``data.templates``) for every ``ClassificationExample``; ``demos``
     is the labeled pool for in-context demonstrations; ``settings.calibration`` picks the headline."""
     template = CLASSIFICATION[task]
-    examples = limited(data.examples, settings.limit)
-    labels = []
-    for ex in examples:
+    for ex in limited(data.examples, settings.limit):
         if ex.label is None:
             raise ValueError(f"{data.report.source}: example {ex.id} has no label; accuracy needs a labeled split")
-        labels.append(template.index(ex.label, f"{data.report.source}: example {ex.id}"))
-    queries = [Query(ex.id, template.prompt(ex.texts, ex.images)) for ex in examples]
+        template.index(ex.label, f"{data.report.source}: example {ex.id}")
     pool = []
     for ex in demos.examples if demos is not None else []:
         word = template.verbalizers[template.index(ex.label, f"{demos.report.source}: example {ex.id}")]
         pool.append(Demo(template.prompt(ex.texts, ex.images), word, ("demo", ex.id)))
-    needs_pool(settings, pool)
-    content_free = template.content_free(examples[0].texts) if examples else []
-    outcome = classify(
-        scorer or load_scorer(settings), queries, labels, template.verbalizers, pool, settings, content_free
+    scorer = scorer or load_scorer(settings)
+    reserve = max(len(scorer.tokenizer.encode(v)) for v in template.verbalizers)
+    examples, report = drop_unusable(
+        scorer,
+        data,
+        limited(data.examples, settings.limit),
+        lambda ex: (ex.id, [(template.prompt(ex.texts, ex.images), reserve)]),
+        settings,
     )
+    pool = usable_pool(pool, settings, report)
+    needs_pool(settings, pool)
+    labels = [template.index(ex.label, f"{data.report.source}: example {ex.id}") for ex in examples]
+    queries = [Query(ex.id, template.prompt(ex.texts, ex.images)) for ex in examples]
+    content_free = template.content_free(examples[0].texts) if examples else []
+    outcome = classify(scorer, queries, labels, template.verbalizers, pool, settings, content_free)
     header = {
         "task": task,
         "n": len(examples),
         "template": template.describe(),
         "calibration": settings.calibration,
-        "data": data.report.to_dict(),
-        "skipped": dict(data.report.skipped),
+        "data": report.to_dict(),
+        "skipped": dict(report.skipped),
     }
     if demos is not None:
         header["demonstrations"] = demos.report.to_dict()
@@ -166,8 +216,9 @@ def _evaluate_classification(task, data, settings, demos, scorer, benchmark) -> 
 
 def rank_choices(
     data: TaskData, settings: EvalSettings, demos: TaskData | None, scorer: Scorer | None
-) -> tuple[list[ChoiceExample], Outcome]:
-    """Score every option of every labeled ``ChoiceExample``; demonstrations show the right option."""
+) -> tuple[list[ChoiceExample], Outcome, ReadReport]:
+    """Score every option of every labeled ``ChoiceExample``; demonstrations show the right option. Returns the
+    examples scored, the outcome and the report of what was read and skipped."""
     examples = limited(data.examples, settings.limit)
     missing = [ex.id for ex in examples if ex.label is None]
     if missing:
@@ -178,27 +229,27 @@ def rank_choices(
         if ex.label is not None
     ]
     needs_pool(settings, pool)
-    outcome = choose(
-        scorer or load_scorer(settings),
-        [(ex.id, ex.options) for ex in examples],
-        [ex.label for ex in examples],
-        pool,
-        settings,
-    )
-    return examples, outcome
+    scorer = scorer or load_scorer(settings)
+
+    def needs(ex: ChoiceExample) -> tuple:
+        return ex.id, [(ctx, len(scorer.tokenizer.encode(cont))) for ctx, cont in ex.options]
+
+    examples, report = drop_unusable(scorer, data, examples, needs, settings)
+    outcome = choose(scorer, [(ex.id, ex.options) for ex in examples], [ex.label for ex in examples], pool, settings)
+    return examples, outcome, report
 
 
 def _evaluate_choice(task, data, settings, demos, scorer, benchmark) -> dict:
     """Multiple choice (``ChoiceExample``): accuracy by summed and by mean log-probability of each option."""
-    examples, outcome = rank_choices(data, settings, demos, scorer)
+    examples, outcome, report = rank_choices(data, settings, demos, scorer)
     first = examples[0].options[0] if examples else ("", "")
     template = f"each option is (context, continuation), e.g. {first[0]!r} + {first[1]!r} (see data/tasks.py)"
     header = {
         "task": task,
         "n": len(examples),
         "template": template,
-        "data": data.report.to_dict(),
-        "skipped": dict(data.report.skipped),
+        "data": report.to_dict(),
+        "skipped": dict(report.skipped),
     }
     return finish(settings, benchmark, header, outcome)
 
@@ -251,10 +302,19 @@ def evaluate_instructions(
         raise ValueError(
             f"{data.report.source}: no examples of task(s) {missing}; it has {sorted({e.task for e in data})}"
         )
-    examples = [ex for task in sorted(by_task) for ex in by_task[task]]
     scorer = scorer or load_scorer(settings)
     encode = scorer.prompts.text is not None if encode_user is None else encode_user
+    decode = replace(settings.decode, stop=tuple(CHAT_STOP))
+    zero_shot = replace(settings, shots=[0], trials=1, icl_mode="causal", encode_input=False)
 
+    def needs(ex) -> tuple:
+        prompt = instruction_prompt(ex, template, encode)
+        options = [(prompt, len(scorer.tokenizer.encode(" " + o))) for o in ex.options]
+        return ex.id, [(prompt, decode.max_new_tokens), *options]
+
+    examples, report = drop_unusable(
+        scorer, data, [ex for task in sorted(by_task) for ex in by_task[task]], needs, zero_shot
+    )
     queries = [Query(ex.id, instruction_prompt(ex, template, encode)) for ex in examples]
 
     def metric(answers: list[str]) -> dict[str, float]:
@@ -264,8 +324,6 @@ def evaluate_instructions(
         per_task = {f"exact_match/{t}": sum(h) / len(h) for t, h in sorted(hits.items())}
         return {"exact_match": sum(per_task.values()) / len(per_task), **per_task}
 
-    decode = replace(settings.decode, stop=tuple(CHAT_STOP))
-    zero_shot = replace(settings, shots=[0], trials=1, icl_mode="causal", encode_input=False)
     outcome = answer(scorer, queries, [], zero_shot, decode, metric, "exact_match")
     for row, ex in zip(outcome.predictions, examples, strict=True):
         row.update(task=ex.task, expected=ex.output)
@@ -287,12 +345,12 @@ def evaluate_instructions(
             entry[f"option_majority/{task}"] = Counter(gold[task]).most_common(1)[0][1] / len(h)
     header = {
         "n": len(examples),
-        "tasks": {t: len(v) for t, v in sorted(by_task.items())},
+        "tasks": dict(sorted(Counter(ex.task for ex in examples).items())),
         "template": f"[image] User: {{instruction text, template {template}}}\\nAssistant: [answer]",
         "encode_user": encode,
         "decoding": decode.to_dict(),
-        "data": data.report.to_dict(),
-        "skipped": dict(data.report.skipped),
+        "data": report.to_dict(),
+        "skipped": dict(report.skipped),
     }
     return finish(settings, benchmark, header, outcome)
 
@@ -349,13 +407,13 @@ def evaluate_world(
         else:
             data = read_world_choice(world, split, on_error=on_error)
             demos = read_world_choice(world, demo_split) if with_demos else None
-            examples, outcome = rank_choices(data, sub, demos, scorer)
+            examples, outcome, report = rank_choices(data, sub, demos, scorer)
             first = examples[0].options[0] if examples else ("", "")
             header = {
                 "n": len(examples),
                 "template": f"(context, continuation), e.g. {first[0]!r} + {first[1]!r}",
-                "data": data.report.to_dict(),
-                "skipped": dict(data.report.skipped),
+                "data": report.to_dict(),
+                "skipped": dict(report.skipped),
             }
             result = finish(sub, f"world-{split}-choice", header, outcome)
         summary["tasks"][task] = {"results": result["results"], "file": task_out}

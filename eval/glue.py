@@ -25,13 +25,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", required=True, help="the task's tsv (e.g. dev.tsv, dev_matched.tsv)")
     p.add_argument("--demos", default=None, help="labeled tsv to draw in-context demonstrations from (train.tsv)")
     args = p.parse_args(argv)
+    settings = EvalSettings.from_args(args)  # bad values stop here, before any file is read
     # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
     from data.tasks import read_glue
     from eval.evaluators import evaluate
 
     data = read_glue(args.data, args.task, on_error=args.on_error)
     demos = read_glue(args.demos, args.task, on_error=args.on_error) if args.demos else None
-    return evaluate(args.task, data, EvalSettings.from_args(args), demos, benchmark=f"glue-{args.task}")
+    return evaluate(args.task, data, settings, demos, benchmark=f"glue-{args.task}")
 
 
 if __name__ == "__main__":

@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.shots != "0":
         p.error("--shots: instruction following is scored zero-shot here")
+    settings = EvalSettings.from_args(args)  # bad values stop here, before any file is read
     # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
     from data.tasks import read_instructions
     from eval.evaluators import evaluate_instructions
 
     data = read_instructions(args.data, args.image_root, on_error=args.on_error)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    settings = EvalSettings.from_args(args)
     return evaluate_instructions(
         data,
         settings,

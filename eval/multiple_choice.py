@@ -42,12 +42,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--demos", default=None, help="labeled file of the same format for in-context demonstrations")
     p.add_argument("--demo_labels", default=None, help="PIQA only: labels of the --demos file")
     args = p.parse_args(argv)
+    settings = EvalSettings.from_args(args)  # bad values stop here, before any file is read
     # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
     from eval.evaluators import evaluate
 
     data = read(args.task, args.data, args.labels, args.on_error)
     demos = read(args.task, args.demos, args.demo_labels, args.on_error) if args.demos else None
-    return evaluate(args.task, data, EvalSettings.from_args(args), demos)
+    return evaluate(args.task, data, settings, demos)
 
 
 if __name__ == "__main__":

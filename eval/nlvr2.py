@@ -23,13 +23,14 @@ def main(argv: list[str] | None = None) -> dict:
         images_help="image root: <split>/ or the train split's numbered folders",
         demos_help="labeled jsonl for in-context demonstrations (train.json)",
     ).parse_args(argv)
+    settings = EvalSettings.from_args(args)  # bad values stop here, before any file is read
     # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
     from data.tasks import read_nlvr2
     from eval.evaluators import evaluate
 
     data = read_nlvr2(args.data, args.images, on_error=args.on_error)
     demos = read_nlvr2(args.demos, args.images, on_error=args.on_error) if args.demos else None
-    return evaluate("nlvr2", data, EvalSettings.from_args(args), demos)
+    return evaluate("nlvr2", data, settings, demos)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,14 @@
 
 Each runs every ``shots`` value for ``trials`` seeded demonstration sets (one for 0-shot) and reports the
 per-trial scores with their mean and standard deviation. ``write_outputs`` writes the results JSON (template,
-decoding settings, skipped inputs, scores) and the predictions as jsonl beside it.
+decoding settings, skipped inputs, scores) and the predictions as jsonl beside it. With ``on_error="skip"``,
+``drop_unusable`` and ``usable_pool`` first leave out (and count) the inputs the model cannot take: an image that
+does not decode, a query too long for the decoder's window.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -23,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.prompts import ImageSeg, open_image
+from data.tasks import ReadReport, TaskData
 from eval.calibration import PrototypicalCalibration, contextual_calibration
-from eval.icl import Demo, few_shot_prompt, sample_demos
+from eval.icl import Demo, as_segments, few_shot_prompt, sample_demos
 from eval.metrics import mean_std
 from eval.scoring import Prompt, Scorer
 from eval.settings import CALIBRATIONS, DecodeSettings, EvalSettings
@@ -86,6 +91,79 @@ class FittedPrompts:
         out = {"prompts_shortened": self.shortened, "mean_demonstrations": self.demos_shown / max(self.prompts, 1)}
         self.shortened = self.demos_shown = self.prompts = 0
         return out
+
+
+def unreadable_image(prompt: Prompt | str) -> str | None:
+    """The error of the first image of ``prompt`` that is missing or does not decode, else None."""
+    for seg in as_segments(prompt):
+        if isinstance(seg, ImageSeg):
+            try:
+                open_image(seg.image)
+            except (OSError, ValueError) as err:
+                return str(err)
+    return None
+
+
+def _why_unusable(scorer: Scorer, prompt: Prompt | str, reserve: int, settings: EvalSettings) -> tuple[str, str] | None:
+    """``(reason, detail)`` when ``prompt`` alone (no demonstrations) cannot be scored with ``reserve`` tokens after
+    it: an unreadable image, or too many tokens for the decoder's window; else None."""
+    shown = few_shot_prompt([], prompt, settings.icl_mode, encode_query=settings.encode_input)
+    try:
+        n = len(scorer.encode(shown).ids)
+    except (OSError, ValueError):
+        detail = unreadable_image(prompt)
+        if detail is None:
+            raise
+        return "unreadable_image", detail
+    if n + reserve > scorer.max_len:
+        window = f"the decoder takes at most {scorer.max_len} (decoder.max_seq_len)"
+        return "too_long", f"{n} tokens + {reserve} for the answer; {window}"
+    return None
+
+
+def drop_unusable(
+    scorer: Scorer,
+    data: TaskData,
+    examples: Sequence,
+    needs: Callable[[object], tuple[Hashable, Sequence[tuple[Prompt | str, int]]]],
+    settings: EvalSettings,
+) -> tuple[list, ReadReport]:
+    """The examples to evaluate and the report for the results. ``needs(example)`` gives its id and every prompt
+    it is scored with, each with the tokens reserved after it (answer, option, label word). With ``on_error="skip"``
+    an example with an unreadable image or a prompt too long for the window is left out and counted in a copy of
+    ``data.report`` (reasons ``unreadable_image``, ``too_long``), as the reader counts its skips; with ``"error"``
+    all are kept and the first such example stops the run with an error naming it."""
+    report = copy.deepcopy(data.report)
+    if settings.on_error != "skip":
+        return list(examples), report
+    kept = []
+    for ex in examples:
+        key, prompts = needs(ex)
+        problems = (_why_unusable(scorer, prompt, reserve, settings) for prompt, reserve in prompts)
+        problem = next((p for p in problems if p is not None), None)
+        if problem is None:
+            kept.append(ex)
+        else:
+            report.skip(problem[0], f"{report.source}: example {key!r}: {problem[1]}")
+    if examples and not kept:
+        counts = ", ".join(f"{r} {n}" for r, n in sorted(report.skipped.items()))
+        raise ValueError(f"{report.source}: every example was skipped ({counts}); first: {report.messages[0]}")
+    return kept, report
+
+
+def usable_pool(pool: Sequence[Demo], settings: EvalSettings, report: ReadReport) -> list[Demo]:
+    """The demonstrations whose images can be read; with ``on_error="skip"`` the others are left out and counted in
+    ``report`` as ``unreadable_demo_image`` (with ``"error"`` the pool is unchanged)."""
+    if settings.on_error != "skip":
+        return list(pool)
+    kept = []
+    for demo in pool:
+        detail = unreadable_image(demo.prompt)
+        if detail is None:
+            kept.append(demo)
+        else:
+            report.skip("unreadable_demo_image", f"demonstration {demo.key!r}: {detail}")
+    return kept
 
 
 def _tokens(scorer: Scorer, text: str) -> int:

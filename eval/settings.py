@@ -27,6 +27,13 @@ def shots_list(text: str) -> list[int]:
     return shots
 
 
+def _check_int(name: str, value: object, low: int, expected: str) -> None:
+    """An error naming the setting (and its flag ``--name``) unless ``value`` is an integer >= ``low``: a zero or
+    negative count would run nothing, or everything, without saying so."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} (--{name}) is {value!r}; expected an integer, {expected}")
+
+
 @dataclass
 class DecodeSettings:
     """How answers are generated; printed by every script and stored in its results JSON."""
@@ -35,6 +42,10 @@ class DecodeSettings:
     num_beams: int = 1
     length_penalty: float = 1.0
     stop: tuple[str, ...] = ("\n",)
+
+    def __post_init__(self) -> None:
+        for name, value in (("max_new_tokens", self.max_new_tokens), ("num_beams", self.num_beams)):
+            _check_int(name, value, 1, "at least 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +81,9 @@ class EvalSettings:
                 raise ValueError(f"{name} {value!r}: expected one of {choices}")
         if not self.shots or any(k < 0 for k in self.shots):
             raise ValueError(f"shots {self.shots}: expected one or more integers >= 0")
+        _check_int("trials", self.trials, 1, "at least 1 demonstration set per shot count")
+        _check_int("limit", self.limit, 0, "0 (all examples) or a positive number of examples")
+        _check_int("batch_size", self.batch_size, 1, "at least 1")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EvalSettings:

@@ -23,13 +23,14 @@ def main(argv: list[str] | None = None) -> dict:
         images_help="directory of the Flickr30k images (<Flickr30K_ID>.jpg)",
         demos_help="labeled jsonl for in-context demonstrations (snli_ve_train.jsonl)",
     ).parse_args(argv)
+    settings = EvalSettings.from_args(args)  # bad values stop here, before any file is read
     # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
     from data.tasks import read_snli_ve
     from eval.evaluators import evaluate
 
     data = read_snli_ve(args.data, args.images, on_error=args.on_error)
     demos = read_snli_ve(args.demos, args.images, on_error=args.on_error) if args.demos else None
-    return evaluate("snli-ve", data, EvalSettings.from_args(args), demos)
+    return evaluate("snli-ve", data, settings, demos)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.demo_questions and not args.demo_annotations:
         p.error("--demo_questions needs --demo_annotations (demonstrations show their answers)")
+    settings = EvalSettings.from_args(args)  # bad values stop here, before any file is read
     # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
     from data.tasks import read_vqa
     from eval.evaluators import evaluate
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.demo_questions:
         images = args.demo_images or args.images
         demos = read_vqa(args.demo_questions, args.demo_annotations, images, args.image_name, on_error=args.on_error)
-    return evaluate("vqav2", data, EvalSettings.from_args(args), demos, benchmark=args.benchmark)
+    return evaluate("vqav2", data, settings, demos, benchmark=args.benchmark)
 
 
 if __name__ == "__main__":

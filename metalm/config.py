@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,18 +112,78 @@ class MetaLMConfig:
         return {"model_type": "metalm", **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> MetaLMConfig:
-        """Build from ``to_dict`` output; unknown or missing fields raise ValueError naming ``source``."""
+    def from_dict(cls, data: Any, source: str = "config") -> MetaLMConfig:
+        """Build from ``to_dict`` output; a value that is not an object, an unknown, missing or mistyped field, or a
+        field the config rejects raises ValueError naming ``source``, the field and what was expected."""
+        fields = _checked_fields(cls, data, source, "", strict=False)
+        if "decoder" not in fields:
+            raise ValueError(f"{source}: not a MetaLM config (missing field 'decoder'; expected an object)")
+        decoder = _checked_fields(DecoderConfig, fields["decoder"], source, "decoder")
+        encoders = {}
+        for name, enc in fields.get("encoders", {}).items():
+            enc = _checked_fields(EncoderConfig, enc, source, f"encoders.{name}")
+            where = f"encoders.{name}.connector"
+            encoders[name] = (enc, _checked_fields(ConnectorConfig, enc.pop("connector", {}), source, where))
         try:
-            decoder = DecoderConfig(**data["decoder"])
-            encoders = {}
-            for name, enc in data.get("encoders", {}).items():
-                enc = dict(enc)
-                connector = ConnectorConfig(**enc.pop("connector", {}))
-                encoders[name] = EncoderConfig(connector=connector, **enc)
-        except (KeyError, TypeError) as err:
+            return cls(
+                decoder=DecoderConfig(**decoder),
+                encoders={n: EncoderConfig(connector=ConnectorConfig(**c), **e) for n, (e, c) in encoders.items()},
+            )
+        except (ValueError, TypeError) as err:
             raise ValueError(f"{source}: not a MetaLM config ({err})") from err
-        return cls(decoder=decoder, encoders=encoders)
+
+
+def _checked_fields(kind: type, data: Any, source: str, where: str, strict: bool = True) -> dict[str, Any]:
+    """``data`` as the fields of dataclass ``kind``: an object whose keys are its fields (other keys are an error
+    when ``strict``, else left out: the top level holds ``model_type``), each value of the field's declared type
+    (nested configs are checked by the caller)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: {where or 'the config'} is a JSON {type(data).__name__}; expected an object")
+    hints = typing.get_type_hints(kind)
+    fields = {k: v for k, v in data.items() if strict or k in hints}
+    unknown = sorted(set(fields) - set(hints))
+    if unknown:
+        raise ValueError(f"{source}: not a MetaLM config (unknown field(s) {unknown} in {where})")
+    for name, value in fields.items():
+        hint = hints[name]
+        if not _matches(value, hint):
+            field_name = f"{where}.{name}" if where else name
+            raise ValueError(f"{source}: {field_name} is {value!r}; expected {_describe(hint)}")
+    return fields
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the declared type (bool is no int; an int is a float)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint) or hint
+    if origin is Any:
+        return True
+    if dataclasses.is_dataclass(origin):
+        return isinstance(value, dict)  # its fields are checked on their own
+    if isinstance(value, bool) and origin is not bool:
+        return False
+    if origin is float:
+        return isinstance(value, int | float)
+    if origin is dict:
+        value_type = typing.get_args(hint)[1] if typing.get_args(hint) else Any
+        return isinstance(value, dict) and all(_matches(v, value_type) for v in value.values())
+    return isinstance(value, origin)
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint) or hint
+    if dataclasses.is_dataclass(origin):
+        return "an object"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object"}.get(
+        origin, getattr(origin, "__name__", str(origin))
+    )
 
 
 def eager_checks() -> bool:

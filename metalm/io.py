@@ -23,6 +23,10 @@ class JSONFileError(ValueError):
         self.detail = detail
 
 
+class NotUTF8Error(JSONFileError):
+    """A JSONL line that is not UTF-8: the file's encoding is wrong, so a reader may treat the whole file as bad."""
+
+
 def _file(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -44,7 +48,8 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
 
 def iter_jsonl(path: str | os.PathLike, what: str) -> Iterator[tuple[int, dict | JSONFileError]]:
     """(line number, object) per non-blank line of a JSONL file, with a ``JSONFileError`` in place of the object
-    for a line that is not one JSON object, so a caller can skip and count bad lines or raise the first."""
+    for a line that is not one JSON object (a ``NotUTF8Error`` for one that is not UTF-8), so a caller can skip and
+    count bad lines or raise the first."""
     path = _file(path, what)
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
@@ -54,7 +59,9 @@ def iter_jsonl(path: str | os.PathLike, what: str) -> Iterator[tuple[int, dict |
                 obj = json.loads(raw.decode("utf-8"))
                 if not isinstance(obj, dict):
                     raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            except UnicodeDecodeError as e:
+                obj = NotUTF8Error(f"{path}:{n}: not UTF-8 ({e}); expected {what} in UTF-8", f"not UTF-8 ({e})")
+            except ValueError as e:  # JSONDecodeError
                 obj = JSONFileError(f"{path}:{n}: malformed line ({e}); expected one JSON object per line", str(e))
             yield n, obj
 

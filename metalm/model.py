@@ -149,6 +149,10 @@ class MetaLM(nn.Module):
                 f"{path}: not a directory; expected a MetaLM checkpoint ({CONFIG_NAME} + {WEIGHTS_NAME})"
             )
         data = read_json(path / CONFIG_NAME, "the MetaLM config written by save_pretrained")
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path / CONFIG_NAME}: a JSON {type(data).__name__}; expected an object (a MetaLM config)"
+            )
         if data.get("model_type") != "metalm":
             raise ValueError(f"{path / CONFIG_NAME}: model_type is {data.get('model_type')!r}; expected 'metalm'")
         config = MetaLMConfig.from_dict(data, str(path / CONFIG_NAME))
@@ -159,7 +163,10 @@ class MetaLM(nn.Module):
             state = load_file(str(weights), device=str(map_location))
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{weights}: not a readable safetensors file ({err})") from err
-        model = cls(config)
+        try:
+            model = cls(config)
+        except (ValueError, RuntimeError) as err:  # values of the right type that no model has (a negative size)
+            raise ValueError(f"{path / CONFIG_NAME}: the config does not build a model ({err})") from err
         load_state(model, state, weights)
         return model.eval()
 

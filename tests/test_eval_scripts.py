@@ -8,6 +8,7 @@ here with the metric), and reports bad input as an error naming it or as counted
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -345,3 +346,45 @@ def test_the_hyphenated_flag_spelling_still_works(checkpoint, tmp_path, capsys):
     old = glue.main(base + ["--out", str(tmp_path / "old.json"), "--batch-size", "4", "--encode-input"])
     assert "--encode-input is deprecated; use --encode_input" in capsys.readouterr().err
     assert old["encode_input"] and old["results"] == new["results"]
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--limit", "-1"), ("--trials", "0"), ("--batch_size", "0"), ("--max_new_tokens", "0")]
+)
+def test_counts_that_would_run_oddly_are_refused_naming_the_flag(checkpoint, tmp_path, flag, value):
+    args = ["--questions", str(tmp_path / "not_read_yet.json"), "--images", str(tmp_path), flag, value]
+    with pytest.raises(ValueError, match=rf"\({flag}\) is {value}; expected an integer"):
+        vqa.main(common(checkpoint, tmp_path, *args))
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_skip_covers_unreadable_images_and_inputs_too_long_for_the_window(checkpoint, tmp_path):
+    d = Path(shutil.copytree(FIX / "vqav2", tmp_path / "vqav2"))
+    (d / "val2014" / "COCO_val2014_000000000042.jpg").write_bytes(b"not a jpeg")
+    q, a = str(d / "v2_OpenEnded_mscoco_val2014_questions.json"), str(d / "v2_mscoco_val2014_annotations.json")
+    args = ["--questions", q, "--annotations", a, "--images", str(d), "--max_new_tokens", "2"]
+    with pytest.raises(ValueError, match="COCO_val2014_000000000042.jpg: not a readable image"):
+        vqa.main(common(checkpoint, tmp_path, *args))
+    demos = ["--demo_questions", q, "--demo_annotations", a, "--shots", "0,1", "--trials", "1"]
+    res = vqa.main(common(checkpoint, tmp_path, *args, *demos, "--on_error", "skip"))
+    assert res["n"] == 3 and len(predictions(res)) == 3 * 2
+    assert res["skipped"] == {"unreadable_image": 2, "unreadable_demo_image": 2}
+    assert "example 42000: " in res["data"]["skip_messages"][0]
+
+    rows = (FIX / "rte" / "dev.tsv").read_text().splitlines()
+    long = tmp_path / "long.tsv"
+    long.write_text("\n".join([*rows, "7\t" + "A very long premise. " * 400 + "\tShort.\tentailment"]) + "\n")
+    with pytest.raises(ValueError, match="tokens long; the decoder takes at most 1024"):
+        glue.main(common(checkpoint, tmp_path, "--task", "rte", "--data", str(long)))
+    res = glue.main(common(checkpoint, tmp_path, "--task", "rte", "--data", str(long), "--on_error", "skip"))
+    assert res["n"] == len(rows) - 1 and res["skipped"] == {"too_long": 1} and res["data"]["examples"] == len(rows)
+    assert "example 7: " in res["data"]["skip_messages"][0]
+
+    copa = [json.loads(line) for line in (FIX / "copa" / "val.jsonl").read_text().splitlines()]
+    copa[0]["premise"] = "The man waited. " * 400
+    long = tmp_path / "val.jsonl"
+    long.write_text("".join(json.dumps(r) + "\n" for r in copa))
+    res = multiple_choice.main(
+        common(checkpoint, tmp_path, "--task", "copa", "--data", str(long), "--on_error", "skip")
+    )
+    assert res["n"] == len(copa) - 1 and res["skipped"] == {"too_long": 1}

@@ -317,3 +317,36 @@ def test_sample_spans_stay_inside_documents_and_near_the_ratio():
             assert any(ds <= s and e < de for ds, de in docs)  # inside one document, last token left causal
         for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False):
             assert e1 < s2  # at least one causal token between spans
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe{}", "config.json: not UTF-8"),
+        (b"[1, 2]", "config.json: a JSON list; expected an object"),
+        (b'{"model_type": "metalm", "decoder": [4, 256]}', "config.json: decoder is \\[4, 256\\]; expected an object"),
+        (b'{"model_type": "metalm", "decoder": {"dim": "256"}}', "config.json: decoder.dim is '256'; expected an"),
+        (b'{"model_type": "metalm", "decoder": {"vocab_size": true}}', "config.json: decoder.vocab_size is True"),
+        (b'{"model_type": "metalm", "decoder": {"n_kv_heads": 1.5}}', "decoder.n_kv_heads is 1.5; expected an integer"),
+        (b'{"model_type": "metalm", "decoder": {}, "encoders": []}', "config.json: encoders is \\[\\]; expected an"),
+        (b'{"model_type": "metalm", "decoder": {}, "encoders": {"v": {"kind": 3}}}', "encoders.v.kind is 3"),
+        (
+            b'{"model_type": "metalm", "decoder": {}, "encoders": {"v": {"kind": "x", "connector": {"layers": "2"}}}}',
+            "config.json: encoders.v.connector.layers is '2'",
+        ),
+        (b'{"model_type": "metalm", "decoder": {"dim": 10, "n_heads": 3}}', "config.json: not a MetaLM config"),
+    ],
+)
+def test_every_malformed_config_names_its_file(tmp_path, content, message):
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        MetaLM.from_pretrained(tmp_path)
+
+
+def test_a_config_of_impossible_sizes_names_its_file(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["decoder"]["dim"] = -4
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config.json: the config does not build a model .*negative dimension"):
+        MetaLM.from_pretrained(tmp_path)

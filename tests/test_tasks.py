@@ -702,3 +702,79 @@ def test_example_types_default_lists_are_independent():
     a, b = ChoiceExample(1, [("c", " x")], 0), ClassificationExample(2, {"sentence": "s"}, "1")
     a.images.append(Path("x.png"))
     assert b.images == [] and ChoiceExample(3, [], None).images == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# whole files that would give silently odd results: empty, header only, not UTF-8, repeated ids
+
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel\n"
+STORY = FIX / "storycloze" / "cloze_test_val__spring2016.csv"
+
+
+def test_empty_and_header_only_files_are_named(tmp_path):
+    empty_jsonl = write_jsonl(tmp_path / "empty.jsonl", ["", "  "])
+    with pytest.raises(TaskDataError, match=r"empty.jsonl: no examples; expected a COPA jsonl"):
+        read_copa(empty_jsonl)
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(TaskDataError, match=r"empty.tsv: empty; expected a rte tsv"):
+        read_glue(tmp_path / "empty.tsv", "rte")
+    (tmp_path / "header.tsv").write_text(RTE_HEADER + "\n")
+    with pytest.raises(TaskDataError, match=r"header.tsv: only a header row .*; expected rte examples below it"):
+        read_glue(tmp_path / "header.tsv", "rte")
+    (tmp_path / "header.csv").write_text(STORY.read_text(encoding="utf-8").splitlines()[0] + "\n")
+    with pytest.raises(TaskDataError, match=r"header.csv: only a header row .*; expected StoryCloze stories"):
+        read_storycloze(tmp_path / "header.csv")
+    q = json.loads(VQA_Q.read_text())
+    (tmp_path / "q.json").write_text(json.dumps({**q, "questions": []}))
+    with pytest.raises(TaskDataError, match=r"q.json: no examples; expected a VQA questions json with at least one"):
+        read_vqa(tmp_path / "q.json", VQA_A, VQA)
+    with pytest.raises(TaskDataError, match=r"no examples; expected a Karpathy split json with images of split nope"):
+        read_karpathy(FIX / "coco" / "dataset_coco.json", FIX / "coco", "nope")
+
+
+def test_a_file_whose_every_example_is_skipped_is_an_error(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", ["{", "not json"])
+    with pytest.raises(TaskDataError, match=r"bad.jsonl: every example was skipped \(bad_json 2\)"):
+        read_copa(bad, on_error="skip")
+
+
+def test_files_that_are_not_utf8_are_named(tmp_path):
+    latin1 = "Caf\xe9 au lait.".encode("latin-1")
+    (tmp_path / "dev.tsv").write_bytes(RTE_HEADER.encode() + b"0\t" + latin1 + b"\tA drink.\tentailment\n")
+    (tmp_path / "story.csv").write_bytes(STORY.read_bytes().replace(b"Rick grew", latin1))
+    lines = (FIX / "copa" / "val.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "val.jsonl").write_bytes(lines[0] + lines[1].replace(b"The", latin1, 1))
+    tokens = FIX / "flickr30k" / "results_20130124.token"
+    (tmp_path / "r.token").write_bytes(tokens.read_bytes() + b"9.jpg#0\t" + latin1 + b"\n")
+    (tmp_path / "labels.lst").write_bytes(b"0\n\xff\n")
+    for on_error in ("error", "skip"):
+        with pytest.raises(TaskDataError, match=r"dev.tsv: not UTF-8 \(.*\); expected a rte tsv in UTF-8"):
+            read_glue(tmp_path / "dev.tsv", "rte", on_error=on_error)
+        with pytest.raises(TaskDataError, match=r"story.csv: not UTF-8 \(.*\); expected a StoryCloze csv in UTF-8"):
+            read_storycloze(tmp_path / "story.csv", on_error=on_error)
+        with pytest.raises(TaskDataError, match=r"val.jsonl:2: not UTF-8 \(.*\); expected a COPA jsonl in UTF-8"):
+            read_copa(tmp_path / "val.jsonl", on_error=on_error)
+        with pytest.raises(TaskDataError, match=r"r.token: not UTF-8 \(.*\); expected a Flickr30k token file in"):
+            read_flickr30k_tokens(tmp_path / "r.token", FIX / "flickr30k" / "flickr30k-images", on_error=on_error)
+    with pytest.raises(TaskDataError, match=r"labels.lst: not UTF-8 \(.*\); expected a PIQA labels file"):
+        read_piqa(FIX / "piqa" / "valid.jsonl", tmp_path / "labels.lst")
+
+
+def test_repeated_ids_are_named_or_skipped_and_counted(tmp_path):
+    q = json.loads(VQA_Q.read_text())
+    (tmp_path / "q.json").write_text(json.dumps({**q, "questions": q["questions"] + q["questions"][:1]}))
+    with pytest.raises(TaskDataError, match=r"q.json: question_id 42000 appears twice; expected every example's"):
+        read_vqa(tmp_path / "q.json", VQA_A, VQA)
+    data = read_vqa(tmp_path / "q.json", VQA_A, VQA, on_error="skip")
+    assert len(data) == 5 and data.report.skipped == {"duplicate_id": 1}
+    a = json.loads(VQA_A.read_text())
+    (tmp_path / "a.json").write_text(json.dumps({**a, "annotations": a["annotations"] + a["annotations"][-1:]}))
+    with pytest.raises(TaskDataError, match=r"a.json: annotations\[5\]: question_id 133001 is annotated twice"):
+        read_vqa(VQA_Q, tmp_path / "a.json", VQA)
+    rows = (FIX / "rte" / "dev.tsv").read_text().splitlines()
+    (tmp_path / "dev.tsv").write_text("\n".join(rows + rows[1:2]) + "\n")
+    with pytest.raises(TaskDataError, match=r"dev.tsv: id 0 appears twice"):
+        read_glue(tmp_path / "dev.tsv", "rte")
+    copa = (FIX / "copa" / "val.jsonl").read_text().splitlines()
+    data = read_copa(write_jsonl(tmp_path / "val.jsonl", copa + copa[:1]), on_error="skip")
+    assert len(data) == len(copa) and data.report.skipped == {"duplicate_id": 1}

@@ -12,10 +12,11 @@ files) and returns a :class:`TaskData`: a list of examples of one of four types 
 - :class:`ClassificationExample` (named text fields, optional images, a string label from the task's label set in
   :data:`LABELS`).
 
-Bad input. Problems with a whole file (missing file, not JSON, a missing top-level key or tsv/csv column) always
-raise. Problems with one example (a missing image, a VQA question without annotation, a malformed jsonl line, a
-missing or mistyped field, a label outside the task's label set) raise by default, with the file, line or id, the
-field and what was expected; with ``on_error="skip"`` the example is left out and counted by reason in the report
+Bad input. Problems with a whole file (missing file, not JSON, not UTF-8, a missing top-level key or tsv/csv column,
+no examples at all: empty, header only, or every example skipped) always raise. Problems with one example (a
+missing image, a VQA question without annotation, a malformed jsonl line, a missing or mistyped field, a label
+outside the task's label set, an id an earlier example has) raise by default, with the file, line or id, the field
+and what was expected; with ``on_error="skip"`` the example is left out and counted by reason in the report
 (``report.to_dict()`` is meant for a results json). :class:`TaskDataError` (a ``ValueError``) and
 :class:`MissingImageError` (a ``FileNotFoundError``) carry the ``reason`` a skip is counted under.
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from data.shards import existing
 from data.tasks.examples import CaptionExample, OnError, StrPath, TaskData, TaskDataError
-from data.tasks.parsing import Collector, ImageFiles, get_field, int_if_digits, read_task_json, top_list
+from data.tasks.parsing import Collector, ImageFiles, get_field, int_if_digits, not_utf8, read_task_json, top_list
 
 _CAPTION_META = ("domain", "open_images_id")
 
@@ -31,7 +31,7 @@ def read_coco_captions(
     annotations = top_list(data, "annotations", path, "a list of {image_id, caption}", optional=True)
     root = Path(images_dir)
     files = ImageFiles(path)
-    out: Collector[CaptionExample] = Collector(path, on_error)
+    out: Collector[CaptionExample] = Collector(path, on_error, "a COCO captions json with at least one image")
     refs: dict[Any, list[str]] = {}
     for i, im in enumerate(images):
         refs.setdefault(get_field(im, "id", f"{path}: images[{i}]", (int, str)), [])
@@ -78,7 +78,7 @@ def read_karpathy(
     wanted = {split} if isinstance(split, str) else set(split)
     root = Path(images_dir)
     files = ImageFiles(path)
-    out: Collector[CaptionExample] = Collector(path, on_error)
+    out: Collector[CaptionExample] = Collector(path, on_error, f"a Karpathy split json with images of split {split}")
 
     def one(i: int, im: Any) -> CaptionExample | None:
         where = f"{path}: images[{i}]"
@@ -109,7 +109,7 @@ def read_flickr30k_tokens(
     path = existing(results_token_file, "Flickr30k token file")
     root = Path(images_dir)
     files = ImageFiles(path)
-    out: Collector[CaptionExample] = Collector(path, on_error)
+    out: Collector[CaptionExample] = Collector(path, on_error, "a Flickr30k token file, one caption a line")
     refs: dict[str, list[str]] = {}
 
     def line(n: int, text: str) -> None:
@@ -121,9 +121,12 @@ def read_flickr30k_tokens(
         refs.setdefault(m["file"], []).append(m["caption"].strip())
 
     with path.open(encoding="utf-8") as f:
-        for n, text in enumerate(f, 1):
-            if text.strip():
-                out.add(line, n, text.rstrip("\r\n"))
+        try:
+            for n, text in enumerate(f, 1):
+                if text.strip():
+                    out.add(line, n, text.rstrip("\r\n"))
+        except UnicodeDecodeError as e:
+            raise not_utf8(path, "a Flickr30k token file", e) from None
 
     def one(name: str) -> CaptionExample:
         image_id = int_if_digits(Path(name).stem)

@@ -10,7 +10,15 @@ from typing import Any
 
 from data.shards import existing
 from data.tasks.examples import ChoiceExample, OnError, StrPath, TaskData, TaskDataError
-from data.tasks.parsing import Collector, bad_label, get_field, jsonl_records, read_jsonl_records, string_list
+from data.tasks.parsing import (
+    Collector,
+    bad_label,
+    get_field,
+    jsonl_records,
+    not_utf8,
+    read_jsonl_records,
+    string_list,
+)
 
 
 def _label_index(value: Any, n: int, where: str, task: str, offset: int = 0) -> int:
@@ -71,8 +79,11 @@ def read_piqa(
     labels: list[str] | None = None
     if labels_lst is not None:
         lpath = existing(labels_lst, "PIQA labels file")
-        labels = [line.strip() for line in lpath.read_text(encoding="utf-8").splitlines() if line.strip()]
-        n_records = sum(1 for _ in jsonl_records(path))
+        try:
+            labels = [line.strip() for line in lpath.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise not_utf8(lpath, "a PIQA labels file (0 or 1 a line)", e) from None
+        n_records = sum(1 for _ in jsonl_records(path, "a PIQA jsonl"))
         if len(labels) != n_records:
             raise TaskDataError(
                 f"{lpath}: {len(labels)} labels for {n_records} records in {path}; expected one label "
@@ -134,10 +145,13 @@ def read_storycloze(csv_file: StrPath, *, labeled: bool = True, on_error: OnErro
     InputSentence1..4, RandomFifthSentenceQuiz1, RandomFifthSentenceQuiz2, AnswerRightEnding`` (1 or 2). Template
     (lm-evaluation-harness): context = the four sentences joined by spaces, continuations ``" " + quiz ending``."""
     path = existing(csv_file, "StoryCloze csv")
-    out: Collector[ChoiceExample] = Collector(path, on_error)
+    out: Collector[ChoiceExample] = Collector(path, on_error, "a StoryCloze csv with one story a row")
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames or []
+        try:
+            header = reader.fieldnames or []
+        except UnicodeDecodeError as e:
+            raise not_utf8(path, "a StoryCloze csv", e) from None
         for col in [*_STORY_COLUMNS, *(["AnswerRightEnding"] if labeled else [])]:
             if col not in header:
                 raise TaskDataError(f"{path}: missing column {col!r}; the header has {header}", "missing_field")
@@ -155,8 +169,12 @@ def read_storycloze(csv_file: StrPath, *, labeled: bool = True, on_error: OnErro
         try:
             for row in reader:
                 out.add(one, reader.line_num, row)
+        except UnicodeDecodeError as e:
+            raise not_utf8(path, "a StoryCloze csv", e) from None
         except csv.Error as e:
             raise TaskDataError(f"{path}:{reader.line_num}: {e}", "malformed_row") from None
+    if not out.examples and not out.report.skipped:
+        raise TaskDataError(f"{path}: only a header row {header}; expected StoryCloze stories below it", "empty")
     return out.done()
 
 

@@ -10,7 +10,15 @@ from typing import Any
 
 from data.shards import existing
 from data.tasks.examples import ClassificationExample, OnError, StrPath, TaskData, TaskDataError
-from data.tasks.parsing import Collector, ImageFiles, bad_label, get_field, int_if_digits, read_jsonl_records
+from data.tasks.parsing import (
+    Collector,
+    ImageFiles,
+    bad_label,
+    get_field,
+    int_if_digits,
+    not_utf8,
+    read_jsonl_records,
+)
 
 NLI3 = ("entailment", "neutral", "contradiction")
 NLI2 = ("entailment", "not_entailment")
@@ -76,17 +84,23 @@ def read_glue(
         raise ValueError(f"unknown GLUE task {task!r}; known: {sorted(GLUE_FORMATS)}")
     fmt, allowed = GLUE_FORMATS[task], LABELS[task]
     path = existing(tsv, f"{task} tsv")
-    out: Collector[ClassificationExample] = Collector(path, on_error)
+    out: Collector[ClassificationExample] = Collector(path, on_error, f"a {task} tsv with one example a row")
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise TaskDataError(f"{path}: not a readable UTF-8 tsv ({e})", "malformed_row") from None
-    first = rows[0] if rows else []
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, f"a {task} tsv", e) from None
+    except csv.Error as e:
+        raise TaskDataError(f"{path}: not a readable tsv ({e})", "malformed_row") from None
+    if not any(c.strip() for row in rows for c in row):
+        raise TaskDataError(f"{path}: empty; expected a {task} tsv with one example a row", "empty")
+    first = rows[0]
     if fmt.headerless is not None and not set(fmt.texts.values()) <= set(first):
         header, body, start = list(fmt.headerless), rows, 1
     else:
         header, body, start = first, rows[1:], 2
+        if not any(c.strip() for row in body for c in row):
+            raise TaskDataError(f"{path}: only a header row {header}; expected {task} examples below it", "empty")
     needed = [*fmt.texts.values(), *([fmt.label] if labeled else [])]
     for col in needed:
         if col not in header:

@@ -47,4 +47,4 @@ def read_instructions(
                 )
         return InstructionExample(rec.get("id", index), task, instruction, text, output, image, options)
 
-    return read_jsonl_records(jsonl, "instruction jsonl", build, on_error)
+    return read_jsonl_records(jsonl, "instruction jsonl", build, on_error, unique_ids=False)

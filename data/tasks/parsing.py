@@ -11,26 +11,43 @@ from typing import Any, Generic
 
 from data.shards import existing
 from data.tasks.examples import E, ExampleId, MissingImageError, OnError, ReadReport, StrPath, TaskData, TaskDataError
-from metalm.io import JSONFileError, iter_jsonl, read_json
+from metalm.io import JSONFileError, NotUTF8Error, iter_jsonl, read_json
 
 _log = logging.getLogger(__name__)
 
 _SKIPPABLE = (TaskDataError, MissingImageError)
 
 
-class Collector(Generic[E]):
-    """Builds examples one at a time; an example's error is raised (``on_error="error"``) or counted and skipped."""
+_ID_FIELDS = ("question_id", "image_id", "id")
 
-    def __init__(self, source: StrPath, on_error: OnError):
+
+def example_key(example: Any) -> tuple[str, ExampleId]:
+    """The id field of an example (``question_id``, ``image_id`` or ``id``) and its value."""
+    name = next(f for f in _ID_FIELDS if hasattr(example, f))
+    return name, getattr(example, name)
+
+
+class Collector(Generic[E]):
+    """Builds examples one at a time; an example's error is raised (``on_error="error"``) or counted and skipped.
+
+    ``what`` says what the file should hold, for the error when it holds no example. With ``unique_ids`` an example
+    whose id an earlier one has is an error (reason ``duplicate_id``): results are keyed by id, so a repeated id
+    would silently drop or merge examples."""
+
+    def __init__(self, source: StrPath, on_error: OnError, what: str = "examples", unique_ids: bool = True):
         if on_error not in ("error", "skip"):
             raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
         self.on_error = on_error
+        self.what = what
         self.report = ReadReport(str(source))
         self.examples: list[E] = []
+        self.seen: set[ExampleId] | None = set() if unique_ids else None
 
     def add(self, build: Callable[..., E | None], *args: Any) -> None:
         try:
             example = build(*args)
+            if example is not None and self.seen is not None:
+                self._check_unique(example)
         except _SKIPPABLE as e:
             if self.on_error == "error":
                 raise
@@ -39,10 +56,27 @@ class Collector(Generic[E]):
         if example is not None:
             self.examples.append(example)
 
+    def _check_unique(self, example: E) -> None:
+        name, key = example_key(example)
+        if key in self.seen:
+            raise TaskDataError(
+                f"{self.report.source}: {name} {key!r} appears twice; expected every example's {name} to be unique",
+                "duplicate_id",
+            )
+        self.seen.add(key)
+
     def done(self) -> TaskData[E]:
+        """The examples read; an error naming the file when there are none (an empty file, or every example bad)."""
         self.report.examples = len(self.examples)
+        counts = ", ".join(f"{r} {n}" for r, n in sorted(self.report.skipped.items()))
+        if not self.examples:
+            if self.report.skipped:
+                raise TaskDataError(
+                    f"{self.report.source}: every example was skipped ({counts}); first: {self.report.messages[0]}",
+                    "empty",
+                )
+            raise TaskDataError(f"{self.report.source}: no examples; expected {self.what}", "empty")
         if self.report.skipped:
-            counts = ", ".join(f"{r} {n}" for r, n in sorted(self.report.skipped.items()))
             _log.warning(
                 "%s: skipped %d example(s) (%s); first: %s",
                 self.report.source,
@@ -108,9 +142,17 @@ def bad_label(where: str, label: Any, allowed: Sequence[Any], task: str) -> Task
     return TaskDataError(f"{where}: label {label!r} is not in the {task} label set {list(allowed)}", "bad_label")
 
 
-def jsonl_records(path: Path) -> Iterator[tuple[int, int, dict | TaskDataError]]:
-    """(line number, record index among non-blank lines, object or the error for a malformed line)."""
-    for index, (n, obj) in enumerate(iter_jsonl(path, "a JSONL file")):
+def not_utf8(path: Path, what: str, err: UnicodeDecodeError) -> TaskDataError:
+    """The error for a text file that is not UTF-8 (a whole-file problem: never skipped)."""
+    return TaskDataError(f"{path}: not UTF-8 ({err}); expected {what} in UTF-8", "not_utf8")
+
+
+def jsonl_records(path: Path, what: str = "a JSONL file") -> Iterator[tuple[int, int, dict | TaskDataError]]:
+    """(line number, record index among non-blank lines, object or the error for a malformed line); a line that is
+    not UTF-8 raises at once, naming the file."""
+    for index, (n, obj) in enumerate(iter_jsonl(path, what)):
+        if isinstance(obj, NotUTF8Error):
+            raise TaskDataError(str(obj), "not_utf8")
         yield n, index, TaskDataError(str(obj), "bad_json") if isinstance(obj, JSONFileError) else obj
 
 
@@ -121,16 +163,20 @@ def _record(obj: dict | TaskDataError) -> dict:
 
 
 def read_jsonl_records(
-    path: StrPath, what: str, build: Callable[[Path, int, int, dict], E | None], on_error: OnError
+    path: StrPath,
+    what: str,
+    build: Callable[[Path, int, int, dict], E | None],
+    on_error: OnError,
+    unique_ids: bool = True,
 ) -> TaskData[E]:
-    """``build(path, line, index, record)`` for every record of a jsonl file."""
+    """``build(path, line, index, record)`` for every record of a jsonl file (see ``Collector`` for ``unique_ids``)."""
     path = existing(path, what)
-    out: Collector[E] = Collector(path, on_error)
+    out: Collector[E] = Collector(path, on_error, f"a {what} with one example a line", unique_ids)
 
     def one(n: int, index: int, obj: dict | TaskDataError) -> E | None:
         return build(path, n, index, _record(obj))
 
-    for n, index, obj in jsonl_records(path):
+    for n, index, obj in jsonl_records(path, f"a {what}"):
         out.add(one, n, index, obj)
     return out.done()
 

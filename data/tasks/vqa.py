@@ -71,9 +71,16 @@ def read_vqa(
         )
         by_qid = {}
         for i, ann in enumerate(annotations):
-            by_qid[get_field(ann, "question_id", f"{apath}: annotations[{i}]", (int, str))] = ann
+            qid = get_field(ann, "question_id", f"{apath}: annotations[{i}]", (int, str))
+            if qid in by_qid:
+                raise TaskDataError(
+                    f"{apath}: annotations[{i}]: question_id {qid!r} is annotated twice; expected one annotation "
+                    "per question",
+                    "duplicate_id",
+                )
+            by_qid[qid] = ann
     images = ImageFiles(qpath)
-    out: Collector[VQAExample] = Collector(qpath, on_error)
+    out: Collector[VQAExample] = Collector(qpath, on_error, "a VQA questions json with at least one question")
 
     def image_of(q: dict, image_id: ExampleId, example: str) -> Path:
         if isinstance(q.get("file_name"), str):
