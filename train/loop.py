@@ -268,10 +268,11 @@ def resume_checkpoint(
     """Load the newest checkpoint that can be read (a damaged one is named in a warning and the next older one is
     tried); None when ``--out`` holds none. Raises when there are checkpoints but none can be read."""
     candidates = checkpoint_candidates(cfg)
-    if env.main and candidates and not (checkpoint_root(cfg) / "latest").is_file():
-        log.warning(
-            "--resume: no checkpoints/latest in %s; trying the newest step directory, %s", cfg.out, candidates[0]
-        )
+    pointer = checkpoint_root(cfg) / "latest"
+    named = checkpoint_root(cfg) / pointer.read_text().strip() if pointer.is_file() else None
+    if env.main and candidates and candidates[0] != named:
+        why = f"{pointer} names {named}, which holds no {STATE_NAME}" if named else f"no {pointer}"
+        log.warning("--resume: %s; trying the newest step directory, %s", why, candidates[0])
     errors = []
     for path in candidates:
         try:
@@ -299,13 +300,19 @@ def prune_checkpoints(cfg: LoopConfig, current: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def saved_max_steps(checkpoint: Path) -> int | None:
+    """The max_steps of the run that wrote ``checkpoint``; None when its train_config.json cannot be read."""
+    try:
+        return int(read_json(checkpoint / "train_config.json", "the run's training config")["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run_finished(cfg: LoopConfig, checkpoint: Path) -> bool:
     """Whether ``checkpoint`` ends a finished run: saved at its run's max_steps, with the final model written."""
-    try:
-        saved = read_json(checkpoint / "train_config.json", "the run's training config")["max_steps"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return checkpoint_step(checkpoint) >= saved and (Path(cfg.out) / "final" / "model.safetensors").is_file()
+    saved = saved_max_steps(checkpoint)
+    finished = saved is not None and checkpoint_step(checkpoint) >= saved
+    return finished and (Path(cfg.out) / "final" / "model.safetensors").is_file()
 
 
 def check_fresh_out(cfg: LoopConfig) -> None:
@@ -314,14 +321,11 @@ def check_fresh_out(cfg: LoopConfig) -> None:
     latest = latest_checkpoint(cfg)
     if cfg.resume or latest is None or run_finished(cfg, latest):
         return
-    try:
-        of = f" of {read_json(latest / 'train_config.json', 'the run config')['max_steps']} steps"
-    except (OSError, ValueError, KeyError, TypeError):
-        of = ""
+    saved = saved_max_steps(latest)
     raise FileExistsError(
-        f"--out {cfg.out}: {checkpoint_root(cfg)} holds an unfinished run (newest checkpoint {latest.name}{of}); "
-        "continue it with --resume, or start a new run elsewhere with --out DIR "
-        f"(or remove {checkpoint_root(cfg)} to start over here)"
+        f"--out {cfg.out}: {checkpoint_root(cfg)} holds an unfinished run (newest checkpoint {latest.name}"
+        f"{f' of {saved} steps' if saved else ''}); continue it with --resume, or start a new run elsewhere with "
+        f"--out DIR (or remove {checkpoint_root(cfg)} to start over here)"
     )
 
 
@@ -359,8 +363,8 @@ def clear_partial_writes(cfg: LoopConfig) -> None:
 def warn_if_schedule_stretched(cfg: LoopConfig, checkpoint: Path) -> None:
     """Extending a run (a larger ``--max_steps`` on ``--resume``) is exact only when the learning rate does not
     depend on max_steps (``--schedule constant``); a decaying schedule is stretched from the restart on, so say so."""
-    saved = read_json(checkpoint / "train_config.json", "the run's training config")["max_steps"]
-    if saved != cfg.max_steps and cfg.schedule != "constant":
+    saved = saved_max_steps(checkpoint)
+    if saved is not None and saved != cfg.max_steps and cfg.schedule != "constant":
         log.warning(
             "--resume: %s was trained with max_steps = %d and this run has %d: the %s learning-rate schedule decays "
             "to max_steps, so the steps from here follow the new schedule and the result differs from an "
