@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import runpy
+import signal
 import subprocess
 import sys
 import tarfile
@@ -13,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.prepare import prepare_shards
 from data.world import generate_world
 from metalm import MetaLM
 from metalm.presets import get_preset
+from train import pretraining
 from train.pretraining import PretrainConfig, job_pipeline_config, warm_up_vision, warn_if_workers_changed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,3 +153,52 @@ def test_the_gpt_baseline_preset_pretrains_on_text_alone(world, tmp_path):
     summary = json.loads((tmp_path / "gpt" / "summary.json").read_text())
     assert "heldout_captions" not in summary and summary["vision_warmup"] == {}
     assert "validation loss" in proc.stdout
+
+
+def broken_caption_shard(world: Path, shards: Path) -> Path:
+    """A copy of the world's first caption shard in which every other image is not a PNG any more."""
+    shards.mkdir()
+    _, captions = prepare_shards(world, "train")
+    images = 0
+    with tarfile.open(sorted(captions)[0]) as src:
+        with tarfile.open(shards / "caption-train-broken.tar", "w") as dst:
+            for member in src.getmembers():
+                payload = src.extractfile(member).read()
+                if member.name.endswith(".png"):
+                    images += 1
+                    payload = payload if images % 2 else b"not an image"
+                member.size = len(payload)
+                dst.addfile(member, io.BytesIO(payload))
+    return shards
+
+
+def test_a_run_stopped_by_sigterm_writes_its_summary_and_exits_143(world, tmp_path, monkeypatch, capsys):
+    """A signal stop still writes summary.json with the samples it skipped, says it stopped early, and the script
+    exits with 128 + SIGTERM so a scheduler can tell; a rerun without --resume is refused before any set-up."""
+    real, calls = pretraining.load_batches, []
+
+    def interrupting(*args, **kw):  # the second call is training's (the first reads the unigram counts)
+        calls.append(1)
+        for i, batch in enumerate(real(*args, **kw)):
+            if len(calls) == 2 and i == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    monkeypatch.setattr(pretraining, "load_batches", interrupting)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script points sys.path[0] at the repository root
+    shards = broken_caption_shard(world, tmp_path / "shards")
+    argv = ["--world", str(world), "--out", str(tmp_path / "run"), "--max_steps", "4", *SMALL]
+    argv += ["--image_shards", str(shards), "--text_weight", "0"]
+    monkeypatch.setattr(sys, "argv", ["train/pretrain.py", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(ROOT / "train" / "pretrain.py"), run_name="__main__")
+    assert stopped.value.code == 143
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_by_signal"] and summary["stop_signal"] == "SIGTERM" and summary["steps"] == 2
+    assert summary["exit_code"] == 143 and summary["reader"]["skipped"].get("bad_image", 0) >= 1
+    out = capsys.readouterr().out
+    assert "stopped early by SIGTERM at step 2 of 4" in out and "--resume (exit code 143)" in out
+    assert "skipped samples" in out
+    with pytest.raises(FileExistsError, match="holds an unfinished run"):
+        pretraining.pretrain(pretraining.parse_pretrain_config(argv))
+    assert not calls[2:]  # refused before reading any data

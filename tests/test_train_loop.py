@@ -320,3 +320,145 @@ def test_mfu_above_100_percent_comes_with_a_warning(tmp_path, caplog):
     assert all(m["mfu"] > 1 for m in result.metrics if "mfu" in m)
     assert "is above 100%: the peak of 1 FLOP/s is too low (given by --peak_flops" in caplog.text
     assert caplog.text.count("is above 100%") == 1  # once per run
+
+
+# ---------------------------------------------------------------- every stop pattern
+
+
+def _val_loss(model, step):
+    return {"val_loss": 1.0}
+
+
+def _metric_steps(run) -> list[tuple[int, str]]:
+    """(step, kind) of every metrics.jsonl row: "loss" for a training row, "val" for an evaluation."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], "loss" if "loss" in r else "val") for r in rows]
+
+
+def test_a_shorter_fresh_run_over_a_finished_one_keeps_its_newest_checkpoint(tmp_path, caplog):
+    """The default runs/tiny holds a finished run's step_400 and step_480: a 3-step run into it must not prune its
+    own step_3 (they sort after it); it starts a clean series and says what it removed."""
+    train(cfg_for(tmp_path, max_steps=6, ckpt_every=2, grad_accum=1), small_model(), stream)
+    short = train(cfg_for(tmp_path, max_steps=3, ckpt_every=3, grad_accum=1), small_model(), stream)
+    assert short.step == 3
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_0000003"]
+    assert latest_checkpoint(cfg_for(tmp_path)).name == "step_0000003"
+    assert "step_0000004, step_0000006" in caplog.text and "starting a new checkpoint series" in caplog.text
+    assert [s for s, _ in _metric_steps(tmp_path)] == [1, 2, 3]  # the earlier run's rows are gone with it
+    resumed = train(cfg_for(tmp_path, max_steps=3, resume=True, grad_accum=1), small_model(), stream)
+    assert resumed.step == 3
+
+
+def test_a_fresh_run_refuses_to_discard_an_unfinished_run(tmp_path):
+    first = train(cfg_for(tmp_path), small_model(), lambda skip: _interrupting(skip, at=5))
+    assert first.stopped_by_signal
+    with pytest.raises(FileExistsError) as err:
+        train(cfg_for(tmp_path), small_model(), stream)
+    message = str(err.value)
+    assert str(tmp_path / "checkpoints") in message and "step_0000003 of 6 steps" in message
+    assert "--resume" in message and "--out" in message
+    assert latest_checkpoint(cfg_for(tmp_path)).name == "step_0000003"
+
+
+def test_resuming_a_finished_run_finishes_cleanly_without_repeating_metrics(tmp_path):
+    """A run killed during its final evaluation or save (or simply finished) resumes at max_steps: it evaluates and
+    saves again, reports the run's own first and last loss, and metrics.jsonl holds each row once."""
+    full = train(cfg_for(tmp_path, max_steps=4, eval_every=2), small_model(), stream, evaluate=_val_loss)
+    shutil.rmtree(tmp_path / "final")  # as if killed during the final save
+    again = train(
+        cfg_for(tmp_path, max_steps=4, eval_every=2, resume=True), small_model(seed=9), stream, evaluate=_val_loss
+    )
+    assert again.step == 4 and again.losses == [] and (tmp_path / "final").is_dir()
+    assert again.final_losses()["first_loss"] == full.losses[0]
+    assert again.final_losses()["last_loss"] == full.losses[-1] and again.final_losses()["val_loss"] == 1.0
+    assert _metric_steps(tmp_path) == [(1, "loss"), (2, "loss"), (2, "val"), (3, "loss"), (4, "loss"), (4, "val")]
+
+
+def test_extending_a_finished_run_equals_an_uninterrupted_one_on_a_constant_schedule(tmp_path, caplog):
+    """Extending (--max_steps 4, then --max_steps 8 --resume) is exact where the learning rate does not depend on
+    max_steps; a decaying schedule is stretched at the restart, which the resumed run says."""
+    kw = dict(schedule="constant", grad_accum=1, eval_every=2)
+    full_model = small_model()
+    full = train(cfg_for(tmp_path / "full", max_steps=8, **kw), full_model, stream, evaluate=_val_loss)
+    short = train(cfg_for(tmp_path / "ext", max_steps=4, **kw), small_model(), stream, evaluate=_val_loss)
+    model = small_model(seed=5)
+    extended = train(cfg_for(tmp_path / "ext", max_steps=8, resume=True, **kw), model, stream, evaluate=_val_loss)
+    assert short.losses + extended.losses == full.losses
+    for k, v in weights(full_model).items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert _metric_steps(tmp_path / "ext") == _metric_steps(tmp_path / "full")
+    assert "learning-rate schedule" not in caplog.text
+    train(cfg_for(tmp_path / "cos", max_steps=4, grad_accum=1), small_model(), stream)
+    train(cfg_for(tmp_path / "cos", max_steps=8, resume=True, grad_accum=1), small_model(), stream)
+    assert "was trained with max_steps = 4 and this run has 8: the cosine learning-rate schedule" in caplog.text
+
+
+def _cut_run(tmp_path, **kw):
+    """A run stopped by SIGTERM at step 3 of 6 with a checkpoint at every step, and an uninterrupted one."""
+    cfg = dict(ckpt_every=1, keep_last=3, grad_accum=1, **kw)
+    full_model = small_model()
+    full = train(cfg_for(tmp_path / "full", **cfg), full_model, stream)
+    first = train(cfg_for(tmp_path / "cut", **cfg), small_model(), lambda skip: _interrupting(skip, at=2))
+    assert first.stopped_by_signal and first.step == 3
+    return cfg, full, full_model, first
+
+
+def _assert_same(resumed_model, full_model):
+    for k, v in weights(full_model).items():
+        assert torch.equal(resumed_model.state_dict()[k], v), k
+
+
+def test_resume_falls_back_past_a_truncated_checkpoint_and_names_the_file(tmp_path, caplog):
+    cfg, full, full_model, first = _cut_run(tmp_path)
+    bad = tmp_path / "cut" / "checkpoints" / "step_0000003" / "model.safetensors"
+    bad.write_bytes(bad.read_bytes()[:100])
+    resumed_model = small_model(seed=9)
+    resumed = train(cfg_for(tmp_path / "cut", resume=True, **cfg), resumed_model, stream)
+    assert f"{bad}: cannot be read" in caplog.text and "step_0000002" in caplog.text
+    assert first.losses[:2] + resumed.losses == full.losses
+    _assert_same(resumed_model, full_model)
+    assert [s for s, _ in _metric_steps(tmp_path / "cut")] == list(range(1, 7))  # step 3 replayed, logged once
+
+
+def test_resume_finds_step_directories_without_latest_and_clears_killed_writes(tmp_path, caplog):
+    cfg, full, full_model, first = _cut_run(tmp_path)
+    root = tmp_path / "cut" / "checkpoints"
+    (root / "latest").unlink()
+    (root / ".step_0000004.k1ll3d").mkdir()  # a checkpoint write killed half-way
+    (root / ".step_0000004.k1ll3d" / "model.safetensors").write_bytes(b"partial")
+    (root / ".latest.x1.tmp").write_text("step_0000004")
+    (tmp_path / "cut" / ".final.k1ll3d").mkdir()
+    resumed_model = small_model(seed=9)
+    resumed = train(cfg_for(tmp_path / "cut", resume=True, **cfg), resumed_model, stream)
+    assert f"no {root / 'latest'}; trying the newest step directory, {root / 'step_0000003'}" in caplog.text
+    assert first.losses + resumed.losses == full.losses
+    _assert_same(resumed_model, full_model)
+    leftovers = [p.name for p in (*root.iterdir(), *(tmp_path / "cut").iterdir()) if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_a_killed_overwrite_of_a_checkpoint_is_restored_not_removed(tmp_path):
+    """atomic_write_dir moves the old directory aside before swapping the new one in: a kill between the two leaves
+    only ``.step_N.old``, which is the checkpoint itself."""
+    cfg, full, full_model, first = _cut_run(tmp_path)
+    root = tmp_path / "cut" / "checkpoints"
+    (root / "step_0000003").rename(root / ".step_0000003.old")
+    resumed_model = small_model(seed=9)
+    resumed = train(cfg_for(tmp_path / "cut", resume=True, **cfg), resumed_model, stream)
+    assert first.losses + resumed.losses == full.losses
+    _assert_same(resumed_model, full_model)
+
+
+def test_a_run_stopped_by_a_signal_says_so_in_its_exit_code(tmp_path, caplog):
+    stopped = train(cfg_for(tmp_path), small_model(), lambda skip: _interrupting(skip, at=5))
+    assert stopped.exit_code == 128 + signal.SIGTERM == 143
+    assert "stopped early by SIGTERM at step 3 of 6" in caplog.text and "exit code 143" in caplog.text
+    done = train(cfg_for(tmp_path, resume=True), small_model(), stream)
+    assert done.exit_code == 0 and done.run_summary() == {
+        "steps": 6,
+        "max_steps": 6,
+        "stopped_by_signal": False,
+        "stop_signal": None,
+        "exit_code": 0,
+        "nan_steps": 0,
+    }

@@ -31,4 +31,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main()["exit_code"])  # 0, or 128 + the signal that stopped the run early

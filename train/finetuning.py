@@ -142,14 +142,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
     result = train(cfg, model, batcher, env, val_loss, save_extra=tokenizer.save)
     summary = {
         "task": cfg.task,
-        "steps": result.step,
+        **result.run_summary(),
         "encode_input": encode,
-        "stopped_by_signal": result.stopped_by_signal,
         "train_examples": len(train_examples),
     }
     if result.final_dir is not None and env.main:
         report_final(result, summary, "validation loss")
         if cfg.final_eval:
             summary["eval"] = final_evaluation(cfg, result.final_dir, encode)
+    if env.main:  # a run a signal stopped early writes one too: how it ended, and where it can continue
         write_summary(cfg.out, summary)
     return summary

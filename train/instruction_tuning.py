@@ -143,15 +143,15 @@ def instruction_tune(cfg: InstructConfig) -> dict:
     evaluate = validation_loss(val_batcher.batch, cfg.eval_batches, env.device)
     result = train(cfg, model, batcher, env, evaluate, save_extra=tokenizer.save)
     summary: dict = {
-        "steps": result.step,
+        **result.run_summary(),
         "heldout_tasks": sorted(heldout),
         "encode_user": encode,
         "train_examples": len(train_ex),
-        "stopped_by_signal": result.stopped_by_signal,
     }
     if result.final_dir is not None and env.main:
         report_final(result, summary, "validation loss (trained clusters)")
         if cfg.final_eval:
             summary["clusters"] = final_evaluation(cfg, result.final_dir, val_file, heldout, encode)
+    if env.main:  # a run a signal stopped early writes one too: how it ended, and where it can continue
         write_summary(cfg.out, summary)
     return summary

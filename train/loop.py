@@ -4,7 +4,8 @@ It runs single-process or under torchrun (DDP, or FSDP2 for models that do not f
 autocast on CUDA and fp32 on CPU, gradient accumulation and clipping, AdamW with decay / no-decay groups and a
 warm-up + cosine / linear schedule. Checkpoints hold safetensors weights plus the training state (optimizer, step,
 data position, RNG) and are written atomically; ``--resume`` continues exactly where the run stopped. SIGTERM /
-SIGINT save a checkpoint and exit cleanly; NaN / inf losses skip the step and stop the run after too many in a row.
+SIGINT save a checkpoint and stop the run early (``TrainResult.exit_code``: 128 + the signal's number); NaN / inf
+losses skip the step and stop the run after too many in a row.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -25,6 +27,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -34,7 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
-from metalm.io import atomic_write_dir, atomic_write_text, read_jsonl
+from metalm.io import atomic_write_dir, atomic_write_text, read_json, read_jsonl
 from metalm.model import MetaLM, write_pretrained
 from train.config import LoopConfig
 from train.provenance import environment
@@ -172,15 +176,30 @@ def checkpoint_root(cfg: LoopConfig) -> Path:
     return Path(cfg.out) / "checkpoints"
 
 
-def latest_checkpoint(cfg: LoopConfig) -> Path | None:
-    """The checkpoint named by ``checkpoints/latest``, written only after that checkpoint was complete."""
+def checkpoint_step(path: Path) -> int:
+    """The step a ``step_NNNNNNN`` checkpoint directory was saved at."""
+    return int(path.name.removeprefix("step_"))
+
+
+def step_dirs(cfg: LoopConfig) -> list[Path]:
+    """The checkpoint directories in ``--out``, newest (highest step) first."""
+    found = [p for p in checkpoint_root(cfg).glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=checkpoint_step, reverse=True)
+
+
+def checkpoint_candidates(cfg: LoopConfig) -> list[Path]:
+    """Checkpoints to resume from, best first: the one ``checkpoints/latest`` names (written only after that
+    checkpoint was complete), then every step directory, newest first (for when ``latest`` is missing or names a
+    damaged one). Only directories holding a training state count."""
     pointer = checkpoint_root(cfg) / "latest"
-    if not pointer.is_file():
-        return None
-    path = checkpoint_root(cfg) / pointer.read_text().strip()
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"{pointer} names {path}, which holds no {STATE_NAME}; the run directory is damaged")
-    return path
+    named = [checkpoint_root(cfg) / pointer.read_text().strip()] if pointer.is_file() else []
+    return [p for p in dict.fromkeys(named + step_dirs(cfg)) if (p / STATE_NAME).is_file()]
+
+
+def latest_checkpoint(cfg: LoopConfig) -> Path | None:
+    """The checkpoint ``--resume`` tries first (``checkpoint_candidates``), or None when there is none."""
+    candidates = checkpoint_candidates(cfg)
+    return candidates[0] if candidates else None
 
 
 def save_checkpoint(
@@ -212,12 +231,28 @@ def save_checkpoint(
         dist.barrier()
 
 
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be read (truncated, emptied, not what it should be); the message names it."""
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and training state saved in ``path``, read before anything is applied so that a damaged
+    checkpoint leaves the model untouched; raises CheckpointError naming the file that cannot be read."""
+    weights_file, state_file = path / "model.safetensors", path / STATE_NAME
+    try:
+        weights = load_file(str(weights_file))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{weights_file}: cannot be read ({err})") from err
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{state_file}: cannot be read ({err})") from err
+    return weights, state
+
+
 def load_checkpoint(path: Path, wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore weights, optimizer state and RNG from ``path``; returns the saved step and data position."""
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "model.safetensors"))
-    state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
+    weights, state = read_checkpoint(path)
     opts = StateDictOptions(full_state_dict=True)
     model = wrapped.module if hasattr(wrapped, "module") else wrapped
     if getattr(model, "config", None) is not None and model.config.decoder.tie_embeddings:
@@ -228,11 +263,119 @@ def load_checkpoint(path: Path, wrapped: torch.nn.Module, optimizer: torch.optim
     return state
 
 
-def prune_checkpoints(cfg: LoopConfig) -> None:
-    root = checkpoint_root(cfg)
-    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
-    for old in steps[: -cfg.keep_last]:
+def resume_checkpoint(
+    cfg: LoopConfig, wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, env: Env
+) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest checkpoint that can be read (a damaged one is named in a warning and the next older one is
+    tried); None when ``--out`` holds none. Raises when there are checkpoints but none can be read."""
+    candidates = checkpoint_candidates(cfg)
+    pointer = checkpoint_root(cfg) / "latest"
+    named = checkpoint_root(cfg) / pointer.read_text().strip() if pointer.is_file() else None
+    if env.main and candidates and candidates[0] != named:
+        why = f"{pointer} names {named}, which holds no {STATE_NAME}" if named else f"no {pointer}"
+        log.warning("--resume: %s; trying the newest step directory, %s", why, candidates[0])
+    errors = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path, wrapped, optimizer)
+        except CheckpointError as err:
+            errors.append(str(err))
+            if env.main:
+                log.warning("--resume: %s; trying an older checkpoint", err)
+            continue
+        if errors and env.main:
+            log.warning("--resume: resuming from %s, the newest checkpoint that can be read", path)
+        return path, state
+    if errors:
+        raise CheckpointError(f"--resume: no checkpoint in {checkpoint_root(cfg)} can be read: {'; '.join(errors)}")
+    return None
+
+
+def prune_checkpoints(cfg: LoopConfig, current: Path) -> None:
+    """Keep ``current`` (the checkpoint just written) and the ``keep_last - 1`` newest before it. Checkpoints after
+    it belong to a series this run left (it resumed past a damaged one), so they go too: ``latest`` is ``current``."""
+    step = checkpoint_step(current)
+    older = [p for p in step_dirs(cfg) if checkpoint_step(p) < step]
+    newer = [p for p in step_dirs(cfg) if checkpoint_step(p) > step]
+    for old in newer + older[cfg.keep_last - 1 :]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def saved_max_steps(checkpoint: Path) -> int | None:
+    """The max_steps of the run that wrote ``checkpoint``; None when its train_config.json cannot be read."""
+    try:
+        return int(read_json(checkpoint / "train_config.json", "the run's training config")["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_finished(cfg: LoopConfig, checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` ends a finished run: saved at its run's max_steps, with the final model written."""
+    saved = saved_max_steps(checkpoint)
+    finished = saved is not None and checkpoint_step(checkpoint) >= saved
+    return finished and (Path(cfg.out) / "final" / "model.safetensors").is_file()
+
+
+def check_fresh_out(cfg: LoopConfig) -> None:
+    """A run without ``--resume`` never discards work ``--resume`` could continue: it refuses an ``--out`` whose
+    checkpoints belong to an unfinished run (a finished one is replaced: running a command twice repeats it)."""
+    latest = latest_checkpoint(cfg)
+    if cfg.resume or latest is None or run_finished(cfg, latest):
+        return
+    saved = saved_max_steps(latest)
+    raise FileExistsError(
+        f"--out {cfg.out}: {checkpoint_root(cfg)} holds an unfinished run (newest checkpoint {latest.name}"
+        f"{f' of {saved} steps' if saved else ''}); continue it with --resume, or start a new run elsewhere with "
+        f"--out DIR (or remove {checkpoint_root(cfg)} to start over here)"
+    )
+
+
+def start_series(cfg: LoopConfig, metrics_path: Path) -> None:
+    """A fresh run into an ``--out`` that holds a finished run: remove its checkpoints and metrics, so the new run's
+    checkpoints are never pruned in favour of higher-numbered old ones and its metrics are its own."""
+    old = sorted(p.name for p in step_dirs(cfg))
+    if old:
+        log.warning(
+            "%s holds a finished run's checkpoints (%s): starting a new checkpoint series; they are removed",
+            checkpoint_root(cfg),
+            ", ".join(old),
+        )
+    for name in old:
+        shutil.rmtree(checkpoint_root(cfg) / name)
+    (checkpoint_root(cfg) / "latest").unlink(missing_ok=True)
+    metrics_path.unlink(missing_ok=True)
+
+
+def clear_partial_writes(cfg: LoopConfig) -> None:
+    """Remove what a killed atomic write left (temporary ``.step_N.*`` / ``.final.*`` directories, ``.latest.*``
+    files); a ``.NAME.old`` whose NAME is missing was killed between its two renames and is NAME itself: put back."""
+    out, root = Path(cfg.out), checkpoint_root(cfg)
+    leftovers = [*root.glob(".step_*"), *root.glob(".latest.*.tmp"), *out.glob(".final.*"), *out.glob(".*.json.*.tmp")]
+    for path in leftovers:
+        target = path.parent / path.name[1:].removesuffix(".old")
+        if path.name.endswith(".old") and path.is_dir() and not target.exists():
+            os.replace(path, target)
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def warn_if_schedule_stretched(cfg: LoopConfig, checkpoint: Path) -> None:
+    """Extending a run (a larger ``--max_steps`` on ``--resume``) is exact only when the learning rate does not
+    depend on max_steps (``--schedule constant``); a decaying schedule is stretched from the restart on, so say so."""
+    saved = saved_max_steps(checkpoint)
+    if saved is not None and saved != cfg.max_steps and cfg.schedule != "constant":
+        log.warning(
+            "--resume: %s was trained with max_steps = %d and this run has %d: the %s learning-rate schedule decays "
+            "to max_steps, so the steps from here follow the new schedule and the result differs from an "
+            "uninterrupted %d-step run (only --schedule constant extends a run exactly)",
+            checkpoint,
+            saved,
+            cfg.max_steps,
+            cfg.schedule,
+            cfg.max_steps,
+        )
 
 
 # ---------------------------------------------------------------- the loop
@@ -259,20 +402,49 @@ class StopRequested:
 
 @dataclass
 class TrainResult:
+    """What a call of ``train`` did: ``losses`` holds this call's steps; ``first_loss`` and ``last_loss`` are the
+    run's own, carried through checkpoints so a resumed run reports them too."""
+
     step: int
+    max_steps: int
     losses: list[float]
-    stopped_by_signal: bool = False
+    stop_signal: int | None = None
     nan_steps: int = 0
     final_dir: Path | None = None
     metrics: list[dict] = field(default_factory=list)
+    first_loss: float | None = None
+    last_loss: float | None = None
+
+    @property
+    def stopped_by_signal(self) -> bool:
+        return self.stop_signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a finished run; 128 + the signal's number (143 for SIGTERM, 130 for SIGINT, as a shell reports a
+        process the signal killed) for one that a signal stopped early, after saving: a scheduler can tell."""
+        return 128 + self.stop_signal if self.stop_signal is not None else 0
+
+    def run_summary(self) -> dict[str, Any]:
+        """How the run ended, for every job's summary.json: steps, whether (and by which signal) it stopped early,
+        the exit code its script returns, and the NaN steps it skipped."""
+        return {
+            "steps": self.step,
+            "max_steps": self.max_steps,
+            "stopped_by_signal": self.stopped_by_signal,
+            "stop_signal": signal.Signals(self.stop_signal).name if self.stopped_by_signal else None,
+            "exit_code": self.exit_code,
+            "nan_steps": self.nan_steps,
+        }
 
     def final_losses(self) -> dict[str, Any]:
-        """The first and last training loss, the last validation loss and the final checkpoint, for a summary."""
+        """The run's first and last training loss, the last validation loss and the final checkpoint, for a
+        summary."""
         vals = [m["val_loss"] for m in self.metrics if "val_loss" in m]
         return {
-            "first_loss": self.losses[0],
-            "last_loss": self.losses[-1],
-            "val_loss": vals[-1],
+            "first_loss": self.first_loss,
+            "last_loss": self.last_loss,
+            "val_loss": vals[-1] if vals else None,
             "final": str(self.final_dir),
         }
 
@@ -298,6 +470,22 @@ class Metrics:
                 self.tb = SummaryWriter(str(out / "tensorboard"))
             except ImportError:
                 log.info("tensorboard not installed: metrics go to %s only", self.path)
+
+    def drop_replayed(self, step: int, redo_final_eval: bool) -> None:
+        """On resume from the checkpoint of ``step``: drop the rows the run will write again, those of later steps
+        (a kill came after they were logged, before the next checkpoint), a partial line a kill left, and with
+        ``redo_final_eval`` the evaluation rows at ``step`` (the run resumes at its end and evaluates again)."""
+        if not self.main or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row["step"] < step or (row["step"] == step and not (redo_final_eval and "loss" not in row)):
+                kept.append(line + "\n")
+        atomic_write_text(self.path, "".join(kept))
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.main:
@@ -338,6 +526,34 @@ def plot_losses(metrics_path: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
+def prepare_run(
+    cfg: LoopConfig, wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, env: Env
+) -> dict[str, Any]:
+    """Ready ``--out`` for this run and return the training state it starts from ({} at step 0): what killed writes
+    left is cleared; a fresh run refuses an unfinished run's directory and replaces a finished one's checkpoints;
+    ``--resume`` loads the newest checkpoint that can be read."""
+    check_fresh_out(cfg)
+    out = Path(cfg.out)
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        clear_partial_writes(cfg)
+        if not cfg.resume:
+            start_series(cfg, out / "metrics.jsonl")
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    if env.world_size > 1:
+        dist.barrier()  # the others read checkpoints only once rank 0 has tidied them
+    found = resume_checkpoint(cfg, wrapped, optimizer, env) if cfg.resume else None
+    if found is None:
+        if cfg.resume and env.main:
+            log.warning("--resume: no checkpoint in %s yet; starting from step 0", checkpoint_root(cfg))
+        return {}
+    path, state = found
+    if env.main:
+        log.info("resumed from %s at step %d", path, state["step"])
+        warn_if_schedule_stretched(cfg, path)
+    return state
+
+
 def train(
     cfg: LoopConfig,
     model: MetaLM,
@@ -352,26 +568,18 @@ def train(
     """
     env = env or setup_env()
     out = Path(cfg.out)
-    if env.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
     wrapped = wrap_model(model, cfg, env)
     optimizer = make_optimizer(model, cfg, env.device)
-    step, consumed = 0, 0
-    resume_from = latest_checkpoint(cfg) if cfg.resume else None
-    if cfg.resume and resume_from is None and env.main:
-        log.warning("--resume: no checkpoint in %s yet; starting from step 0", checkpoint_root(cfg))
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, wrapped, optimizer)
-        step, consumed = state["step"], state["consumed"]
-        if env.main:
-            log.info("resumed from %s at step %d", resume_from, step)
+    state = prepare_run(cfg, wrapped, optimizer, env)
+    step, consumed = state.get("step", 0), state.get("consumed", 0)
     data = batches(consumed)
     bf16 = _bf16(cfg, env)
     peak = cfg.peak_flops or measure_peak_flops(env.device, bf16)
     mfu_warned = False
     metrics = Metrics(out, env.main)
-    result = TrainResult(step=step, losses=[])
+    if state:
+        metrics.drop_replayed(step, redo_final_eval=step >= cfg.max_steps)
+    result = TrainResult(step, cfg.max_steps, [], first_loss=state.get("first_loss"), last_loss=state.get("last_loss"))
     stop = StopRequested()
     nan_run = 0
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not env.main, desc="train", dynamic_ncols=True)
@@ -415,6 +623,8 @@ def train(
             loss_avg, tokens, flops = all_reduce_sum([loss_sum, tokens, flops], env)
             loss_avg /= env.world_size
             result.losses.append(loss_avg)
+            result.first_loss = loss_avg if result.first_loss is None else result.first_loss
+            result.last_loss = loss_avg
             window_tokens += tokens
             window_flops += flops
             bar.update(1)
@@ -442,19 +652,31 @@ def train(
                 values = evaluate(model, step)
                 metrics.write(step, values)
                 result.metrics.append({"step": step, **values})
-            stop_now = all_reduce_max(float(stop.signal is not None), env)
+            stop_now = int(all_reduce_max(float(stop.signal or 0), env))  # the signal's number, 0 for none
             if stop_now or step % cfg.ckpt_every == 0 or step == cfg.max_steps:
                 path = checkpoint_root(cfg) / f"step_{step:07d}"
-                save_checkpoint(
-                    path, model, wrapped, optimizer, {"step": step, "consumed": consumed}, cfg, env, save_extra
-                )
+                saved = {
+                    "step": step,
+                    "consumed": consumed,
+                    "first_loss": result.first_loss,
+                    "last_loss": result.last_loss,
+                }
+                save_checkpoint(path, model, wrapped, optimizer, saved, cfg, env, save_extra)
                 if env.main:
                     atomic_write_text(checkpoint_root(cfg) / "latest", path.name)
-                    prune_checkpoints(cfg)
+                    prune_checkpoints(cfg, path)
             if stop_now:
-                result.stopped_by_signal = True
+                result.stop_signal = stop_now
                 if env.main:
-                    log.warning("stop signal received: checkpoint saved at step %d; resume with --resume", step)
+                    log.warning(
+                        "stopped early by %s at step %d of %d: checkpoint saved in %s; continue with --resume "
+                        "(exit code %d)",
+                        signal.Signals(stop_now).name,
+                        step,
+                        cfg.max_steps,
+                        path,
+                        result.exit_code,
+                    )
                 break
     bar.close()
     result.step = step

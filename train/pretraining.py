@@ -35,7 +35,16 @@ from metalm.presets import PRESETS, get_preset
 from metalm.semicausal import semicausal_labels
 from metalm.warmup import warm_up_on_labels
 from train.config import ConfigError, LoopConfig, option, parse_config
-from train.loop import Env, latest_checkpoint, setup_env, train, validation_loss, write_summary
+from train.loop import (
+    Env,
+    check_fresh_out,
+    checkpoint_root,
+    latest_checkpoint,
+    setup_env,
+    train,
+    validation_loss,
+    write_summary,
+)
 
 log = logging.getLogger("metalm.pretrain")
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # a trained tokenizer's specials and 256 bytes
@@ -212,6 +221,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     cfg.check()
     env = setup_env()
     logging.basicConfig(level=logging.INFO if env.main else logging.WARNING, format="%(message)s")
+    check_fresh_out(cfg)  # before the set-up: an --out holding an unfinished run is refused at once
     world = on_main_first(env, prepare_world, cfg.world, cfg.seed)
     tokenizer = on_main_first(env, prepare_tokenizer, world, cfg.tokenizer, cfg.vocab_size)
     text_train, caption_train = on_main_first(env, prepare_shards, world, "train")
@@ -271,9 +281,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         warn_if_workers_changed(cfg)
     result = train(cfg, model, train_batches, env, evaluate, save_extra=tokenizer.save)
     summary = {
-        "steps": result.step,
-        "stopped_by_signal": result.stopped_by_signal,
-        "nan_steps": result.nan_steps,
+        **result.run_summary(),
         "reader": {"samples": stats.samples, "skipped": dict(stats.skipped)},
         "vision_warmup": vision_warmup,
     }
@@ -281,9 +289,24 @@ def pretrain(cfg: PretrainConfig) -> dict:
         summary.update(result.final_losses(), unigram_loss=baseline)
         for split in ("heldout", "val") if pcfg.vision_encoder else ():  # a text-only model has nothing to caption
             summary[f"{split}_captions"] = caption_split(model.eval(), tokenizer, pcfg, world, env.device, split)
+    if env.main:
         write_summary(cfg.out, summary)
-        report(summary, cfg)
+        if result.final_dir is not None:
+            report(summary, cfg)
+        else:
+            report_stopped(summary, cfg)
     return summary
+
+
+def report_stopped(summary: dict, cfg: PretrainConfig) -> None:
+    """Print how a run that a signal stopped early ended: where it can continue from, and the samples it skipped."""
+    print(
+        f"\nstopped early by {summary['stop_signal']} at step {summary['steps']} of {summary['max_steps']}: "
+        f"checkpoint saved in {checkpoint_root(cfg)}; continue with --resume (exit code {summary['exit_code']})"
+    )
+    skipped = summary["reader"]["skipped"]
+    if skipped:
+        print(f"skipped samples: {skipped}")
 
 
 def report(summary: dict, cfg: PretrainConfig) -> None:

@@ -12,7 +12,7 @@ from data.tokenizer import Tokenizer
 from encoders.base import FREEZE_POLICY
 from metalm.model import MetaLM
 from train.config import ConfigError, LoopConfig, option
-from train.loop import Env, TrainResult, setup_env
+from train.loop import Env, TrainResult, check_fresh_out, setup_env
 
 
 @dataclass
@@ -70,6 +70,7 @@ def load_pretrained(cfg: TuneConfig, encode_flag: str, flag: str) -> tuple[Env, 
     cfg.check()
     if not cfg.init_from:
         raise ValueError("this script starts from a pretrained checkpoint: give --init_from, e.g. runs/tiny/final")
+    check_fresh_out(cfg)  # before loading: an --out holding an unfinished run is refused at once
     env = setup_env()
     torch.manual_seed(cfg.seed)
     model = MetaLM.from_pretrained(cfg.init_from)
