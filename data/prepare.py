@@ -4,6 +4,7 @@ model, and the world's scene labels for the vision warm-up. Plain arguments in, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -50,36 +51,19 @@ def prepare_shards(world: Path, split: str) -> tuple[list[str], list[str]]:
     return expand_urls(str(out / f"text-{split}-*.tar")), expand_urls(str(out / f"caption-{split}-*.tar"))
 
 
-def pipeline_config(
-    model: MetaLM,
-    *,
-    seq_len: int,
-    batch_size: int,
-    text_weight: float,
-    span_ratio: float,
-    span_min: int,
-    span_max: int,
-    prefix_max: float,
-    seed: int,
-) -> PipelineConfig:
-    """Batch layout for this model: image size, normalisation and token count come from its vision encoder."""
+def pipeline_config(model: MetaLM, **data: Any) -> PipelineConfig:
+    """Batch layout for this model: ``data`` sets the data fields of ``PipelineConfig`` (``seq_len``, ``batch_size``,
+    span and prefix shares, ``seed``); image size, normalisation and token count come from its vision encoder."""
     vision = model.encoders["vision"] if "vision" in model.encoders else None
     mean, std = vision.normalization() if vision is not None else ((0.5,) * 3, (0.5,) * 3)
     return PipelineConfig(
-        seq_len=seq_len,
-        batch_size=batch_size,
-        text_weight=text_weight,
-        span_ratio=span_ratio,
-        span_min=span_min,
-        span_max=span_max,
-        prefix_max=prefix_max,
+        **data,
         image_size=tuple(vision.image_size) if vision is not None else (32, 32),
         image_mean=tuple(mean),
         image_std=tuple(std),
         image_tokens=vision.num_tokens if vision is not None else 0,
         text_encoder="text" if "text" in model.encoders else None,
         vision_encoder="vision" if vision is not None else None,
-        seed=seed,
     )
 
 

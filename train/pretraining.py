@@ -47,6 +47,8 @@ from train.loop import (
 )
 
 log = logging.getLogger("metalm.pretrain")
+PIPELINE_FIELDS = ("seq_len", "batch_size", "text_weight", "span_ratio", "span_min", "span_max", "prefix_max", "seed")
+"""The fields of this job's config that set ``data.pipeline.PipelineConfig``'s data fields."""
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # a trained tokenizer's specials and 256 bytes
 
 
@@ -146,17 +148,7 @@ def build_model(cfg: PretrainConfig, tokenizer: Tokenizer) -> MetaLM:
 def job_pipeline_config(cfg: PretrainConfig, model: MetaLM) -> PipelineConfig:
     """The batch layout of this job's data for ``model``, once ``seq_len`` is known to fit it (``check_seq_len``)."""
     check_seq_len(cfg.seq_len, model)
-    return pipeline_config(
-        model,
-        seq_len=cfg.seq_len,
-        batch_size=cfg.batch_size,
-        text_weight=cfg.text_weight,
-        span_ratio=cfg.span_ratio,
-        span_min=cfg.span_min,
-        span_max=cfg.span_max,
-        prefix_max=cfg.prefix_max,
-        seed=cfg.seed,
-    )
+    return pipeline_config(model, **{name: getattr(cfg, name) for name in PIPELINE_FIELDS})
 
 
 def check_seq_len(seq_len: int, model: MetaLM) -> None:
