@@ -8,8 +8,8 @@ A prompt is a list of segments, read left to right:
   "in-context customization"; the text encoder must share the decoder's tokenizer);
 - ``SpecialSeg(token)``: one special token, e.g. ``"</s>"`` or ``"</p>"``.
 
-Evaluation (``eval/scoring.py``) and finetuning (``train/finetune.py``) both build their inputs here, so a model is
-scored on exactly the layout it was finetuned on.
+Evaluation (``eval/scoring.py``) and the finetuning batches (``data/batching.py``) both build their inputs here,
+so a model is scored on exactly the layout it was finetuned on.
 """
 
 from __future__ import annotations
