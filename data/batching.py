@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from data.batch import Batch
+from data.layout import image_ids
 from data.prompts import Encoded, EncodedSeg, ImageSeg, Prompt, PromptEncoder, SpecialSeg, through_encoder
 from data.tasks import InstructionExample
 from data.templates import INSTRUCTION_TEMPLATES, instruction_prompt
@@ -133,7 +134,7 @@ class InstructBatcher(IndexedBatches):
         n = len(answer)
         for seg in prompt:
             if isinstance(seg, ImageSeg):
-                n += self.prompts.image_tokens + 2
+                n += len(image_ids(self.tok, self.prompts.image_tokens))
             elif isinstance(seg, SpecialSeg):
                 n += 1
             else:

@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from eval.cli import base_parser  # noqa: E402
-from eval.settings import EvalSettings  # noqa: E402
+from eval.settings import NEW_TOKENS, EvalSettings  # noqa: E402
 
 FORMATS = {"coco": "coco", "karpathy": "coco-karpathy", "flickr30k-tokens": "flickr30k-tokens"}
 """Caption file formats and the ``data.tasks`` registry entry whose reader reads each."""
@@ -34,7 +34,7 @@ def read(fmt: str, path: str, images: str, split: str, on_error: str):
 
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.split("\n\n")[0], generative=True)
-    p.set_defaults(max_new_tokens=24)
+    p.set_defaults(max_new_tokens=NEW_TOKENS["caption"])
     p.add_argument("--benchmark", default="coco", help="name in the results (coco, flickr30k, nocaps, ...)")
     p.add_argument(
         "--format",

@@ -51,7 +51,7 @@ from eval.runners import (
 )
 from eval.scene import scene_naming
 from eval.scoring import Scorer
-from eval.settings import WORLD_TASKS, EvalSettings
+from eval.settings import NEW_TOKENS, WORLD_TASKS, EvalSettings
 
 VQA_STOP = ("\n", "Question:")
 CAPTION_STOP = ("\n",)
@@ -74,13 +74,12 @@ def _answer_inputs(
 ) -> tuple[list, list[Query], list[Demo], ReadReport]:
     """The examples to answer (``settings.limit`` of them, less those ``drop_unusable`` leaves out with ``reserve``
     answer tokens), their queries, the usable demonstrations and the report of what was skipped."""
-    examples, report = drop_unusable(
-        scorer,
-        data,
-        limited(data.examples, settings.limit),
-        lambda ex: (query(ex).key, [(query(ex).prompt, reserve)]),
-        settings,
-    )
+
+    def needs(ex) -> tuple:
+        q = query(ex)
+        return q.key, [(q.prompt, reserve)]
+
+    examples, report = drop_unusable(scorer, data, limited(data.examples, settings.limit), needs, settings)
     pool = usable_pool(pool, settings, report)
     needs_pool(settings, pool)
     return examples, [query(ex) for ex in examples], pool, report
@@ -372,7 +371,7 @@ def evaluate_world(
     settings: EvalSettings,
     scorer: Scorer | None = None,
     demo_split: str = "train",
-    caption_tokens: int = 24,
+    caption_tokens: int = NEW_TOKENS["caption"],
 ) -> dict:
     """The bundled world's benchmarks (``tasks`` from ``WORLD_TASKS``) on ``split``, each written beside
     ``settings.out`` (default ``results/world-<split>.json``) as ``<out>-<task>.json``, and a summary of all of

@@ -18,14 +18,14 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from eval.cli import base_parser  # noqa: E402
-from eval.settings import EvalSettings  # noqa: E402
+from eval.settings import NEW_TOKENS, EvalSettings  # noqa: E402
 
 ENCODE_USER = {"auto": None, "true": True, "false": False}
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.split("\n\n")[0], generative=True)
-    p.set_defaults(max_new_tokens=24, limit=100)
+    p.set_defaults(max_new_tokens=NEW_TOKENS["instruction"], limit=100)
     p.add_argument("--data", default="data/world/instructions_val.jsonl", help="instruction jsonl")
     p.add_argument("--image_root", default=None, help="folder the image paths are relative to (default: the file's)")
     p.add_argument("--tasks", default="", help="comma-separated task clusters to score (default: all)")

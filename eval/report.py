@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from eval.flags import FlagParser  # noqa: E402
-from eval.settings import DecodeSettings, EvalSettings, shots_list  # noqa: E402
+from eval.settings import NEW_TOKENS, DecodeSettings, EvalSettings, shots_list  # noqa: E402
 
 
 def pretrain_run(args: argparse.Namespace, **fields) -> None:
@@ -38,8 +38,7 @@ def pretrain_run(args: argparse.Namespace, **fields) -> None:
     from train.pretraining import PretrainConfig, pretrain
 
     cfg = PretrainConfig(max_steps=args.steps, world=args.world, eval_every=0, seed=args.seed, **fields)
-    cfg.check()
-    pretrain(cfg)
+    pretrain(cfg)  # it checks the config first
 
 
 def finetune_run(args: argparse.Namespace, base: Path, task: str, out: Path) -> None:
@@ -56,8 +55,7 @@ def finetune_run(args: argparse.Namespace, base: Path, task: str, out: Path) -> 
         final_eval=False,
         seed=args.seed,
     )
-    cfg.check()
-    finetune(cfg)
+    finetune(cfg)  # it checks the config first
 
 
 def pretrain(args: argparse.Namespace, runs: Path) -> dict[str, Path]:
@@ -110,7 +108,7 @@ def world_eval(
         icl_mode,
         encode_input,
         args.limit,
-        decode=DecodeSettings(max_new_tokens=8),
+        decode=DecodeSettings(max_new_tokens=NEW_TOKENS["vqa"]),
     )
     return evaluate_world(args.world, split, tasks.split(","), settings)["tasks"]
 

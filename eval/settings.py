@@ -14,6 +14,9 @@ MODES = ("causal", "encoder")
 CALIBRATIONS = ("none", "contextual", "prototypical")
 ON_ERROR = ("error", "skip")
 WORLD_TASKS = ("captions", "vqa", "entail", "choice")  # the bundled world's benchmarks (eval.evaluators)
+NEW_TOKENS = {"vqa": 8, "caption": 24, "instruction": 24}
+"""Tokens generated per answer by default, by kind of answer: the eval scripts' ``--max_new_tokens`` defaults, and
+what training's final evaluations generate, so both score a checkpoint the same way."""
 
 
 def shots_list(text: str) -> list[int]:

@@ -17,12 +17,12 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from eval.cli import base_parser  # noqa: E402
-from eval.settings import EvalSettings  # noqa: E402
+from eval.settings import NEW_TOKENS, EvalSettings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.split("\n\n")[0], generative=True)
-    p.set_defaults(max_new_tokens=8)
+    p.set_defaults(max_new_tokens=NEW_TOKENS["vqa"])
     p.add_argument("--benchmark", default="vqav2", help="name in the results (vqav2, okvqa, ...)")
     p.add_argument("--questions", required=True, help="questions json ({'questions': [...], 'data_subtype': ...})")
     p.add_argument("--annotations", default=None, help="annotations json; leave out for a test split")

@@ -14,17 +14,17 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from eval.cli import base_parser  # noqa: E402
-from eval.settings import WORLD_TASKS, EvalSettings  # noqa: E402
+from eval.settings import NEW_TOKENS, WORLD_TASKS, EvalSettings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.split("\n\n")[0], generative=True, classification=True)
-    p.set_defaults(max_new_tokens=8, limit=200)
+    p.set_defaults(max_new_tokens=NEW_TOKENS["vqa"], limit=200)
     p.add_argument("--world", default="data/world", help="the generated world (python -m data.world)")
     p.add_argument("--split", default="val", help="val, test, or heldout (unseen colour-shape pairs)")
     p.add_argument("--demo_split", default="train", help="split the in-context demonstrations come from")
     p.add_argument("--tasks", default=",".join(WORLD_TASKS), help=f"comma-separated, from {', '.join(WORLD_TASKS)}")
-    p.add_argument("--caption_tokens", type=int, default=24, help="max new tokens for captions")
+    p.add_argument("--caption_tokens", type=int, default=NEW_TOKENS["caption"], help="max new tokens for captions")
     args = p.parse_args(argv)
     # the library loads torch and the model code (seconds): imported after parsing so --help answers at once
     from eval.evaluators import evaluate_world

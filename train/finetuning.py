@@ -15,7 +15,7 @@ from data import tasks
 from data.batching import Example, ExampleBatcher
 from data.templates import CLASSIFICATION, caption_prompt, qa_prompt
 from eval.evaluators import demo_answer, evaluate, evaluate_world
-from eval.settings import DecodeSettings, EvalSettings
+from eval.settings import NEW_TOKENS, DecodeSettings, EvalSettings
 from train.config import option, parse_config
 from train.loop import train, validation_loss, write_summary
 from train.tuning import TuneConfig, load_pretrained, report_final
@@ -24,8 +24,6 @@ log = logging.getLogger("metalm.finetune")
 WORLD_TASKS = ("world-vqa", "world-captions", "world-entail", "world-choice")
 GLUE_TASKS = ("sst2", "mnli", "rte", "qnli", "mrpc", "qqp", "cola", "wnli")
 FILE_TASKS = ("vqav2", "okvqa", "coco", "snli-ve", "nlvr2", *GLUE_TASKS)
-ANSWER_TOKENS = {"vqa": 8, "caption": 24}  # generated tokens per answer, as eval/vqa.py and eval/caption.py default
-WORLD_ANSWER_TOKENS = 8  # eval/world.py's default (its captions get their own 24)
 
 
 @dataclass
@@ -106,11 +104,11 @@ def final_evaluation(cfg: FinetuneConfig, checkpoint: Path, encode: bool) -> dic
     settings = EvalSettings(checkpoint, out=Path(cfg.out) / "eval.json", limit=cfg.eval_limit, encode_input=encode)
     print(f"evaluating {checkpoint} on {cfg.task} ({cfg.val_split if cfg.task in WORLD_TASKS else cfg.val_data})")
     if cfg.task in WORLD_TASKS:
-        settings = replace(settings, decode=DecodeSettings(max_new_tokens=WORLD_ANSWER_TOKENS))
+        settings = replace(settings, decode=DecodeSettings(max_new_tokens=NEW_TOKENS["vqa"]))
         return evaluate_world(cfg.world, cfg.val_split, [cfg.task.removeprefix("world-")], settings)
     kind = tasks.get_task(cfg.task).kind
-    if kind in ANSWER_TOKENS:
-        settings = replace(settings, decode=DecodeSettings(max_new_tokens=ANSWER_TOKENS[kind]))
+    if kind in NEW_TOKENS:
+        settings = replace(settings, decode=DecodeSettings(max_new_tokens=NEW_TOKENS[kind]))
     benchmark = f"glue-{cfg.task}" if cfg.task in GLUE_TASKS else cfg.task
     return evaluate(cfg.task, read_task_data(cfg, "val"), settings, benchmark=benchmark)
 

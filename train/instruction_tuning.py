@@ -18,7 +18,7 @@ from data.batching import InstructBatcher
 from data.tasks import InstructionExample, read_instructions
 from data.world import current_world
 from eval.evaluators import evaluate_instructions
-from eval.settings import DecodeSettings, EvalSettings
+from eval.settings import NEW_TOKENS, DecodeSettings, EvalSettings
 from train.config import option, parse_config
 from train.loop import train, validation_loss, write_summary
 from train.tuning import TuneConfig, load_pretrained, report_final
@@ -58,15 +58,12 @@ def split_tasks(
     return [e for e in examples if e.task not in heldout], [e for e in examples if e.task in heldout]
 
 
-INSTRUCTION_ANSWER_TOKENS = 24  # generated tokens per answer, as eval/instruct.py defaults
-
-
 def evaluate_checkpoint(checkpoint: Path, cfg: InstructConfig, val: Path, out: Path, encode: bool) -> dict:
     """Instruction following of ``checkpoint`` on ``val`` (``eval_limit`` examples per cluster), as eval/instruct.py
     scores it; results in ``out``. Its printed summary is left out: this job prints the per-cluster table."""
     print(f"evaluating {checkpoint} on {val}", flush=True)
     settings = EvalSettings(
-        checkpoint, out=out, limit=cfg.eval_limit, decode=DecodeSettings(max_new_tokens=INSTRUCTION_ANSWER_TOKENS)
+        checkpoint, out=out, limit=cfg.eval_limit, decode=DecodeSettings(max_new_tokens=NEW_TOKENS["instruction"])
     )
     with contextlib.redirect_stdout(io.StringIO()):
         return evaluate_instructions(read_instructions(val, cfg.image_root or None), settings, encode_user=encode)
@@ -140,8 +137,8 @@ def instruction_tune(cfg: InstructConfig) -> dict:
             encode,
         )
 
-    evaluate = validation_loss(val_batcher.batch, cfg.eval_batches, env.device)
-    result = train(cfg, model, batcher, env, evaluate, save_extra=tokenizer.save)
+    val_loss = validation_loss(val_batcher.batch, cfg.eval_batches, env.device)
+    result = train(cfg, model, batcher, env, val_loss, save_extra=tokenizer.save)
     summary: dict = {
         **result.run_summary(),
         "heldout_tasks": sorted(heldout),

@@ -38,7 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
-from metalm.io import atomic_write_dir, atomic_write_text, read_json, read_jsonl
+from metalm.io import JSONFileError, atomic_write_dir, atomic_write_text, iter_jsonl, read_json, read_jsonl
 from metalm.model import MetaLM, write_pretrained
 from train.config import LoopConfig
 from train.provenance import environment
@@ -187,13 +187,18 @@ def step_dirs(cfg: LoopConfig) -> list[Path]:
     return sorted(found, key=checkpoint_step, reverse=True)
 
 
-def checkpoint_candidates(cfg: LoopConfig) -> list[Path]:
-    """Checkpoints to resume from, best first: the one ``checkpoints/latest`` names (written only after that
-    checkpoint was complete), then every step directory, newest first (for when ``latest`` is missing or names a
-    damaged one). Only directories holding a training state count."""
+def named_checkpoint(cfg: LoopConfig) -> Path | None:
+    """The checkpoint ``checkpoints/latest`` names (written only after that checkpoint was complete), if any."""
     pointer = checkpoint_root(cfg) / "latest"
-    named = [checkpoint_root(cfg) / pointer.read_text().strip()] if pointer.is_file() else []
-    return [p for p in dict.fromkeys(named + step_dirs(cfg)) if (p / STATE_NAME).is_file()]
+    return checkpoint_root(cfg) / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def checkpoint_candidates(cfg: LoopConfig) -> list[Path]:
+    """Checkpoints to resume from, best first: the one ``latest`` names, then every step directory, newest first
+    (for when ``latest`` is missing or names a damaged one). Only directories holding a training state count."""
+    named = named_checkpoint(cfg)
+    first = [named] if named is not None else []
+    return [p for p in dict.fromkeys(first + step_dirs(cfg)) if (p / STATE_NAME).is_file()]
 
 
 def latest_checkpoint(cfg: LoopConfig) -> Path | None:
@@ -269,8 +274,7 @@ def resume_checkpoint(
     """Load the newest checkpoint that can be read (a damaged one is named in a warning and the next older one is
     tried); None when ``--out`` holds none. Raises when there are checkpoints but none can be read."""
     candidates = checkpoint_candidates(cfg)
-    pointer = checkpoint_root(cfg) / "latest"
-    named = checkpoint_root(cfg) / pointer.read_text().strip() if pointer.is_file() else None
+    named, pointer = named_checkpoint(cfg), checkpoint_root(cfg) / "latest"
     if env.main and candidates and candidates[0] != named:
         why = f"{pointer} names {named}, which holds no {STATE_NAME}" if named else f"no {pointer}"
         log.warning("--resume: %s; trying the newest step directory, %s", why, candidates[0])
@@ -294,17 +298,24 @@ def resume_checkpoint(
 def prune_checkpoints(cfg: LoopConfig, current: Path) -> None:
     """Keep ``current`` (the checkpoint just written) and the ``keep_last - 1`` newest before it. Checkpoints after
     it belong to a series this run left (it resumed past a damaged one), so they go too: ``latest`` is ``current``."""
-    step = checkpoint_step(current)
-    older = [p for p in step_dirs(cfg) if checkpoint_step(p) < step]
-    newer = [p for p in step_dirs(cfg) if checkpoint_step(p) > step]
+    step, dirs = checkpoint_step(current), step_dirs(cfg)
+    older = [p for p in dirs if checkpoint_step(p) < step]
+    newer = [p for p in dirs if checkpoint_step(p) > step]
     for old in newer + older[cfg.keep_last - 1 :]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def saved_config(checkpoint: Path) -> Any:
+    """The training config saved with ``checkpoint`` (its train_config.json), None when there is none; a malformed
+    one raises an error naming it."""
+    path = checkpoint / "train_config.json"
+    return read_json(path, "the run's training config") if path.is_file() else None
 
 
 def saved_max_steps(checkpoint: Path) -> int | None:
     """The max_steps of the run that wrote ``checkpoint``; None when its train_config.json cannot be read."""
     try:
-        return int(read_json(checkpoint / "train_config.json", "the run's training config")["max_steps"])
+        return int(saved_config(checkpoint)["max_steps"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -478,13 +489,11 @@ class Metrics:
         if not self.main or not self.path.is_file():
             return
         kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+        for _, row in iter_jsonl(self.path, "the run's metrics"):
+            if isinstance(row, JSONFileError):  # a partial line a kill left
                 continue
             if row["step"] < step or (row["step"] == step and not (redo_final_eval and "loss" not in row)):
-                kept.append(line + "\n")
+                kept.append(json.dumps(row) + "\n")
         atomic_write_text(self.path, "".join(kept))
 
     def write(self, step: int, values: dict[str, float]) -> None:

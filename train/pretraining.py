@@ -29,7 +29,6 @@ from eval.scene import caption_split
 from metalm import MetaLM
 from metalm.config import DecoderConfig
 from metalm.docking import docked_mask
-from metalm.io import read_json
 from metalm.loss import IGNORE_INDEX
 from metalm.presets import PRESETS, get_preset
 from metalm.semicausal import semicausal_labels
@@ -40,6 +39,7 @@ from train.loop import (
     check_fresh_out,
     checkpoint_root,
     latest_checkpoint,
+    saved_config,
     setup_env,
     train,
     validation_loss,
@@ -179,9 +179,10 @@ def warn_if_workers_changed(cfg: PretrainConfig) -> None:
     """Resume is exact only with the number of DataLoader workers the run started with (the batch order depends on
     it, see ``data.pipeline.BatchStream``); another number still trains, on a different order, so this warns."""
     ckpt = latest_checkpoint(cfg)
-    if ckpt is None or not (ckpt / "train_config.json").is_file():
+    config = saved_config(ckpt) if ckpt is not None else None
+    if config is None:
         return
-    saved = read_json(ckpt / "train_config.json", "the run's training config").get("num_workers", 0)
+    saved = config.get("num_workers", 0)
     if saved != cfg.num_workers:
         log.warning(
             "--resume: %s was saved with num_workers = %d but this run has %d; the data order differs from "
