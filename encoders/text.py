@@ -21,6 +21,8 @@ from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from .base import DECODER_IDS, OWN_IDS, Encoder, EncoderOutput
+from .tokenization import FILENAME as TOKENIZER_FILE
+from .tokenization import TextTokenizer
 
 _MINILM_PACKAGE = "all_minilm_l6_v2"
 _MINILM_DIR = "all-MiniLM-L6-v2"
@@ -70,9 +72,20 @@ class HFTextEncoder(Encoder):
 
     reads = OWN_IDS
 
-    def __init__(self, path: str | None = None, *, config: dict | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        config: dict | None = None,
+        tokenizer: str | os.PathLike | TextTokenizer | None = None,
+        **kwargs: Any,
+    ):
         """Load weights from the local directory ``path`` (``kwargs`` go to ``from_pretrained``; float32 unless a
-        ``dtype`` is given), or build the architecture of ``config`` (a ``config.to_dict()``) with random weights."""
+        ``dtype`` is given), or build the architecture of ``config`` (a ``config.to_dict()``) with random weights.
+
+        ``tokenizer`` (a directory holding ``tokenizer.json``, or a ``TextTokenizer``) is the encoder's own
+        tokenizer; by default the one in ``path`` when it has one. Without one the encoder still runs on ids, but
+        nothing can lay out text for it (``self.tokenizer`` is None)."""
         super().__init__()
         if (path is None) == (config is None):
             raise ValueError("HFTextEncoder needs exactly one of a model directory path or a config dict")
@@ -93,8 +106,24 @@ class HFTextEncoder(Encoder):
             )
         self.model = model
         self.output_dim = model.config.hidden_size
+        self.max_len = getattr(model.config, "max_position_embeddings", None)
         self._layers = _largest_module_list(model)
+        if tokenizer is None and path is not None and os.path.isfile(os.path.join(path, TOKENIZER_FILE)):
+            tokenizer = path
+        self.tokenizer: TextTokenizer | None = None
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer if isinstance(tokenizer, TextTokenizer) else TextTokenizer.load(tokenizer))
         self.train()  # from_pretrained returns eval mode; start in train mode like any other module
+
+    def set_tokenizer(self, tokenizer: TextTokenizer) -> None:
+        """Attach the encoder's own tokenizer; its ids must fit the encoder's embedding table."""
+        vocab = self.model.config.vocab_size
+        if tokenizer.vocab_size > vocab:
+            raise ValueError(
+                f"encoder tokenizer {tokenizer.describe()} has more ids than the encoder's {vocab}-row embedding "
+                "table: it is not this encoder's tokenizer"
+            )
+        self.tokenizer = tokenizer
 
     @classmethod
     def from_config(cls, config: dict) -> HFTextEncoder:

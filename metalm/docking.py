@@ -11,18 +11,22 @@ from dataclasses import dataclass
 
 import torch
 
+from encoders.tokenization import DECODER_TOKENIZER
 from metalm.config import eager_checks
 
 
 @dataclass
 class Dock:
     """One encoder's segments: ``inputs`` for the encoder, ``batch_index`` ``(N,)`` and ``positions`` ``(N, L)``
-    (decoder positions, one per output vector; -1 pads rows with fewer vectors)."""
+    (decoder positions, one per output vector; -1 pads rows with fewer vectors). ``tokenizer`` names the tokenizer
+    that made ``inputs["input_ids"]`` (``DECODER_TOKENIZER``, or an encoder tokenizer's ``describe()``); the model
+    refuses ids of another tokenizer than the encoder reads. None: not said (docks built by hand)."""
 
     encoder: str
     inputs: dict[str, torch.Tensor]
     batch_index: torch.Tensor
     positions: torch.Tensor
+    tokenizer: str | None = None
 
     def to(self, device: torch.device | str) -> Dock:
         return Dock(
@@ -30,6 +34,7 @@ class Dock:
             {k: v.to(device) for k, v in self.inputs.items()},
             self.batch_index.to(device),
             self.positions.to(device),
+            self.tokenizer,
         )
 
 
@@ -51,6 +56,7 @@ def span_dock(input_ids: torch.Tensor, spans: list[tuple[int, int, int]], encode
         inputs={"input_ids": ids.to(input_ids.device), "attention_mask": (positions >= 0).long().to(input_ids.device)},
         batch_index=torch.tensor([b for b, _, _ in spans], device=input_ids.device),
         positions=positions.to(input_ids.device),
+        tokenizer=DECODER_TOKENIZER,
     )
 
 

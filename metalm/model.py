@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from encoders import Encoder, apply_freeze, build_encoder, encoder_spec
+from encoders.base import OWN_IDS
+from encoders.tokenization import DECODER_TOKENIZER
 from metalm.config import EncoderConfig, MetaLMConfig, eager_checks
 from metalm.connectors import build_connector
 from metalm.decoder import Decoder
@@ -72,6 +74,7 @@ class MetaLM(nn.Module):
         for dock in docks:
             if dock.encoder not in self.encoders:
                 raise ValueError(f"dock names encoder {dock.encoder!r}; this model has {sorted(self.encoders)}")
+            check_dock_tokenizer(dock, self.encoders[dock.encoder])
             out = self.encoders[dock.encoder](dock.inputs)
             vectors, mask = self.connectors[dock.encoder](out.hidden_states, out.mask)
             embeds = scatter_docked(embeds, dock, vectors, mask)
@@ -172,6 +175,23 @@ class MetaLM(nn.Module):
 
     def num_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def check_dock_tokenizer(dock: Dock, encoder: Encoder) -> None:
+    """Refuse a dock whose ids come from another tokenizer than the one ``encoder`` reads, naming both: an encoder
+    with its own tokenizer (``OWN_IDS``) reads only that tokenizer's ids, any other only the decoder's."""
+    if dock.tokenizer is None or "input_ids" not in dock.inputs:
+        return
+    own = getattr(encoder, "tokenizer", None) if encoder.reads == OWN_IDS else None
+    if encoder.reads == OWN_IDS and own is None:
+        return  # an encoder with no tokenizer attached: nothing to compare with
+    decoder = f"the decoder's tokenizer ({DECODER_TOKENIZER!r})"
+    expected = own.describe() if own is not None else decoder
+    given = dock.tokenizer if dock.tokenizer != DECODER_TOKENIZER else decoder
+    if given != expected:
+        raise ValueError(
+            f"encoder {dock.encoder!r} reads ids of tokenizer {expected}, but the dock holds ids of tokenizer {given}"
+        )
 
 
 def write_pretrained(path: Path, config: MetaLMConfig, state: dict[str, torch.Tensor]) -> None:
