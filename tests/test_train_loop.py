@@ -256,6 +256,12 @@ def test_seq_len_too_short_for_an_image_row_is_named():
     assert job_pipeline_config(PretrainConfig(seq_len=20), tiny).seq_len == 20
     text_only = MetaLM(get_preset("tiny-gpt", vocab_size=300))
     assert job_pipeline_config(PretrainConfig(seq_len=2), text_only).seq_len == 2
+    # checked with the other fields, from the spec alone, before the world or the tokenizer is prepared
+    with pytest.raises(ValueError, match="seq_len = 16: expected at least 20 for this model"):
+        parse_pretrain_config(["--seq_len", "16"])
+    with pytest.raises(ValueError, match="seq_len = 100: expected at least 200 for this model: .* 197 vectors"):
+        parse_pretrain_config(["--seq_len", "100", "--preset", "vl-medium"])
+    assert parse_pretrain_config(["--seq_len", "16", "--preset", "tiny-gpt"]).seq_len == 16
 
 
 def _final_names(run) -> set[str]:
