@@ -40,6 +40,8 @@ WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"  # the decoder's
 TOKENIZERS_DIR = "tokenizers"  # tokenizers/<encoder>/tokenizer.json: encoders' own
 SPEC_NAME = "spec.json"
+TOKENIZER_FILES = ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "generation_config.json")
+"""A pretrained decoder's tokenizer files that checkpoints keep beside tokenizer.json (a chat model's template)."""
 
 
 @dataclass
@@ -65,6 +67,7 @@ class MetaLM(nn.Module):
         self.decoder = decoder if decoder is not None else Decoder(config.decoder)
         self.spec: dict | None = None  # the model spec it was built from (metalm.spec), saved as spec.json
         self.decoder_tokenizer: tokenizers.Tokenizer | None = None  # saved as tokenizer.json when set
+        self.tokenizer_files: dict[str, str] = {}  # the decoder tokenizer's other files (its chat template, ...)
         self.encoders = nn.ModuleDict()
         self.connectors = nn.ModuleDict()
         given = encoders or {}
@@ -114,7 +117,10 @@ class MetaLM(nn.Module):
                 )
             model = cls(metalm_config(resolved, decoder.cfg), decoder=decoder)
         model.spec = resolved
-        return model, decoder_tokenizer_dir(resolved)
+        tokenizer_dir = decoder_tokenizer_dir(resolved)
+        if tokenizer_dir is not None:
+            model.tokenizer_files = read_tokenizer_files(tokenizer_dir)
+        return model, tokenizer_dir
 
     def embed_inputs(self, input_ids: torch.Tensor, docks: list[Dock] | None = None) -> torch.Tensor:
         """Decoder input embeddings with every dock's encoder vectors written over their placeholder positions."""
@@ -237,6 +243,7 @@ class MetaLM(nn.Module):
             model.decoder_tokenizer = tokenizers.Tokenizer.from_file(str(path / TOKENIZER_NAME))
         if (path / SPEC_NAME).is_file():
             model.spec = read_spec_file(path / SPEC_NAME)
+        model.tokenizer_files = read_tokenizer_files(path)
         return model.eval()
 
     def num_params(self, trainable_only: bool = False) -> int:
@@ -276,6 +283,14 @@ def write_pretrained(path: Path, model: MetaLM, state: dict[str, torch.Tensor]) 
         atomic_write_text(path / TOKENIZER_NAME, model.decoder_tokenizer.to_str(pretty=True))
     if model.spec is not None:
         atomic_write_text(path / SPEC_NAME, json.dumps(model.spec, indent=2))
+    for name, text in model.tokenizer_files.items():
+        atomic_write_text(path / name, text)
+
+
+def read_tokenizer_files(path: Path) -> dict[str, str]:
+    """The decoder tokenizer's files beside tokenizer.json in ``path`` (``TOKENIZER_FILES``: its chat template,
+    special tokens and generation defaults), by name."""
+    return {name: (path / name).read_text(encoding="utf-8") for name in TOKENIZER_FILES if (path / name).is_file()}
 
 
 def load_state(model: MetaLM, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -154,6 +154,8 @@ def test_pretrained_parts_compose_grow_the_vocabulary_and_reload_from_a_copy(lla
     assert [p.requires_grad for p in text.blocks()[0].parameters()] == [False] * 16
     assert all(p.requires_grad for p in text.blocks()[-1].parameters())
 
+    (llama_dir / "chat_template.jinja").write_text("{{ messages }}")
+    model, _ = MetaLM.from_spec(spec, vocab_size=tokenizer.vocab_size)  # the same weights: all pretrained
     model.decoder_tokenizer = tokenizer.backend
     model.save_pretrained(tmp_path / "ckpt")
     shutil.copytree(tmp_path / "ckpt", tmp_path / "copy")
@@ -164,6 +166,8 @@ def test_pretrained_parts_compose_grow_the_vocabulary_and_reload_from_a_copy(lla
     assert loaded.encoders["text"].tokenizer.fingerprint == text.tokenizer.fingerprint
     assert loaded.encoders["text"].tokenizer.name == "bert"
     assert Tokenizer.load(tmp_path / "copy").encode("blue circle") == tokenizer.encode("blue circle")
+    assert (tmp_path / "copy" / "chat_template.jinja").read_text() == "{{ messages }}"
+    assert set(loaded.tokenizer_files) == {"chat_template.jinja", "generation_config.json"}
     state, reloaded = model.state_dict(), loaded.state_dict()
     assert state.keys() == reloaded.keys() and all(torch.equal(state[k], reloaded[k]) for k in state)
     with torch.no_grad():
