@@ -145,6 +145,22 @@ def image_text_rows(samples: Iterable[dict], tokenizer, cfg: PipelineConfig) -> 
     return whole_rows((image_item(sample, tokenizer, cfg) for sample in samples), cfg.seq_len)
 
 
+def place_images(
+    images: list[list], first_row: int, ids: torch.Tensor, mask: torch.Tensor, layout: DockLayout
+) -> Iterator[tuple[int, int, object]]:
+    """Write image-text rows (from batch row ``first_row`` on) into ``ids`` and ``mask`` and their images into
+    ``layout``; yields ``(row, where the item starts, item)`` of each item, so the caller docks its caption prefix."""
+    for r, items in enumerate(images, start=first_row):
+        pos = 0
+        for item in items:
+            n = len(item.ids)
+            ids[r, pos : pos + n] = torch.tensor(item.ids)
+            mask[r, pos : pos + n] = 1
+            layout.add_image(r, pos + IMAGE_OFFSET, item.image)
+            yield r, pos, item
+            pos += n
+
+
 def build_batch(
     text: list[tuple[list[int], list[tuple[int, int]]]],
     images: list[list[ImageItem]],
@@ -164,18 +180,11 @@ def build_batch(
         if cfg.text_encoder is not None:
             for s, e in sample_spans(bounds, rng, cfg.span_ratio, lo, hi):
                 layout.add_span(r, s, e)
-    for r, items in enumerate(images, start=len(text)):
-        pos = 0
-        for item in items:
-            n = len(item.ids)
-            ids[r, pos : pos + n] = torch.tensor(item.ids)
-            mask[r, pos : pos + n] = 1
-            layout.add_image(r, pos + IMAGE_OFFSET, item.image)
-            caption_start = pos + item.caption_start
-            k = rng.randint(0, int(cfg.prefix_max * item.caption_len))
-            if k and cfg.text_encoder is not None:
-                layout.add_span(r, caption_start, caption_start + k)
-            pos += n
+    for r, pos, item in place_images(images, len(text), ids, mask, layout):
+        caption_start = pos + item.caption_start
+        k = rng.randint(0, int(cfg.prefix_max * item.caption_len))
+        if k and cfg.text_encoder is not None:
+            layout.add_span(r, caption_start, caption_start + k)
     docks = layout.docks(ids, pad_id)
     return Batch(ids, ids.masked_fill(mask == 0, IGNORE_INDEX), mask, docks)
 
@@ -314,18 +323,11 @@ def build_own_batch(text: list[OwnRow], images: list[list[OwnImageItem]], cfg: P
         for s, own in row.spans:
             layout.add_own_span(r, s, own)
             docked[r, s : s + len(own)] = True
-    for r, items in enumerate(images, start=len(text)):
-        pos = 0
-        for item in items:
-            n = len(item.ids)
-            ids[r, pos : pos + n] = torch.tensor(item.ids)
-            mask[r, pos : pos + n] = 1
-            layout.add_image(r, pos + IMAGE_OFFSET, item.image)
-            if item.prefix:
-                start = pos + item.prefix_start
-                layout.add_own_span(r, start, item.prefix)
-                docked[r, start : start + len(item.prefix)] = True
-            pos += n
+    for r, pos, item in place_images(images, len(text), ids, mask, layout):
+        if item.prefix:
+            start = pos + item.prefix_start
+            layout.add_own_span(r, start, item.prefix)
+            docked[r, start : start + len(item.prefix)] = True
     docks = layout.docks(ids, pad_id)
     return Batch(ids, ids.masked_fill((mask == 0) | docked, IGNORE_INDEX), mask, docks)
 

@@ -5,12 +5,12 @@ shared-tokenizer layout keeps the very batches it built before."""
 from __future__ import annotations
 
 import hashlib
-import random
 
 import pytest
 import torch
 from PIL import Image
 from synthetic import tiny_config
+from test_pipeline import captions, cfg, documents
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig
@@ -33,35 +33,11 @@ from metalm import ConnectorConfig, EncoderConfig, MetaLM
 from metalm.docking import span_dock
 from metalm.loss import IGNORE_INDEX
 
-WORDS = "red green blue circle square triangle left right middle the a is on and of there two three".split()
-
-
-def documents(seed: int):
-    """Endless text samples of 1-3 paragraphs of world words."""
-    rng = random.Random(seed)
-    while True:
-        paragraphs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30))) for _ in range(rng.randint(1, 3))]
-        yield {"kind": "text", "text": "\n\n".join(paragraphs)}
-
-
-def captions(seed: int):
-    """Endless image-caption samples: a one-colour 8x8 image and a few world words."""
-    rng = random.Random(seed)
-    while True:
-        colour = rng.choice([(255, 0, 0), (0, 255, 0), (0, 0, 255)])
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9)))
-        yield {"kind": "caption", "image": Image.new("RGB", (8, 8), colour), "caption": words}
-
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     docs = documents(0)
     return Tokenizer.train([next(docs)["text"] for _ in range(200)], vocab_size=300)
-
-
-def cfg(**kw) -> PipelineConfig:
-    base = dict(seq_len=48, batch_size=4, text_weight=0.5, image_size=(8, 8), image_tokens=5, seed=0)
-    return PipelineConfig(**{**base, "span_ratio": 0.25, "span_min": 2, "span_max": 5, **kw})
 
 
 def fingerprint(batch) -> str:
