@@ -36,6 +36,10 @@ class ImageSeg:
     image: str | Path | Image.Image
 
 
+class TextTooLong(ValueError):
+    """Encoder-read text with more ids of the text encoder's own tokenizer than the encoder takes."""
+
+
 TEXT_READS = (DECODER_IDS, OWN_IDS)  # what a text encoder reads: the decoder's ids, or its own tokenizer's
 
 
@@ -187,7 +191,7 @@ class PromptEncoder:
         """Decoder ids ``piece`` as the text encoder's own tokenizer reads them; more than it takes is an error."""
         own = own_ids(self.tokenizer, self.text_tokenizer, piece)
         if self.text_max_len and len(own) > self.text_max_len:
-            raise ValueError(
+            raise TextTooLong(
                 f"encoder-read text of {len(own)} ids of tokenizer {self.text_tokenizer.describe()}: text encoder "
                 f"{self.text!r} reads at most {self.text_max_len}; shorten it ({self.tokenizer.decode(piece)!r:.60})"
             )

@@ -19,7 +19,7 @@ from data.batching import Example, ExampleBatcher, InstructBatcher
 from data.layout import DockLayout, own_ids
 from data.pipeline import PipelineConfig, batches, own_image_text_rows, own_text_rows
 from data.prepare import pipeline_config
-from data.prompts import EncodedSeg, ImageSeg, PromptEncoder
+from data.prompts import EncodedSeg, ImageSeg, PromptEncoder, TextTooLong
 from data.tasks import InstructionExample
 from data.tokenizer import Tokenizer
 from demo import Settings
@@ -27,6 +27,8 @@ from demo.engine import Chat, Engine
 from encoders import minilm_path
 from encoders.tokenization import TextTokenizer
 from eval.evaluators import evaluate_world
+from eval.icl import Demo
+from eval.runners import FittedPrompts
 from eval.scoring import Scorer
 from eval.settings import EvalSettings
 from metalm import ConnectorConfig, EncoderConfig, MetaLM
@@ -342,10 +344,14 @@ def test_prompts_dock_encoder_read_text_at_placeholders(tokenizer, wp, model):
         assert torch.isfinite(model(ids, docks, mask).logits).all()
 
 
-def test_encoder_read_text_longer_than_the_encoder_takes_is_refused(tokenizer, wp):
-    prompts = PromptEncoder(own_model(tokenizer, wp, positions=8), tokenizer)
-    with pytest.raises(ValueError, match="reads at most 8"):
-        prompts.encode([EncodedSeg("red green blue circle square triangle left right")])
+def test_encoder_read_text_longer_than_the_encoder_takes_is_refused_or_its_demonstration_dropped(tokenizer, wp):
+    long = "red green blue circle square triangle left right"
+    scorer = Scorer(own_model(tokenizer, wp, positions=8), tokenizer, progress=False)
+    with pytest.raises(TextTooLong, match="reads at most 8"):
+        scorer.prompts.encode([EncodedSeg(long)])
+    fitted = FittedPrompts(scorer, "encoder", encode_query=False)
+    prompt = fitted([Demo(long, "no"), Demo("red", "yes")], "blue?", reserve=1)
+    assert fitted.stats()["prompts_shortened"] == 1 and [own for _, own in scorer.encode(prompt).own_spans]
 
 
 def test_finetuning_and_instruction_batches_read_inputs_through_the_own_tokenizer(tokenizer, wp, model):
