@@ -36,6 +36,7 @@ class Batch:
                 {k: v.pin_memory() for k, v in d.inputs.items()},
                 d.batch_index.pin_memory(),
                 d.positions.pin_memory(),
+                d.tokenizer,
             )
             for d in self.docks
         ]

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from data.batch import Batch
-from data.layout import image_ids
-from data.prompts import Encoded, EncodedSeg, ImageSeg, Prompt, PromptEncoder, SpecialSeg, through_encoder
+from data.prompts import Encoded, Prompt, PromptEncoder, concat, through_encoder
 from data.tasks import InstructionExample
 from data.templates import INSTRUCTION_TEMPLATES, instruction_prompt
 from data.tokenizer import Tokenizer
@@ -131,15 +130,7 @@ class InstructBatcher(IndexedBatches):
 
     def length(self, ex: InstructionExample, template: int) -> int:
         prompt, answer = self.render(ex, template)
-        n = len(answer)
-        for seg in prompt:
-            if isinstance(seg, ImageSeg):
-                n += len(image_ids(self.tok, self.prompts.image_tokens))
-            elif isinstance(seg, SpecialSeg):
-                n += 1
-            else:
-                n += len(self.tok.encode(seg.text if isinstance(seg, EncodedSeg) else seg))
-        return n
+        return self.prompts.length(prompt) + len(answer)
 
     def plan(self, epoch: int) -> list[list[tuple[int, int]]]:
         """Rows of (example index, template) for ``epoch``."""
@@ -180,17 +171,14 @@ class InstructBatcher(IndexedBatches):
     def batch(self, index: int) -> Batch:
         rows, label_spans = [], []
         for row in self.rows_of(index):
-            ids, images, spans, answers = [], [], [], []
+            parts, answers, n = [], [], 0
             for i, template in row:
                 prompt, answer = self.render(self.examples[i], template)
                 enc = self.prompts.encode(prompt)
-                off = len(ids)
-                images += [(off + s, px) for s, px in enc.images]
-                spans += [(off + s, off + e) for s, e in enc.spans]
-                ids += enc.ids
-                answers.append((len(ids), len(ids) + len(answer)))
-                ids += answer
-            rows.append(Encoded(ids, images, spans))
+                parts += [enc, Encoded(answer)]
+                answers.append((n + len(enc.ids), n + len(enc.ids) + len(answer)))
+                n += len(enc.ids) + len(answer)
+            rows.append(concat(parts))
             label_spans.append(answers)
         ids, mask, docks = self.prompts.collate(rows, self.seq_len if self.pack else None)
         labels = torch.full_like(ids, IGNORE_INDEX)

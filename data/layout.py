@@ -4,8 +4,12 @@ positions and ``Dock``s. Pretraining batches (``data.pipeline``), prompts for sc
 
 - An image is ``<image> <vec>*N </image>``: its N vectors dock at the ``<vec>`` positions, the first one
   ``IMAGE_OFFSET`` after ``<image>``.
-- An encoder-read text span keeps its own decoder ids (the text encoder shares the decoder's tokenizer); its
-  vectors dock back at those ids' positions.
+- An encoder-read text span, when the text encoder shares the decoder's tokenizer (``native_text``, reads
+  ``DECODER_IDS``), keeps its own decoder ids; its vectors dock back at those ids' positions, one per token.
+- When the text encoder has its own tokenizer (a pretrained BERT/MiniLM, ``hf_text``, reads ``OWN_IDS``), the span's
+  text (decoded from decoder ids, ``span_text``) is re-tokenized by the encoder's tokenizer with its specials
+  (``[CLS] .. [SEP]``, ``own_ids``), and the span takes one ``<vec>`` placeholder position per encoder id, so per
+  vector, exactly as an image does (no markers); its dock names the encoder's tokenizer.
 - An image + text prefix is an image followed by text whose first tokens go through the text encoder
   (pretraining's image-caption items).
 """
@@ -19,7 +23,8 @@ import torch
 from PIL import Image
 
 from data.tokenizer import Tokenizer
-from metalm.docking import Dock, contiguous_positions, span_dock
+from encoders.tokenization import TextTokenizer
+from metalm.docking import Dock, contiguous_positions, own_span_dock, span_dock
 
 IMAGE_OFFSET = 1  # the first <vec> follows <image>
 
@@ -50,6 +55,31 @@ def image_text_ids(tokenizer: Tokenizer, vectors: int, text: list[int]) -> tuple
     return ids + text + [tokenizer.eos_id], len(ids)
 
 
+def span_text(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
+    """The text of decoder ``ids`` as an encoder with its own tokenizer reads it: paragraphs (``</p>``) become blank
+    lines, other special tokens are dropped."""
+    pieces, piece = [], []
+    for i in ids:
+        if i == tokenizer.par_id:
+            pieces.append(piece)
+            piece = []
+        else:
+            piece.append(i)
+    pieces.append(piece)
+    return "\n\n".join(tokenizer.decode(p) for p in pieces)
+
+
+def own_ids(tokenizer: Tokenizer, encoder_tokenizer: TextTokenizer, ids: Sequence[int]) -> list[int]:
+    """Decoder ``ids`` re-tokenized by an encoder's own tokenizer, with its special tokens: what the encoder reads
+    of a span, one vector (one decoder position) per id."""
+    return encoder_tokenizer.encode(span_text(tokenizer, ids))
+
+
+def placeholder_ids(tokenizer: Tokenizer, vectors: int) -> list[int]:
+    """The decoder ids of a span read by an encoder with its own tokenizer: one ``<vec>`` per vector."""
+    return [tokenizer.vec_id] * vectors
+
+
 def image_dock(
     encoder: str, pixels: Sequence[torch.Tensor], rows: Sequence[int], starts: Sequence[int], vectors: int
 ) -> Dock:
@@ -62,15 +92,19 @@ def image_dock(
 @dataclass
 class DockLayout:
     """What docks where in one batch, gathered row by row: images (row, first ``<vec>``, pixels) for the vision
-    encoder and ``[start, end)`` spans for the text encoder; ``docks`` builds them, images first."""
+    encoder, and for the text encoder ``[start, end)`` spans of decoder ids (``add_span``) or, when it has its own
+    tokenizer ``own_tokenizer``, spans of its own ids at placeholder positions (``add_own_span``); ``docks`` builds
+    them, images first."""
 
     vision: str | None
     text: str | None
     image_tokens: int
+    own_tokenizer: TextTokenizer | None = None
     pixels: list[torch.Tensor] = field(default_factory=list)
     image_rows: list[int] = field(default_factory=list)
     image_starts: list[int] = field(default_factory=list)
     spans: list[tuple[int, int, int]] = field(default_factory=list)
+    own_spans: list[tuple[int, int, list[int]]] = field(default_factory=list)
 
     def add_image(self, row: int, start: int, pixels: torch.Tensor) -> None:
         """An image whose first ``<vec>`` is at ``start`` of batch row ``row``."""
@@ -82,6 +116,13 @@ class DockLayout:
         """Ids ``[start, end)`` of batch row ``row``, read by the text encoder."""
         self.spans.append((row, start, end))
 
+    def add_own_span(self, row: int, start: int, ids: list[int]) -> None:
+        """The encoder's own ``ids`` of a span (``own_ids``), docked at the ``len(ids)`` placeholder positions from
+        ``start`` of batch row ``row``."""
+        if self.own_tokenizer is None:
+            raise ValueError(f"text encoder {self.text!r}: a span of its own ids, but the layout has no own tokenizer")
+        self.own_spans.append((row, start, ids))
+
     def docks(self, input_ids: torch.Tensor, pad_id: int) -> list[Dock]:
         """The image dock and the span dock (each only when it has a segment) over the batch ``input_ids``."""
         docks = []
@@ -89,4 +130,7 @@ class DockLayout:
             docks.append(image_dock(self.vision, self.pixels, self.image_rows, self.image_starts, self.image_tokens))
         if self.spans:
             docks.append(span_dock(input_ids, self.spans, self.text, pad_id))
+        if self.own_spans:
+            tok = self.own_tokenizer
+            docks.append(own_span_dock(self.own_spans, self.text, tok.pad_id, tok.describe()).to(input_ids.device))
         return docks

@@ -7,6 +7,20 @@ packed whole into rows; the image is docked at the ``<vec>`` positions and a ran
 goes through the text encoder, so the model learns to continue from what the encoders saw. Every batch has the
 same number of text and image-text rows (``text_weight``), so all processes run the same modules every step.
 
+A text encoder with its own tokenizer (``PipelineConfig.text_tokenizer``: a pretrained BERT/MiniLM) changes the
+lengths: its span takes one ``<vec>`` placeholder per encoder id instead of its decoder tokens (``data.layout``).
+So spans are chosen before packing, per document, on decoder ids: each document is cut into windows of
+``seq_len`` decoder tokens and ``sample_spans`` picks spans inside each window (never across the document's end,
+whose ``</s>`` stays causal), from an RNG of their own seeded from ``seed``. The document then becomes a sequence
+of units, single causal tokens and whole spans (their own ids and as many placeholders), packed into rows of
+exactly ``seq_len`` positions: causal tokens may continue into the next row, a span never does. A span is read by
+the encoder only when its placeholders and the token after it fit in the current row and its ids fit the
+encoder's ``text_max_len``; otherwise its decoder tokens stay in the row as ordinary causal text. So the token
+after a span is always in the span's row, predicted from the span's last position, and a span's own decoder
+tokens never appear in the row. Image-text items draw their prefix length at layout time (same RNG scheme), and
+pack whole by their laid-out length. Everything is a function of the samples and ``seed``, so ``skip`` (build
+and drop) resumes exactly. With a shared tokenizer the layout and RNG draws are the ones above, unchanged.
+
 ``BatchStream`` and ``load_batches`` build these batches from shards, in the training process or in DataLoader
 worker processes beside it, with the same exact resume either way.
 """
@@ -23,8 +37,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.batch import Batch
-from data.layout import IMAGE_OFFSET, DockLayout, image_tensor, image_text_ids
+from data.layout import IMAGE_OFFSET, DockLayout, image_tensor, image_text_ids, own_ids, placeholder_ids
 from data.reader import ReaderStats, iter_samples
+from encoders.tokenization import TextTokenizer
 from metalm.loss import IGNORE_INDEX
 from metalm.semicausal import sample_spans, scaled_span_lengths
 
@@ -49,6 +64,8 @@ class PipelineConfig:
     text_encoder: str | None = "text"
     vision_encoder: str | None = "vision"
     seed: int = 0
+    text_tokenizer: TextTokenizer | None = None  # the text encoder's own tokenizer; None: it shares the decoder's
+    text_max_len: int = 0  # the most ids the text encoder reads (0: no limit)
 
     def span_lengths(self) -> tuple[int, int]:
         lo, hi = scaled_span_lengths(self.seq_len)
@@ -100,23 +117,48 @@ class ImageItem:
     caption_start: int  # where the caption starts in ids
 
 
-def image_text_rows(samples: Iterable[dict], tokenizer, cfg: PipelineConfig) -> Iterator[list[ImageItem]]:
-    """Rows of whole image-caption items, as many as fit in ``seq_len`` (the rest of a row is padding)."""
-    row: list[ImageItem] = []
+def image_item(sample: dict, tokenizer, cfg: PipelineConfig) -> ImageItem:
+    """An image-caption sample laid out as ``<image> <vec>*N </image> caption </s>``, cut to ``seq_len``."""
+    caption = tokenizer.encode(sample["caption"])
+    ids, caption_start = image_text_ids(tokenizer, cfg.image_tokens, caption)
+    if len(ids) > cfg.seq_len:
+        ids = ids[: cfg.seq_len]
+        caption = caption[: cfg.seq_len - caption_start - 1]  # </s> is cut first
+    pixels = image_tensor(sample["image"], cfg.image_size, cfg.image_mean, cfg.image_std)
+    return ImageItem(ids, pixels, len(caption), caption_start)
+
+
+def whole_rows(items: Iterable, seq_len: int) -> Iterator[list]:
+    """Rows of whole items (each with ``ids``), as many as fit in ``seq_len`` (the rest of a row is padding)."""
+    row: list = []
     used = 0
-    for sample in samples:
-        caption = tokenizer.encode(sample["caption"])
-        ids, caption_start = image_text_ids(tokenizer, cfg.image_tokens, caption)
-        if len(ids) > cfg.seq_len:
-            ids = ids[: cfg.seq_len]
-            caption = caption[: cfg.seq_len - caption_start - 1]  # </s> is cut first
-        pixels = image_tensor(sample["image"], cfg.image_size, cfg.image_mean, cfg.image_std)
-        item = ImageItem(ids, pixels, len(caption), caption_start)
-        if used + len(ids) > cfg.seq_len:
+    for item in items:
+        if used + len(item.ids) > seq_len:
             yield row
             row, used = [], 0
         row.append(item)
-        used += len(ids)
+        used += len(item.ids)
+
+
+def image_text_rows(samples: Iterable[dict], tokenizer, cfg: PipelineConfig) -> Iterator[list[ImageItem]]:
+    """Rows of whole image-caption items, as many as fit in ``seq_len`` (the rest of a row is padding)."""
+    return whole_rows((image_item(sample, tokenizer, cfg) for sample in samples), cfg.seq_len)
+
+
+def place_images(
+    images: list[list], first_row: int, ids: torch.Tensor, mask: torch.Tensor, layout: DockLayout
+) -> Iterator[tuple[int, int, object]]:
+    """Write image-text rows (from batch row ``first_row`` on) into ``ids`` and ``mask`` and their images into
+    ``layout``; yields ``(row, where the item starts, item)`` of each item, so the caller docks its caption prefix."""
+    for r, items in enumerate(images, start=first_row):
+        pos = 0
+        for item in items:
+            n = len(item.ids)
+            ids[r, pos : pos + n] = torch.tensor(item.ids)
+            mask[r, pos : pos + n] = 1
+            layout.add_image(r, pos + IMAGE_OFFSET, item.image)
+            yield r, pos, item
+            pos += n
 
 
 def build_batch(
@@ -138,18 +180,11 @@ def build_batch(
         if cfg.text_encoder is not None:
             for s, e in sample_spans(bounds, rng, cfg.span_ratio, lo, hi):
                 layout.add_span(r, s, e)
-    for r, items in enumerate(images, start=len(text)):
-        pos = 0
-        for item in items:
-            n = len(item.ids)
-            ids[r, pos : pos + n] = torch.tensor(item.ids)
-            mask[r, pos : pos + n] = 1
-            layout.add_image(r, pos + IMAGE_OFFSET, item.image)
-            caption_start = pos + item.caption_start
-            k = rng.randint(0, int(cfg.prefix_max * item.caption_len))
-            if k and cfg.text_encoder is not None:
-                layout.add_span(r, caption_start, caption_start + k)
-            pos += n
+    for r, pos, item in place_images(images, len(text), ids, mask, layout):
+        caption_start = pos + item.caption_start
+        k = rng.randint(0, int(cfg.prefix_max * item.caption_len))
+        if k and cfg.text_encoder is not None:
+            layout.add_span(r, caption_start, caption_start + k)
     docks = layout.docks(ids, pad_id)
     return Batch(ids, ids.masked_fill(mask == 0, IGNORE_INDEX), mask, docks)
 
@@ -170,8 +205,12 @@ def batches(
         raise ValueError("no data: give text samples, image-text samples, or both")
     if image_samples is None and n_text < cfg.batch_size:
         n_text = cfg.batch_size
-    text_iter = text_rows(text_samples, tokenizer, cfg.seq_len) if n_text else None
-    image_iter = image_text_rows(image_samples, tokenizer, cfg) if n_image else None
+    if cfg.text_tokenizer is not None and cfg.text_encoder is not None:
+        text_iter = own_text_rows(text_samples, tokenizer, cfg) if n_text else None
+        image_iter = own_image_text_rows(image_samples, tokenizer, cfg) if n_image else None
+    else:
+        text_iter = text_rows(text_samples, tokenizer, cfg.seq_len) if n_text else None
+        image_iter = image_text_rows(image_samples, tokenizer, cfg) if n_image else None
     index = 0
     while True:
         try:
@@ -179,10 +218,118 @@ def batches(
             images = [next(image_iter) for _ in range(n_image)] if image_iter else []
         except StopIteration:
             return
-        batch = build_batch(text, images, cfg, tokenizer.pad_id, rng)
+        if cfg.text_tokenizer is not None and cfg.text_encoder is not None:
+            batch = build_own_batch(text, images, cfg, tokenizer.pad_id)
+        else:
+            batch = build_batch(text, images, cfg, tokenizer.pad_id, rng)
         if index >= skip:
             yield batch
         index += 1
+
+
+# ---------------------------------------------------------------- a text encoder with its own tokenizer
+
+
+@dataclass
+class OwnRow:
+    """A text row laid out for a text encoder with its own tokenizer: ``seq_len`` decoder ids (a span's are
+    placeholders) and the spans, ``(start, the encoder's own ids)``, each taking ``len(ids)`` positions."""
+
+    ids: list[int]
+    spans: list[tuple[int, list[int]]]
+
+
+@dataclass
+class OwnImageItem:
+    """An image-caption item whose caption prefix (``prefix``: the encoder's own ids, possibly none) sits as
+    placeholders at ``prefix_start``: ``<image> <vec>*N </image> <vec>*len(prefix) rest-of-caption </s>``."""
+
+    ids: list[int]
+    image: torch.Tensor
+    prefix_start: int
+    prefix: list[int]
+
+
+def own_rng(seed: int, stream: str) -> random.Random:
+    """The RNG of one stream's spans (``text``, ``caption``) in the own-tokenizer layout, seeded from ``seed``."""
+    return random.Random(f"metalm/own-spans/{stream}/{seed}")
+
+
+def encoder_takes(own: list[int], cfg: PipelineConfig) -> bool:
+    """Whether the text encoder reads a span of ``len(own)`` of its ids (``text_max_len``, 0: no limit)."""
+    return not cfg.text_max_len or len(own) <= cfg.text_max_len
+
+
+def own_text_rows(samples: Iterable[dict], tokenizer, cfg: PipelineConfig) -> Iterator[OwnRow]:
+    """Rows of exactly ``seq_len`` positions from concatenated documents, spans chosen per document and laid out
+    for the text encoder's own tokenizer (see the module docstring)."""
+    rng = own_rng(cfg.seed, "text")
+    lo, hi = cfg.span_lengths()
+    row = OwnRow([], [])
+    for sample in samples:
+        doc = document_tokens(sample["text"], tokenizer)
+        spans = []
+        for start in range(0, len(doc), cfg.seq_len):
+            spans += sample_spans([(start, min(start + cfg.seq_len, len(doc)))], rng, cfg.span_ratio, lo, hi)
+        done = 0
+        for s, e in [*spans, (len(doc), len(doc))]:
+            causal = doc[done:s]
+            own = own_ids(tokenizer, cfg.text_tokenizer, doc[s:e]) if e > s else []
+            room = cfg.seq_len - (len(row.ids) + len(causal)) % cfg.seq_len  # where the span would start
+            if own and not (len(own) < room and encoder_takes(own, cfg)):  # the token after it stays in its row
+                causal, own = doc[done:e], []
+            while causal:
+                take = cfg.seq_len - len(row.ids)
+                row.ids += causal[:take]
+                causal = causal[take:]
+                if len(row.ids) == cfg.seq_len:
+                    yield row
+                    row = OwnRow([], [])
+            if own:
+                row.spans.append((len(row.ids), own))
+                row.ids += placeholder_ids(tokenizer, len(own))
+            done = e
+
+
+def own_image_text_rows(samples: Iterable[dict], tokenizer, cfg: PipelineConfig) -> Iterator[list[OwnImageItem]]:
+    """Rows of whole image-caption items whose random-length caption prefix is re-tokenized for the text encoder;
+    a prefix that would not fit the row or the encoder stays causal text."""
+    rng = own_rng(cfg.seed, "caption")
+
+    def items() -> Iterator[OwnImageItem]:
+        for sample in samples:
+            item = image_item(sample, tokenizer, cfg)
+            start = item.caption_start
+            k = rng.randint(0, int(cfg.prefix_max * item.caption_len))
+            own = own_ids(tokenizer, cfg.text_tokenizer, item.ids[start : start + k]) if k else []
+            ids = item.ids[:start] + placeholder_ids(tokenizer, len(own)) + item.ids[start + k :]
+            if not own or len(ids) > cfg.seq_len or not encoder_takes(own, cfg):
+                ids, own = item.ids, []
+            yield OwnImageItem(ids, item.image, start, own)
+
+    return whole_rows(items(), cfg.seq_len)
+
+
+def build_own_batch(text: list[OwnRow], images: list[list[OwnImageItem]], cfg: PipelineConfig, pad_id: int) -> Batch:
+    """Stack own-tokenizer text rows and image-text rows into one Batch; placeholders are never targets."""
+    b = len(text) + len(images)
+    ids = torch.full((b, cfg.seq_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, cfg.seq_len), dtype=torch.long)
+    docked = torch.zeros((b, cfg.seq_len), dtype=torch.bool)
+    layout = DockLayout(cfg.vision_encoder, cfg.text_encoder, cfg.image_tokens, cfg.text_tokenizer)
+    for r, row in enumerate(text):
+        ids[r] = torch.tensor(row.ids)
+        mask[r] = 1
+        for s, own in row.spans:
+            layout.add_own_span(r, s, own)
+            docked[r, s : s + len(own)] = True
+    for r, pos, item in place_images(images, len(text), ids, mask, layout):
+        if item.prefix:
+            start = pos + item.prefix_start
+            layout.add_own_span(r, start, item.prefix)
+            docked[r, start : start + len(item.prefix)] = True
+    docks = layout.docks(ids, pad_id)
+    return Batch(ids, ids.masked_fill((mask == 0) | docked, IGNORE_INDEX), mask, docks)
 
 
 def span_seed(seed: int, role: int, roles: int) -> int:

@@ -10,10 +10,12 @@ import torch
 from PIL import Image
 
 from data.pipeline import PipelineConfig, image_tensor
+from data.prompts import first_encoder
 from data.reader import expand_urls
 from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
 from data.world import COLORS, SHAPES, SLOTS, current_world, generate_world
+from encoders.base import DECODER_IDS, OWN_IDS, PIXELS
 from metalm import MetaLM
 from metalm.io import read_json, read_jsonl
 
@@ -53,8 +55,21 @@ def prepare_shards(world: Path, split: str) -> tuple[list[str], list[str]]:
 
 def pipeline_config(model: MetaLM, **data: Any) -> PipelineConfig:
     """Batch layout for this model: ``data`` sets the data fields of ``PipelineConfig`` (``seq_len``, ``batch_size``,
-    span and prefix shares, ``seed``); image size, normalisation and token count come from its vision encoder."""
-    vision = model.encoders["vision"] if "vision" in model.encoders else None
+    span and prefix shares, ``seed``); image size, normalisation and token count come from its vision encoder (the
+    first that reads pixels), spans go to its text encoder (the first that reads decoder ids or its own tokenizer's;
+    with its own tokenizer, spans are re-tokenized by it). Encoders are picked by what they read, not by name."""
+    vision_name = first_encoder(model, (PIXELS,))
+    text_name = first_encoder(model, (DECODER_IDS, OWN_IDS))
+    vision = model.encoders[vision_name] if vision_name is not None else None
+    text_tokenizer, text_max_len = None, 0
+    if text_name is not None and model.encoders[text_name].reads == OWN_IDS:
+        text = model.encoders[text_name]
+        if text.tokenizer is None:
+            raise ValueError(
+                f"text encoder {text_name!r} reads its own tokenizer's ids but has no tokenizer attached: give it "
+                "one (hf_text's tokenizer=DIR holding tokenizer.json) so pretraining can lay out its spans"
+            )
+        text_tokenizer, text_max_len = text.tokenizer, text.max_len or 0
     mean, std = vision.normalization() if vision is not None else ((0.5,) * 3, (0.5,) * 3)
     return PipelineConfig(
         **data,
@@ -62,8 +77,10 @@ def pipeline_config(model: MetaLM, **data: Any) -> PipelineConfig:
         image_mean=tuple(mean),
         image_std=tuple(std),
         image_tokens=vision.num_tokens if vision is not None else 0,
-        text_encoder="text" if "text" in model.encoders else None,
-        vision_encoder="vision" if vision is not None else None,
+        text_encoder=text_name,
+        vision_encoder=vision_name,
+        text_tokenizer=text_tokenizer,
+        text_max_len=text_max_len,
     )
 
 

@@ -4,8 +4,10 @@ A prompt is a list of segments, read left to right:
 
 - ``str``: plain text the decoder reads causally;
 - ``ImageSeg(image)``: an image docked through the vision encoder between ``<image>`` and ``</image>``;
-- ``EncodedSeg(text)``: text read by the bidirectional text encoder and docked at its own positions (MetaLM's
-  "in-context customization"; the text encoder must share the decoder's tokenizer);
+- ``EncodedSeg(text)``: text read by the bidirectional text encoder (MetaLM's "in-context customization"): with
+  an encoder that shares the decoder's tokenizer it docks at the text's own decoder positions; with one that has
+  its own tokenizer (a pretrained BERT/MiniLM) the text is re-tokenized by it and takes one ``<vec>`` placeholder
+  position per encoder id (``data.layout``);
 - ``SpecialSeg(token)``: one special token, e.g. ``"</s>"`` or ``"</p>"``.
 
 Evaluation (``eval/scoring.py``) and the finetuning batches (``data/batching.py``) both build their inputs here,
@@ -21,9 +23,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data.layout import IMAGE_OFFSET, DockLayout, image_ids, image_tensor
+from data.layout import IMAGE_OFFSET, DockLayout, image_ids, image_tensor, own_ids, placeholder_ids
 from data.tokenizer import SPECIAL_TOKENS, Tokenizer
-from encoders.base import DECODER_IDS, PIXELS
+from encoders.base import DECODER_IDS, OWN_IDS, PIXELS
 from metalm.docking import Dock
 
 
@@ -34,9 +36,17 @@ class ImageSeg:
     image: str | Path | Image.Image
 
 
+class TextTooLong(ValueError):
+    """Encoder-read text with more ids of the text encoder's own tokenizer than the encoder takes."""
+
+
+TEXT_READS = (DECODER_IDS, OWN_IDS)  # what a text encoder reads: the decoder's ids, or its own tokenizer's
+
+
 @dataclass(frozen=True)
 class EncodedSeg:
-    """Text that the bidirectional text encoder reads; its vectors dock at the text's decoder positions."""
+    """Text that the bidirectional text encoder reads; its vectors dock at the text's decoder positions, or at one
+    placeholder per vector when the encoder has its own tokenizer."""
 
     text: str
 
@@ -59,10 +69,24 @@ class Encoded:
     ids: list[int]
     images: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (first <vec> position, pixels)
     spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) read by the text encoder
+    # (first placeholder, the text encoder's own ids): text re-tokenized by an encoder with its own tokenizer
+    own_spans: list[tuple[int, list[int]]] = field(default_factory=list)
 
     def __add__(self, ids: list[int]) -> Encoded:
         """The same prompt followed by plain ``ids`` (an answer, which is never docked)."""
-        return Encoded(self.ids + list(ids), self.images, self.spans)
+        return Encoded(self.ids + list(ids), self.images, self.spans, self.own_spans)
+
+
+def concat(parts: Sequence[Encoded]) -> Encoded:
+    """One row of several encoded prompts in turn, each one's docks moved to where it starts."""
+    out = Encoded([])
+    for part in parts:
+        off = len(out.ids)
+        out.images += [(off + s, px) for s, px in part.images]
+        out.spans += [(off + s, off + e) for s, e in part.spans]
+        out.own_spans += [(off + s, own) for s, own in part.own_spans]
+        out.ids += part.ids
+    return out
 
 
 def open_image(image: str | Path | Image.Image) -> Image.Image:
@@ -98,13 +122,24 @@ def through_encoder(segments: Sequence[Segment]) -> list[Segment]:
 
 class PromptEncoder:
     """Encodes prompts for one model: which encoder reads images (and at what size, normalisation and token
-    count) and which reads text; when not named, the first encoder that reads pixels, and the first that reads
-    the decoder's ids (``Encoder.reads``)."""
+    count) and which reads text; when not named, the first encoder that reads pixels, and the first text encoder
+    that can read text: one that reads the decoder's ids, or one with its own tokenizer attached (``Encoder.reads``;
+    ``text_tokenizer`` is then that tokenizer, else None)."""
 
     def __init__(self, model, tokenizer: Tokenizer, vision: str | None = None, text: str | None = None) -> None:
         self.tokenizer = tokenizer
-        self.vision = vision or _find(model, PIXELS)
-        self.text = text or _find(model, DECODER_IDS)
+        self.vision = vision or first_encoder(model, (PIXELS,))
+        self.text = text or first_encoder(model, TEXT_READS, usable=True)
+        self.text_tokenizer = None  # the text encoder's own tokenizer; None: it shares the decoder's
+        self.text_max_len = 0  # the most ids it reads (0: no limit), for its own tokenizer's ids
+        if self.text is not None:
+            enc = model.encoders[self.text]
+            if enc.reads not in TEXT_READS:
+                raise ValueError(f"encoder {self.text!r} reads {enc.reads!r}; a text encoder reads one of {TEXT_READS}")
+            if enc.reads == OWN_IDS:
+                if enc.tokenizer is None:
+                    raise ValueError(f"text encoder {self.text!r} reads its own tokenizer's ids but has no tokenizer")
+                self.text_tokenizer, self.text_max_len = enc.tokenizer, enc.max_len or 0
         self.image_tokens = 0  # no vision encoder: no image ever docks
         if self.vision is not None:
             enc = model.encoders[self.vision]
@@ -119,6 +154,7 @@ class PromptEncoder:
         ids: list[int] = []
         images: list[tuple[int, torch.Tensor]] = []
         spans: list[tuple[int, int]] = []
+        own_spans: list[tuple[int, list[int]]] = []
         tok = self.tokenizer
         for seg in prompt:
             if isinstance(seg, str):
@@ -132,11 +168,15 @@ class PromptEncoder:
             elif isinstance(seg, EncodedSeg):
                 if self.text is None:
                     raise ValueError(
-                        "the prompt has encoder-read text but this model has no text encoder that shares the "
-                        "decoder's tokenizer (native_text)"
+                        "the prompt has encoder-read text but this model has no text encoder: none reads the "
+                        "decoder's ids (native_text) or has its own tokenizer attached (hf_text)"
                     )
                 piece = tok.encode(seg.text)
-                if piece:
+                if piece and self.text_tokenizer is not None:
+                    own = self.own_ids(piece)
+                    own_spans.append((len(ids), own))
+                    piece = placeholder_ids(tok, len(own))
+                elif piece:
                     spans.append((len(ids), len(ids) + len(piece)))
                 ids += piece
             elif isinstance(seg, SpecialSeg):
@@ -145,7 +185,23 @@ class PromptEncoder:
                 ids.append(tok.backend.token_to_id(seg.token))
             else:
                 raise TypeError(f"prompt segment {seg!r}: expected str, ImageSeg, EncodedSeg or SpecialSeg")
-        return Encoded(ids, images, spans)
+        return Encoded(ids, images, spans, own_spans)
+
+    def own_ids(self, piece: list[int]) -> list[int]:
+        """Decoder ids ``piece`` as the text encoder's own tokenizer reads them; more than it takes is an error."""
+        own = own_ids(self.tokenizer, self.text_tokenizer, piece)
+        if self.text_max_len and len(own) > self.text_max_len:
+            raise TextTooLong(
+                f"encoder-read text of {len(own)} ids of tokenizer {self.text_tokenizer.describe()}: text encoder "
+                f"{self.text!r} reads at most {self.text_max_len}; shorten it ({self.tokenizer.decode(piece)!r:.60})"
+            )
+        return own
+
+    def length(self, prompt: Prompt | str) -> int:
+        """Decoder positions ``prompt`` takes (as ``encode(prompt).ids``), without reading its images."""
+        segments = [prompt] if isinstance(prompt, str) else prompt
+        image = len(image_ids(self.tokenizer, self.image_tokens))
+        return sum(image if isinstance(seg, ImageSeg) else len(self.encode([seg]).ids) for seg in segments)
 
     def collate(
         self, rows: Sequence[Encoded], width: int | None = None, left_pad: bool = False
@@ -155,7 +211,7 @@ class PromptEncoder:
         b = len(rows)
         ids = torch.full((b, width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
-        layout = DockLayout(self.vision, self.text, self.image_tokens)
+        layout = DockLayout(self.vision, self.text, self.image_tokens, self.text_tokenizer)
         for r, row in enumerate(rows):
             if len(row.ids) > width:
                 raise ValueError(f"row {r} has {len(row.ids)} ids; the batch is {width} wide")
@@ -166,11 +222,16 @@ class PromptEncoder:
                 layout.add_image(r, off + start, px)
             for s, e in row.spans:
                 layout.add_span(r, off + s, off + e)
+            for s, own in row.own_spans:
+                layout.add_own_span(r, off + s, own)
         docks = layout.docks(ids, self.tokenizer.pad_id)
         return ids, mask, docks
 
 
-def _find(model, reads: str) -> str | None:
-    """The name of the model's first encoder that reads ``reads``, or None."""
-    names = [name for name, enc in model.encoders.items() if enc.reads == reads]
-    return names[0] if names else None
+def first_encoder(model, reads: Sequence[str], usable: bool = False) -> str | None:
+    """The name of the model's first encoder that reads one of ``reads`` (``Encoder.reads``), or None; with
+    ``usable``, an encoder that reads its own tokenizer's ids counts only with that tokenizer attached."""
+    for name, enc in model.encoders.items():
+        if enc.reads in reads and not (usable and enc.reads == OWN_IDS and enc.tokenizer is None):
+            return name
+    return None

@@ -312,7 +312,10 @@ class Engine:
         self.preset = preset
         self.prompts = PromptEncoder(model, tokenizer)
         if encode_user and self.prompts.text is None:
-            raise DemoError("--encode_user: this model has no text encoder that shares the decoder's tokenizer")
+            raise DemoError(
+                "--encode_user: this model has no text encoder to read the user's words: none reads the decoder's "
+                "ids (native_text) or has its own tokenizer attached (hf_text)"
+            )
         self.encode_user = self.prompts.text is not None if encode_user is None else encode_user
         self.max_seq_len = model.config.decoder.max_seq_len
         self.device = next(model.parameters()).device

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.prompts import ImageSeg, open_image
+from data.prompts import ImageSeg, TextTooLong, open_image
 from data.tasks import ReadReport, TaskData
 from eval.calibration import PrototypicalCalibration, contextual_calibration
 from eval.icl import Demo, as_segments, few_shot_prompt, sample_demos
@@ -65,8 +65,9 @@ class Outcome:
 
 class FittedPrompts:
     """Few-shot prompts that fit the decoder's window: when the demonstrations, the query and ``reserve`` tokens
-    for what follows (an option, a label word, the answer) do not fit, the earliest demonstrations are dropped,
-    and the prompts so shortened are counted for the results (``stats``)."""
+    for what follows (an option, a label word, the answer) do not fit, or a demonstration read by the text encoder
+    is longer than it reads, the earliest demonstrations are dropped, and the prompts so shortened are counted for
+    the results (``stats``)."""
 
     def __init__(self, scorer: Scorer, mode: str, encode_query: bool) -> None:
         self.scorer, self.mode, self.encode_query = scorer, mode, encode_query
@@ -78,7 +79,12 @@ class FittedPrompts:
             prompt = few_shot_prompt(demos[start:], query, self.mode, encode_query=self.encode_query)
             if not demos:
                 return prompt
-            encoded = self.scorer.encode(prompt)
+            try:
+                encoded = self.scorer.encode(prompt)
+            except TextTooLong:  # a demonstration longer than the text encoder reads: drop the earliest too
+                if start == len(demos):
+                    raise
+                continue
             if len(encoded.ids) + reserve <= self.scorer.max_len or start == len(demos):  # too long alone: the
                 self.shortened += start > 0  # scorer says so
                 self.demos_shown += len(demos) - start
@@ -106,10 +112,12 @@ def unreadable_image(prompt: Prompt | str) -> str | None:
 
 def _why_unusable(scorer: Scorer, prompt: Prompt | str, reserve: int, settings: EvalSettings) -> tuple[str, str] | None:
     """``(reason, detail)`` when ``prompt`` alone (no demonstrations) cannot be scored with ``reserve`` tokens after
-    it: an unreadable image, or too many tokens for the decoder's window; else None."""
+    it: an unreadable image, or too many tokens for the decoder's window or for the text encoder; else None."""
     shown = few_shot_prompt([], prompt, settings.icl_mode, encode_query=settings.encode_input)
     try:
         n = len(scorer.encode(shown).ids)
+    except TextTooLong as err:  # more than the text encoder reads
+        return "too_long", str(err)
     except (OSError, ValueError):
         detail = unreadable_image(prompt)
         if detail is None:

@@ -60,6 +60,29 @@ def span_dock(input_ids: torch.Tensor, spans: list[tuple[int, int, int]], encode
     )
 
 
+def own_span_dock(spans: list[tuple[int, int, list[int]]], encoder: str, pad_id: int, tokenizer: str) -> Dock:
+    """A text dock for spans ``(batch, start, ids)`` whose ``ids`` come from the encoder's own tokenizer (named by
+    ``tokenizer``, its ``describe()``): each span's vectors fill ``len(ids)`` consecutive placeholder positions from
+    ``start``, one per vector, as an image's do."""
+    if not spans:
+        raise ValueError("own_span_dock needs at least one (batch, start, ids) span")
+    width = max(len(ids) for _, _, ids in spans)
+    ids = torch.full((len(spans), width), pad_id, dtype=torch.long)
+    positions = torch.full((len(spans), width), -1, dtype=torch.long)
+    for row, (_, start, own) in enumerate(spans):
+        if not own:
+            raise ValueError(f"span {row} at position {start} has no encoder ids")
+        ids[row, : len(own)] = torch.tensor(own, dtype=torch.long)
+        positions[row, : len(own)] = torch.arange(start, start + len(own))
+    return Dock(
+        encoder=encoder,
+        inputs={"input_ids": ids, "attention_mask": (positions >= 0).long()},
+        batch_index=torch.tensor([b for b, _, _ in spans]),
+        positions=positions,
+        tokenizer=tokenizer,
+    )
+
+
 def contiguous_positions(starts: torch.Tensor, length: int) -> torch.Tensor:
     """Positions ``(N, length)`` for segments that occupy ``length`` consecutive slots from each start."""
     return starts[:, None] + torch.arange(length, device=starts.device)[None]

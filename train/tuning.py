@@ -79,7 +79,10 @@ def load_pretrained(cfg: TuneConfig, encode_flag: str, flag: str) -> tuple[Env, 
     prompts = PromptEncoder(model, tokenizer)
     encode = {"auto": prompts.text is not None, "true": True, "false": False}[encode_flag]
     if encode and prompts.text is None:
-        raise ValueError(f"{flag} true: this model has no text encoder that shares the decoder's tokenizer")
+        raise ValueError(
+            f"{flag} true: this model has no text encoder to read it: none reads the decoder's ids (native_text) or "
+            "has its own tokenizer attached (hf_text)"
+        )
     return env, model, tokenizer, prompts, encode
 
 
