@@ -8,7 +8,7 @@ A prompt is a list of segments, read left to right:
   an encoder that shares the decoder's tokenizer it docks at the text's own decoder positions; with one that has
   its own tokenizer (a pretrained BERT/MiniLM) the text is re-tokenized by it and takes one ``<vec>`` placeholder
   position per encoder id (``data.layout``);
-- ``SpecialSeg(token)``: one special token, e.g. ``"</s>"`` or ``"</p>"``.
+- ``SpecialSeg(token)``: one special token, e.g. ``"</s>"``, ``"</p>"`` or a chat model's ``"<|im_start|>"``.
 
 Evaluation (``eval/scoring.py``) and the finetuning batches (``data/batching.py``) both build their inputs here,
 so a model is scored on exactly the layout it was finetuned on.
@@ -180,8 +180,11 @@ class PromptEncoder:
                     spans.append((len(ids), len(ids) + len(piece)))
                 ids += piece
             elif isinstance(seg, SpecialSeg):
-                if seg.token not in SPECIAL_TOKENS:
-                    raise ValueError(f"unknown special token {seg.token!r}; expected one of {SPECIAL_TOKENS}")
+                if seg.token not in SPECIAL_TOKENS and seg.token not in tok.added_tokens:
+                    raise ValueError(
+                        f"unknown special token {seg.token!r}; expected one of {SPECIAL_TOKENS} or the tokenizer's "
+                        "own special tokens"
+                    )
                 ids.append(tok.backend.token_to_id(seg.token))
             else:
                 raise TypeError(f"prompt segment {seg!r}: expected str, ImageSeg, EncodedSeg or SpecialSeg")

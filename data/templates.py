@@ -12,13 +12,16 @@ set to "N/A", "" or "[MASK]" and every image replaced by a mid-grey one.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from PIL import Image
 
-from data.prompts import ImageSeg, Prompt, Segment, through_encoder
+from data.prompts import ImageSeg, Prompt, Segment, SpecialSeg, through_encoder
 
 CONTENT_FREE = ("N/A", "", "[MASK]")
 QA_TEMPLATE = "Question: {question} Answer:"
@@ -173,3 +176,61 @@ def instruction_prompt(example, template: int = 0, encode_user: bool = False) ->
     and ``eval/instruct.py`` scores it."""
     text = instruction_text(example.instruction, example.input, template, example.options)
     return chat_prompt([Turn("user", text, [example.image] if example.image else [])], encode_user=encode_user)
+
+
+_SLOT = "\x00turn{}\x00"  # stands for a turn's words while the chat template renders; never in a template
+_SLOTS = re.compile("\x00turn(\\d+)\x00")
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a conversation becomes a prompt and where an answer ends: the plain ``User: / Assistant:`` lines of the
+    world's instructions (no ``template``), or a pretrained chat model's own Jinja chat template (SmolLM2's
+    ChatML), whose answers end at its end-of-turn token instead of a newline."""
+
+    template: str | None = None
+    specials: frozenset[str] = frozenset()  # the tokenizer's special tokens, written by the template as one id each
+    eos: str | None = None  # the token that ends an answer under the template (e.g. <|im_end|>)
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Strings that end an answer as it is written: a newline under the plain format, none under a template."""
+        return () if self.template else CHAT_STOP
+
+    def prompt(self, turns: Sequence[Turn], encode_user: bool = False) -> list[Segment]:
+        """The segments of ``turns`` ending where the model writes its answer."""
+        if self.template is None:
+            return chat_prompt(turns, encode_user)
+        messages = [{"role": turn.role, "content": _SLOT.format(i)} for i, turn in enumerate(turns)]
+        environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        text = environment.from_string(self.template).render(messages=messages, add_generation_prompt=True)
+        out: list[Segment] = []
+        for i, piece in enumerate(_SLOTS.split(text)):
+            if i % 2 == 0:
+                out += self._template_text(piece)
+                continue
+            turn = turns[int(piece)]
+            out += [ImageSeg(image) for image in turn.images]
+            words: list[Segment] = [turn.text.strip()]
+            out += through_encoder(words) if encode_user and turn.role == "user" else words
+        return out
+
+    def _template_text(self, text: str) -> list[Segment]:
+        """The template's own text, its special tokens as single ids (the user's words never become one)."""
+        if not self.specials:
+            return [text] if text else []
+        pattern = "(" + "|".join(re.escape(t) for t in sorted(self.specials, key=len, reverse=True)) + ")"
+        return [SpecialSeg(p) if p in self.specials else p for p in re.split(pattern, text) if p]
+
+
+def chat_format(tokenizer_files: Mapping[str, str], specials: frozenset[str]) -> ChatFormat:
+    """The chat format of a checkpoint: its decoder tokenizer's chat template (``chat_template.jinja``, or the
+    ``chat_template`` of ``tokenizer_config.json``) with the end-of-turn token from ``tokenizer_config.json``, else
+    the plain format."""
+    config = json.loads(tokenizer_files.get("tokenizer_config.json", "{}"))
+    template = tokenizer_files.get("chat_template.jinja") or config.get("chat_template")
+    if not isinstance(template, str):
+        return ChatFormat()
+    eos = config.get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    return ChatFormat(template, specials, eos if eos in specials else None)

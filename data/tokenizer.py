@@ -89,6 +89,11 @@ class Tokenizer:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special)
 
     @property
+    def added_tokens(self) -> frozenset[str]:
+        """The special tokens of the vocabulary: ours, and a pretrained tokenizer's own (``<|im_start|>``, ...)."""
+        return frozenset(t.content for t in self.backend.get_added_tokens_decoder().values())
+
+    @property
     def vocab_size(self) -> int:
         return self._vocab_size
 

@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from data.layout import encoder_sized
 from data.prompts import PromptEncoder
-from data.templates import CHAT_STOP, Turn, chat_prompt
+from data.templates import CHAT_STOP, Turn, chat_format
 from data.tokenizer import FILENAME as TOKENIZER_NAME
 from data.tokenizer import Tokenizer
 from demo import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, DemoError, Settings, parse_settings
@@ -244,21 +244,25 @@ class _Stream:
     emitted, holding back a trailing incomplete UTF-8 character (decoded as U+FFFD) and any start of a stop string,
     so byte-level BPE pieces of one character and a stop string split over tokens both come out right."""
 
-    def __init__(self, tokenizer: Tokenizer, on_text: TextCallback | None) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, on_text: TextCallback | None, eos_id: int, stop: Sequence[str] = CHAT_STOP
+    ) -> None:
         self.tokenizer = tokenizer
         self.on_text = on_text
+        self.eos_id = eos_id
+        self.stop = tuple(stop)
         self.ids: list[int] = []
         self.text = ""
         self.finish_reason = "length"
 
     def push(self, tokens: torch.Tensor) -> None:
         token = int(tokens[0])
-        if token == self.tokenizer.eos_id:
+        if token == self.eos_id:
             self.finish_reason = "eos"
             raise _Stop
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids)
-        cut = _first_stop(text)
+        cut = _first_stop(text, self.stop)
         if cut is not None:
             self.finish_reason = "stop"
             self._emit(text[:cut], final=True)
@@ -273,25 +277,25 @@ class _Stream:
     def _emit(self, text: str, final: bool) -> None:
         text = text.lstrip()  # the answer follows "Assistant:" after a space
         if not final:
-            text = text[: len(text) - _held_back(text)]
+            text = text[: len(text) - _held_back(text, self.stop)]
         if len(text) > len(self.text) and text.startswith(self.text):
             piece, self.text = text[len(self.text) :], text
             if self.on_text is not None:
                 self.on_text(piece)
 
 
-def _first_stop(text: str) -> int | None:
-    hits = [i for i in (text.find(s) for s in CHAT_STOP) if i >= 0]
+def _first_stop(text: str, stop: Sequence[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
     return min(hits) if hits else None
 
 
-def _held_back(text: str) -> int:
+def _held_back(text: str, stop: Sequence[str]) -> int:
     """How many trailing characters might still change: U+FFFD of an unfinished character, or a stop string's
     beginning."""
     n = len(text) - len(text.rstrip("\ufffd"))
     if n:
         return n
-    return max((k for s in CHAT_STOP for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    return max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
 
 class Engine:
@@ -317,6 +321,9 @@ class Engine:
                 "ids (native_text) or has its own tokenizer attached (hf_text)"
             )
         self.encode_user = self.prompts.text is not None if encode_user is None else encode_user
+        self.chat = chat_format(model.tokenizer_files, tokenizer.added_tokens)
+        eos = self.chat.eos
+        self.eos_id = tokenizer.backend.token_to_id(eos) if eos is not None else tokenizer.eos_id
         self.max_seq_len = model.config.decoder.max_seq_len
         self.device = next(model.parameters()).device
         self.lock = threading.Lock()
@@ -358,7 +365,7 @@ class Engine:
 
     def prompt_tokens(self, turns: Sequence[Turn]) -> int:
         """Decoder positions the chat prompt of ``turns`` takes (images count one per docked vector)."""
-        return len(self.prompts.encode(chat_prompt(turns, encode_user=self.encode_user)).ids)
+        return len(self.prompts.encode(self.chat.prompt(turns, encode_user=self.encode_user)).ids)
 
     def fit(self, turns: Sequence[Turn], settings: Settings) -> tuple[list[Turn], int]:
         """The most recent turns whose prompt leaves ``max_new_tokens`` free in the model's window, dropping whole
@@ -387,13 +394,13 @@ class Engine:
         """Answer the conversation ``turns`` (ending with a user turn), calling ``on_text`` with each new piece of
         the answer as it is written. Turns that do not fit the window are left out (see ``fit``)."""
         kept, dropped = self.fit(turns, settings)
-        encoded = self.prompts.encode(chat_prompt(kept, encode_user=self.encode_user))
+        encoded = self.prompts.encode(self.chat.prompt(kept, encode_user=self.encode_user))
         ids, mask, docks = self.prompts.collate([encoded])
         ids, mask, docks = ids.to(self.device), mask.to(self.device), [d.to(self.device) for d in docks]
         generator = None
         if not settings.greedy and settings.seed is not None:
             generator = torch.Generator(self.device).manual_seed(settings.seed)
-        stream = _Stream(self.tokenizer, on_text)
+        stream = _Stream(self.tokenizer, on_text, self.eos_id, self.chat.stop)
         with self.lock:
             start = time.perf_counter()
             try:
@@ -406,7 +413,7 @@ class Engine:
                     temperature=settings.temperature,
                     top_k=settings.top_k,
                     top_p=settings.top_p,
-                    eos_token_id=self.tokenizer.eos_id,
+                    eos_token_id=self.eos_id,
                     pad_token_id=self.tokenizer.pad_id,
                     generator=generator,
                     on_token=stream.push,
