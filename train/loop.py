@@ -99,15 +99,7 @@ def wrap_model(model: MetaLM, cfg: LoopConfig, env: Env) -> torch.nn.Module:
     model.to(env.device)
     wrapped: torch.nn.Module = model
     if env.world_size > 1 and cfg.dist == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if _bf16(cfg, env) else None
-        kw = {"mp_policy": mp} if mp else {}
-        for block in model.decoder.blocks:
-            fully_shard(block, **kw)
-        for enc in model.encoders.values():
-            fully_shard(enc, **kw)
-        fully_shard(model, **kw)
+        shard_model(model, _bf16(cfg, env))
     elif env.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -125,6 +117,20 @@ def wrap_model(model: MetaLM, cfg: LoopConfig, env: Env) -> torch.nn.Module:
         # checkpoints still get clean names: get_model_state_dict drops the compiled wrapper's ``_orig_mod.``
         wrapped = torch.compile(wrapped, backend=cfg.compile_backend)
     return wrapped
+
+
+def shard_model(model: MetaLM, bf16: bool) -> None:
+    """FSDP2 in place over the started process group: each decoder block, each encoder, then the whole model; with
+    ``bf16`` the parameters are gathered in bf16 and gradients reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    kw = {"mp_policy": mp} if mp else {}
+    for block in model.decoder.blocks:
+        fully_shard(block, **kw)
+    for enc in model.encoders.values():
+        fully_shard(enc, **kw)
+    fully_shard(model, **kw)
 
 
 def _bf16(cfg: LoopConfig, env: Env) -> bool:
