@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: import from the repository root, not from bench/
+if __name__ == "__main__":  # run as a script (or by torchrun): import from the repository root, not from bench/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch  # noqa: E402

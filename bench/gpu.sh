@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU readiness in one run (about 5 minutes, at most ~9): the CUDA tests, xformers against SDPA (outputs and
-# speed), bf16 MFU of a training step on vl-medium and language-small, FSDP2 with bf16 mixed precision on one GPU,
+# GPU readiness in one run (about 5 minutes; the steps' time limits add up to 560 s): the CUDA tests, xformers
+# against SDPA (outputs and speed), bf16 MFU of a training step on vl-medium and language-small, FSDP2 with bf16 mixed precision on one GPU,
 # and train/pretrain.py under torchrun with --dist fsdp --precision bf16.
 #
 #   bash bench/gpu.sh                  # from the repository root, on a machine with a CUDA GPU
@@ -51,9 +51,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $RES/NAM
 }
 
 step cuda_tests 120 python -m pytest -q -m cuda tests/test_cuda.py --junitxml="$RES/cuda_tests.xml"
-step pinned_memory 60 python -m pytest -q tests/test_pipeline.py -k test_workers_pin_batches_for_the_gpu
-step attention 75 python bench/gpu.py attention --out "$RES"
-step mfu 120 python bench/gpu.py mfu --out "$RES" ${ASSETS:+--assets "$ASSETS"}
+step pinned_memory 55 python -m pytest -q tests/test_pipeline.py -k test_workers_pin_batches_for_the_gpu
+step attention 70 python bench/gpu.py attention --out "$RES"
+step mfu 115 python bench/gpu.py mfu --out "$RES" ${ASSETS:+--assets "$ASSETS"}
 step fsdp 60 torchrun --standalone --nproc_per_node=1 bench/gpu.py fsdp --out "$RES" --batch 8 --seq 256 --steps 8
 step world 20 python -c "from data.world import generate_world; generate_world('$WORK/world', seed=0, n_train=400, \
 n_val=16, n_test=4, n_heldout=6, n_docs=100)"
