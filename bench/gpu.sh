@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU readiness in one run (about 5 minutes; the steps' time limits add up to 560 s): the CUDA tests, xformers
-# against SDPA (outputs and speed), bf16 MFU of a training step on vl-medium and language-small, FSDP2 with bf16 mixed precision on one GPU,
-# and train/pretrain.py under torchrun with --dist fsdp --precision bf16.
+# against SDPA (outputs and speed), bf16 MFU of a training step on vl-medium and language-small, FSDP2 with bf16
+# mixed precision on one GPU, and train/pretrain.py under torchrun with --dist fsdp --precision bf16.
 #
 #   bash bench/gpu.sh                  # from the repository root, on a machine with a CUDA GPU
 #   ASSETS=assets bash bench/gpu.sh    # language-small with the prepared real SmolLM2 / MiniLM (assets/smollm2,
