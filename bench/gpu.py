@@ -36,6 +36,7 @@ from data.batch import Batch  # noqa: E402
 from encoders.base import DECODER_IDS, IMAGE_TEXT, OWN_IDS, PIXELS  # noqa: E402
 from eval.flags import FlagParser  # noqa: E402
 from metalm import MetaLM  # noqa: E402
+from metalm.attention import resolve_backend  # noqa: E402
 from metalm.config import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLMConfig  # noqa: E402
 from metalm.decoder import Decoder  # noqa: E402
 from metalm.docking import Dock, contiguous_positions, span_dock  # noqa: E402
@@ -87,6 +88,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=torch.cuda.get_device_name(device), memory_gib=round(props.total_memory / 2**30, 1))
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        info["auto_attention"] = resolve_backend("auto", device)
         try:
             query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
             info["nvidia_smi"] = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip()
@@ -162,14 +164,14 @@ def attention_bench(
         model.cfg.attention = backend  # every block reads the one shared config at call time
         try:
             out = run().float()
-        except (RuntimeError, NotImplementedError, ImportError) as err:
+            times = time_steps(run, device, steps, warmup)
+        except (RuntimeError, NotImplementedError, ImportError) as err:  # no kernels here, or out of memory
             result[backend] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
             continue
-        times = time_steps(run, device, steps, warmup)
         entry = {"step_s": statistics.median(times), "tokens_per_s": batch * seq / statistics.median(times)}
-        if reference is None:
+        if backend == "sdpa":
             reference = out
-        else:
+        elif reference is not None:
             entry["max_abs_diff_vs_sdpa"] = float((out - reference).abs().max())
             entry["speedup_vs_sdpa"] = result["sdpa"]["step_s"] / entry["step_s"]
         result[backend] = entry
@@ -384,8 +386,8 @@ def summary_markdown(results: dict[str, dict], steps: list[list[str]] | None = N
         "",
         f"GPU: **{info.get('gpu')}** ({info.get('memory_gib')} GiB, capability {info.get('capability')}); "
         f"nvidia-smi: {info.get('nvidia_smi')}",
-        f"torch {info.get('torch')} (CUDA {info.get('cuda')}), xformers {info.get('xformers')}, "
-        f"Python {info.get('python')}",
+        f"torch {info.get('torch')} (CUDA {info.get('cuda')}), xformers {info.get('xformers')} (attention 'auto' "
+        f"picks {info.get('auto_attention')}), Python {info.get('python')}",
         "",
     ]
     if steps:

@@ -10,7 +10,7 @@ import torch
 from synthetic import VOCAB, make_batch, small_model, stream
 
 from metalm import Decoder, DecoderConfig, MetaLM
-from metalm.attention import attend
+from metalm.attention import attend, resolve_backend
 from train.loop import train
 from train.pretraining import PretrainConfig
 
@@ -124,9 +124,10 @@ def test_decoder_with_xformers_equals_sdpa(xformers_ok):
     torch.testing.assert_close(logits[1], logits[0], **TOLERANCE[torch.bfloat16])
 
 
-def test_auto_backend_runs_on_cuda():
-    """``auto`` picks xformers when it imports; the step must run whichever it picks (a mismatched xformers build
-    that imports but has no kernels would break every CUDA run that keeps the default)."""
+def test_auto_backend_picks_xformers_only_where_its_kernels_run():
+    """A mismatched xformers build imports but has no kernels; ``auto`` (every CUDA run's default) must then pick
+    sdpa, and the step must run whichever it picks."""
+    assert resolve_backend("auto", CUDA) == ("sdpa" if xformers_problem() else "xformers")
     model = small_model().to(CUDA)
     model.decoder.cfg.attention = "auto"
     b = make_batch(0, 2).to(CUDA)
