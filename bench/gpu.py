@@ -395,7 +395,8 @@ def summary_markdown(results: dict[str, dict], steps: list[list[str]] | None = N
         lines += [f"| {name} | {rc}{'' if rc == '0' else ' FAILED'} | {sec} |" for name, rc, sec in steps]
         lines.append("")
     if "attention" in results:
-        lines += ["## xformers against SDPA (forward + backward of vl-medium's decoder blocks, bf16 autocast)", ""]
+        shape = results["attention"]["decoder"]
+        lines += [f"## xformers against SDPA (forward + backward of {shape}'s decoder blocks, bf16 autocast)", ""]
         lines += [
             "| case | backend | step s | tokens/s | speed-up | max abs diff vs SDPA |",
             "|---|---|---|---|---|---|",
@@ -430,17 +431,6 @@ def summary_markdown(results: dict[str, dict], steps: list[list[str]] | None = N
                 f"{r.get('max_memory_gib')} |"
             )
         lines += ["", f"Measured bf16 matmul peak: {results['mfu'].get('measured_peak_flops', 0):.3g} FLOP/s.", ""]
-    if "pretrain" in results:
-        r = results["pretrain"]
-        lines += [
-            "## train/pretrain.py under torchrun with --dist fsdp --precision bf16 (tiny preset, small world)",
-            "",
-            f"{len(r['losses'])} steps; loss {r['first_third_mean']:.3f} (first third) -> {r['last_third_mean']:.3f} "
-            f"(last third); finite {r['finite']}, decreasing {r['decreasing']}. At world size 1 the loop does not "
-            "shard (``wrap_model`` shards only with several processes): this checks the CLI path, bf16 autocast and "
-            "checkpoints on CUDA; the section above checks FSDP2 itself.",
-            "",
-        ]
     if "fsdp" in results:
         r = results["fsdp"]
         losses = ", ".join(f"{v:.3f}" for v in r["losses"])
@@ -449,6 +439,17 @@ def summary_markdown(results: dict[str, dict], steps: list[list[str]] | None = N
             "",
             f"sharded: {r['sharded']}, backend {r['backend']}, world size {r['world_size']}; losses {losses}; "
             f"finite {r['finite']}, decreasing {r['decreasing']}; full state dict fp32: {r['state_dict_fp32']}",
+            "",
+        ]
+    if "pretrain" in results:
+        r = results["pretrain"]
+        lines += [
+            "## train/pretrain.py under torchrun with --dist fsdp --precision bf16 (tiny preset, small world)",
+            "",
+            f"{len(r['losses'])} steps; loss {r['first_third_mean']:.3f} (first third) -> {r['last_third_mean']:.3f} "
+            f"(last third); finite {r['finite']}, decreasing {r['decreasing']}. At world size 1 the loop does not "
+            "shard (`wrap_model` shards only with several processes): this checks the CLI path, bf16 autocast and "
+            "checkpoints on CUDA; the section above checks FSDP2 itself.",
             "",
         ]
     return "\n".join(lines)

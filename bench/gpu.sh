@@ -54,10 +54,10 @@ step cuda_tests 120 python -m pytest -q -m cuda tests/test_cuda.py --junitxml="$
 step pinned_memory 55 python -m pytest -q tests/test_pipeline.py -k test_workers_pin_batches_for_the_gpu
 step attention 70 python bench/gpu.py attention --out "$RES"
 step mfu 115 python bench/gpu.py mfu --out "$RES" ${ASSETS:+--assets "$ASSETS"}
-step fsdp 60 torchrun --standalone --nproc_per_node=1 bench/gpu.py fsdp --out "$RES" --batch 8 --seq 256 --steps 8
+step fsdp 60 python -m torch.distributed.run --standalone --nproc_per_node=1 bench/gpu.py fsdp --out "$RES" --batch 8 --seq 256 --steps 8
 step world 20 python -c "from data.world import generate_world; generate_world('$WORK/world', seed=0, n_train=400, \
 n_val=16, n_test=4, n_heldout=6, n_docs=100)"
-step pretrain_fsdp_bf16 100 torchrun --standalone --nproc_per_node=1 train/pretrain.py --world "$WORK/world" \
+step pretrain_fsdp_bf16 100 python -m torch.distributed.run --standalone --nproc_per_node=1 train/pretrain.py --world "$WORK/world" \
     --out "$WORK/run" --max_steps 60 --dist fsdp --precision bf16 --vision_warmup_steps 0 --warmup_steps 10 \
     --eval_every 0 --eval_batches 2 --log_every 1 --ckpt_every 30
 step pretrain_check 20 python bench/gpu.py pretrain --out "$RES" --metrics "$WORK/run/metrics.jsonl"
