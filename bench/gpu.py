@@ -31,6 +31,7 @@ if __name__ == "__main__":  # run as a script (or by torchrun): import from the 
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+import transformers  # noqa: E402
 
 from data.batch import Batch  # noqa: E402
 from encoders.base import DECODER_IDS, IMAGE_TEXT, OWN_IDS, PIXELS  # noqa: E402
@@ -49,16 +50,8 @@ RESULTS = Path(__file__).parent / "results" / "gpu"
 NO_CUDA = "no CUDA GPU: this script needs one (torch.cuda.is_available() is False)"
 SPEC_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 """Dense bf16 tensor-core peak FLOP/s from the vendor's data sheets (SXM parts), by a name in the device's name."""
-BERT_MINILM = dict(
-    model_type="bert",
-    vocab_size=30522,
-    hidden_size=384,
-    num_hidden_layers=6,
-    num_attention_heads=12,
-    intermediate_size=1536,
-    max_position_embeddings=512,
-)
-"""all-MiniLM-L6-v2's architecture: the language-small text encoder's shape."""
+MINILM_SHAPE = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+"""all-MiniLM-L6-v2's architecture beyond BERT's defaults (vocabulary, positions): language-small's text encoder."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -207,7 +200,9 @@ def language_small(assets: Path | None = None) -> MetaLM:
         tie_embeddings=True,
         attention="sdpa",
     )
-    kwargs: dict[str, Any] = {"path": str(assets / "minilm")} if assets else {"config": dict(BERT_MINILM)}
+    kwargs: dict[str, Any] = (
+        {"path": str(assets / "minilm")} if assets else {"config": transformers.BertConfig(**MINILM_SHAPE).to_dict()}
+    )
     text = EncoderConfig("hf_text", kwargs, freeze="all_but_last_2", connector=ConnectorConfig("linear"))
     model = MetaLM(MetaLMConfig(decoder, {"text": text}))
     if assets:

@@ -10,6 +10,7 @@ and chromium-driver) are installed here when missing; a failed install skips tho
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -689,24 +690,33 @@ def test_web_answers_40_parallel_requests_without_a_reset(server):
     assert got == [200] * 40, got  # before the fix: 21 of 40 were reset with backlog 5
 
 
-@pytest.fixture
-def local_server(engine):
-    """Starts in-process servers on 127.0.0.1 with small limits (``start(**limits)`` gives the port); all stop at the
-    end of the test."""
+@contextlib.contextmanager
+def _in_process_servers(engine: Engine | None):
+    """``start(**keywords)`` starts a DemoServer on 127.0.0.1 (any free port, which it returns) with these keywords;
+    all stop on leaving."""
     running = []
 
-    def start(**limits: float) -> int:
-        server = DemoServer(0, engine, GREEDY, **limits)
+    def start(**keywords) -> int:
+        server = DemoServer(0, engine, GREEDY, **keywords)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         running.append((server, thread))
         return server.server_address[1]
 
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=30)
+    try:
+        yield start
+    finally:
+        for server, thread in running:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=30)
+
+
+@pytest.fixture
+def local_server(engine):
+    """Starts in-process servers with small limits (``start(**limits)`` gives the port)."""
+    with _in_process_servers(engine) as start:
+        yield start
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -858,22 +868,10 @@ def test_web_page_in_headless_chromium(server, browser, engine, images, answer, 
 
 @pytest.fixture
 def host_server():
-    """``start(allow_hosts)``: an in-process server on 127.0.0.1 for the Host and Origin checks, which answer before
-    any model call (so no engine: ``POST /api/reset`` and ``GET /`` need none); all stop at the end of the test."""
-    running = []
-
-    def start(allow_hosts: tuple[str, ...] = ()) -> int:
-        server = DemoServer(0, None, GREEDY, allow_hosts=allow_hosts)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        return server.server_address[1]
-
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=30)
+    """In-process servers for the Host and Origin checks (``start(allow_hosts=...)``), which answer before any model
+    call: no engine (``POST /api/reset`` and ``GET /`` need none)."""
+    with _in_process_servers(None) as start:
+        yield start
 
 
 def _reset(port: int, host: str | None, origin: str | None = None, skip_host: bool = False) -> tuple[int, str]:
