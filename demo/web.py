@@ -15,9 +15,11 @@ per line: ``{"notice"}``, ``{"text"}`` pieces, then ``{"done"}`` or ``{"error"}`
 session's conversation. Each page keeps its own conversation (by a random session id); model calls are serialized
 by the engine's lock, and a failing request never stops the server.
 
-What a request must be, checked before its body is read: a Host header naming this server (127.0.0.1:PORT,
-localhost:PORT or [::1]:PORT) and no Origin from elsewhere, else 403, so neither another site's page nor a
-rebound DNS name can drive the model; a POST with ``Content-Type: application/json`` (415), a plain
+What a request must be, checked before its body is read: a Host header naming a loopback address (localhost,
+127.0.0.0/8 or [::1], on any port, so an SSH port-forward to another local port works) or a name given with
+``--allow_host``, and no Origin but the page's own, else 403, so neither another site's page nor a rebound DNS name
+can drive the model (a request without Host is let through only in HTTP/1.0, which does not require it; 400 in
+HTTP/1.1); a POST with ``Content-Type: application/json`` (415), a plain
 Content-Length (400, 411 when missing) of at most ``MAX_BODY`` bytes (413). A client silent for ``READ_TIMEOUT``
 seconds, or whose body takes over ``BODY_SECONDS``, is dropped (408). At most ``MAX_WORKERS`` requests are served
 at once; the next waits in line up to ``QUEUE_WAIT`` seconds (later ones in a listen queue of
@@ -29,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import ipaddress
 import json
 import re
 import socket
@@ -37,6 +40,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -63,6 +67,28 @@ READ_TIMEOUT = 20.0  # seconds a client may stay silent while sending its reques
 BODY_SECONDS = 120.0  # for the whole body: a 27 MB upload at 1 MB/s fits, a client trickling bytes does not
 LINGER_SECONDS, LINGER_BYTES = 2.0, 64 << 20  # what a refused client may still send, dropped, before the close
 GONE = (BrokenPipeError, ConnectionResetError, TimeoutError)  # the page stopped reading: nothing to answer
+HOST_VALUE = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::([0-9]{1,5}))?")  # name or [IPv6], then an optional port
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A Host header's (or an Origin's) ``name[:port]`` as (lower-case name, port or None); None when it is not
+    one (bad characters, a port outside 1..65535)."""
+    found = HOST_VALUE.fullmatch(value.strip().lower())
+    if found is None:
+        return None
+    port = int(found.group(2)) if found.group(2) else None
+    return None if port is not None and not 0 < port < 65536 else (found.group(1), port)
+
+
+def is_loopback(name: str) -> bool:
+    """Whether a host name is this machine by definition: ``localhost``, 127.0.0.0/8 or ``[::1]`` (never a DNS name
+    that resolves there: that is what a DNS-rebinding page uses)."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
 
 
 class DemoServer(ThreadingHTTPServer):
@@ -82,7 +108,14 @@ class DemoServer(ThreadingHTTPServer):
         queue_wait: float = QUEUE_WAIT,
         read_timeout: float = READ_TIMEOUT,
         body_seconds: float = BODY_SECONDS,
+        allow_hosts: Iterable[str] = (),
     ) -> None:
+        """``allow_hosts``: other names a request may give as its Host (``NAME`` on any port, or ``NAME:PORT``),
+        e.g. the name a reverse proxy serves the demo under; loopback addresses are always allowed."""
+        allowed = {host.strip().lower() for host in allow_hosts}
+        bad = sorted(host for host in allowed if split_host(host) is None)
+        if bad:
+            raise ValueError(f"allow_hosts: {bad} are not host names (NAME or NAME:PORT)")
         super().__init__((HOST, port), Handler)
         self.engine = engine
         self.settings = settings
@@ -92,11 +125,33 @@ class DemoServer(ThreadingHTTPServer):
         self.workers, self.queue_wait = workers, queue_wait
         self.read_timeout, self.body_seconds = read_timeout, body_seconds
         self.slots = threading.BoundedSemaphore(workers)
-        port = self.server_address[1]
-        self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
-        if port == 80:  # browsers leave the default port out
-            self.hosts |= {"127.0.0.1", "localhost", "[::1]"}
-        self.origins = {f"http://{host}" for host in self.hosts}
+        self.allow_hosts = allowed
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a request may name ``host`` (a Host header's value): a loopback address on any port, or an
+        ``allow_hosts`` name (on any port, or on the port it was given with)."""
+        parsed = split_host(host)
+        if parsed is None:
+            return False
+        return is_loopback(parsed[0]) or parsed[0] in self.allow_hosts or host.strip().lower() in self.allow_hosts
+
+    def origin_allowed(self, origin: str, host: str | None) -> bool:
+        """Whether a page at ``origin`` may drive the model: the page this request's ``host`` serves (or the same
+        loopback port under another loopback name), or an ``allow_hosts`` name (a proxy may rewrite the Host)."""
+        scheme, sep, rest = origin.strip().lower().partition("://")
+        parsed = split_host(rest)
+        if scheme not in ("http", "https") or not sep or parsed is None:
+            return False
+        if parsed[0] in self.allow_hosts or rest in self.allow_hosts:
+            return True
+        if host is None:
+            return is_loopback(parsed[0])
+        ours = split_host(host)
+        return rest == host or (is_loopback(parsed[0]) and is_loopback(ours[0]) and parsed[1] == ours[1])
+
+    def expected_hosts(self) -> str:
+        names = ", ".join(sorted(self.allow_hosts))
+        return "a loopback address (localhost, 127.0.0.1 or [::1], any port)" + (f" or {names}" if names else "")
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
         """Serve on a thread of its own once one of the ``workers`` is free, waiting up to ``queue_wait`` seconds
@@ -257,15 +312,21 @@ class Handler(BaseHTTPRequestHandler):
         stream.send({"done": done})
 
     def _check_caller(self) -> None:
-        """Refuse (403) a request that does not name this server as its Host, or comes from another site's page:
-        a page elsewhere, or one whose DNS name was rebound to 127.0.0.1, must not drive the model."""
-        hosts = self.headers.get_all("Host") or [""]
-        expected = ", ".join(sorted(self.server.hosts))
-        if len(hosts) > 1 or hosts[0].strip().lower() not in self.server.hosts:
-            raise Refused(HTTPStatus.FORBIDDEN, f"Host {', '.join(hosts)!r}: expected one of {expected}")
+        """Refuse (403) a request whose Host is not a loopback address or an allowed name, or that comes from
+        another site's page: a page elsewhere, or one whose DNS name was rebound to 127.0.0.1, must not drive the
+        model. No Host (400) is let through only in HTTP/1.0, the one version that does not require it."""
+        hosts = [h for h in self.headers.get_all("Host") or [] if h.strip()]
+        if len(hosts) > 1:
+            raise Refused(HTTPStatus.BAD_REQUEST, f"Host: {len(hosts)} headers ({', '.join(hosts)}); expected one")
+        if not hosts and self.request_version != "HTTP/1.0":
+            raise Refused(HTTPStatus.BAD_REQUEST, f"Host: missing; {self.request_version} requires it")
+        host = hosts[0].strip().lower() if hosts else None
+        if host is not None and not self.server.host_allowed(host):
+            raise Refused(HTTPStatus.FORBIDDEN, f"Host {hosts[0]!r}: expected {self.server.expected_hosts()}")
         origin = self.headers.get("Origin")
-        if origin is not None and origin.strip().lower() not in self.server.origins:
-            raise Refused(HTTPStatus.FORBIDDEN, f"Origin {origin!r}: expected this page's own, http:// + {expected}")
+        if origin is not None and not self.server.origin_allowed(origin, host):
+            page = f"http://{host}" if host else "a loopback page"
+            raise Refused(HTTPStatus.FORBIDDEN, f"Origin {origin!r}: expected this page's own ({page})")
 
     def _body_length(self) -> int:
         """The body's size from a POST's headers, refused before anything is read unless the body is JSON (415) of
@@ -405,6 +466,15 @@ def build_parser() -> FlagParser:
     p = FlagParser(description=__doc__.split("\n\n")[0])
     add_model_args(p)
     p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (0: any free port; default 7860)")
+    p.add_argument(
+        "--allow_host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name requests may give as their Host, e.g. the one a reverse proxy serves the demo under "
+        "(NAME on any port or NAME:PORT; repeatable). Loopback addresses on any port are always allowed; other "
+        "names are refused so that a DNS-rebinding page cannot drive the model",
+    )
     return p
 
 
@@ -415,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(parser, args)
     if not 0 <= args.port < 65536:
         parser.error(f"--port {args.port}: expected 0 to 65535")
+    for host in args.allow_host:
+        if split_host(host) is None:
+            parser.error(f"--allow_host {host!r}: expected a host name, NAME or NAME:PORT")
     print(f"loading {args.checkpoint} ...", flush=True)
     # demo.engine imports torch: imported here, not at the top, so --help answers in 0.1 s instead of seconds
     from demo.engine import load_checkpoint
@@ -425,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        server = DemoServer(args.port, engine, settings)
+        server = DemoServer(args.port, engine, settings, allow_hosts=args.allow_host)
     except OSError as err:
         print(f"error: cannot listen on {HOST}:{args.port} ({err})", file=sys.stderr)
         return 2

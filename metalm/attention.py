@@ -10,23 +10,36 @@ fused kernels), ``xformers`` (memory-efficient attention, CUDA only, imported la
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """Turn ``auto`` into a concrete backend: xformers on CUDA when it imports, else sdpa."""
+    """Turn ``auto`` into a concrete backend: xformers on CUDA when its kernels run there, else sdpa."""
     if name != "auto":
         return name
-    if device.type == "cuda":
-        try:
-            import xformers.ops  # noqa: F401
-        except ImportError:
-            return "sdpa"
-        return "xformers"
-    return "sdpa"
+    return "xformers" if device.type == "cuda" and xformers_runs() else "sdpa"
+
+
+@torch.compiler.assume_constant_result
+@functools.cache
+def xformers_runs() -> bool:
+    """Whether xformers imports and its kernels run on the current GPU, tried once: a build for another torch
+    imports with a warning but has no kernels, and ``auto`` must not pick it then."""
+    try:
+        import xformers.ops as xops
+
+        q = torch.zeros(1, 8, 1, 16, device="cuda", dtype=torch.float16)
+        xops.memory_efficient_attention(q, q, q)
+    except Exception as err:  # ImportError, or whatever a missing or mismatched kernel raises
+        message = f"attention 'auto': xformers cannot run here ({type(err).__name__}: {err}); using sdpa"
+        warnings.warn(message, stacklevel=2)
+        return False
+    return True
 
 
 def allowed_mask(tq: int, tk: int, key_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:

@@ -52,7 +52,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 probs[torch.arange(len(t), device=t.device), t] -= 1.0
                 g = probs.div_(n).to(h.dtype)
                 if need_h:
-                    grad_h.index_copy_(0, rows[start : start + chunk], g @ weight.to(h.dtype))
+                    # under autocast the matmul comes out in the autocast dtype; grad_h keeps the hidden's
+                    grad_h.index_copy_(0, rows[start : start + chunk], (g @ weight.to(h.dtype)).to(grad_h.dtype))
                 if need_w:
                     grad_w.addmm_(g.t().float(), h.float())
         ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None)

@@ -10,6 +10,8 @@ and chromium-driver) are installed here when missing; a failed install skips tho
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import io
 import json
 import os
@@ -49,6 +51,7 @@ from demo.chat import main as chat_main  # noqa: E402
 from demo.engine import Chat, Engine, load_checkpoint, load_image  # noqa: E402
 from demo.web import MAX_BODY, DemoServer  # noqa: E402
 from demo.web import build_parser as web_parser  # noqa: E402
+from demo.web import main as web_main  # noqa: E402
 
 QUESTION = "What is in the picture?"
 TEXTS = [
@@ -645,9 +648,8 @@ def test_web_requires_json_from_this_server_own_address(server):
         ({"Content_Type": "text/plain"}, 415, "Content-Type 'text/plain': expected application/json"),
         ({"Content_Type": None}, 415, "Content-Type '': expected application/json"),
         ({"Content_Type": "application/json; charset=utf-8"}, 200, None),
-        ({"Host": "evil.example:80"}, 403, f"Host 'evil.example:80': expected one of 127.0.0.1:{port}"),
-        ({"Host": "127.0.0.1:1"}, 403, "Host '127.0.0.1:1'"),
-        ({"Host": None}, 403, "Host '': expected one of"),
+        ({"Host": "evil.example:80"}, 403, "Host 'evil.example:80': expected a loopback address"),
+        ({"Host": f"127.0.0.1.evil.example:{port}"}, 403, "Host '127.0.0.1.evil.example:"),
         ({"Host": f"LOCALHOST:{port}"}, 200, None),
         ({"Host": f"[::1]:{port}"}, 200, None),
         ({"Origin": "http://evil.example"}, 403, "Origin 'http://evil.example': expected "),
@@ -688,24 +690,33 @@ def test_web_answers_40_parallel_requests_without_a_reset(server):
     assert got == [200] * 40, got  # before the fix: 21 of 40 were reset with backlog 5
 
 
-@pytest.fixture
-def local_server(engine):
-    """Starts in-process servers on 127.0.0.1 with small limits (``start(**limits)`` gives the port); all stop at the
-    end of the test."""
+@contextlib.contextmanager
+def _in_process_servers(engine: Engine | None):
+    """``start(**keywords)`` starts a DemoServer on 127.0.0.1 (any free port, which it returns) with these keywords;
+    all stop on leaving."""
     running = []
 
-    def start(**limits: float) -> int:
-        server = DemoServer(0, engine, GREEDY, **limits)
+    def start(**keywords) -> int:
+        server = DemoServer(0, engine, GREEDY, **keywords)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         running.append((server, thread))
         return server.server_address[1]
 
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=30)
+    try:
+        yield start
+    finally:
+        for server, thread in running:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=30)
+
+
+@pytest.fixture
+def local_server(engine):
+    """Starts in-process servers with small limits (``start(**limits)`` gives the port)."""
+    with _in_process_servers(engine) as start:
+        yield start
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -853,3 +864,81 @@ def test_web_page_in_headless_chromium(server, browser, engine, images, answer, 
     assert browser.find_element(By.ID, "error").text == ""
     texts = [t.text for t in browser.find_elements(By.CSS_SELECTOR, ".turn.assistant .text")]
     assert texts == [answer, _followup(engine, BLUE)]
+
+
+@pytest.fixture
+def host_server():
+    """In-process servers for the Host and Origin checks (``start(allow_hosts=...)``), which answer before any model
+    call: no engine (``POST /api/reset`` and ``GET /`` need none)."""
+    with _in_process_servers(None) as start:
+        yield start
+
+
+def _reset(port: int, host: str | None, origin: str | None = None, skip_host: bool = False) -> tuple[int, str]:
+    """``POST /api/reset`` over http.client (HTTP/1.1) with the given Host (None: http.client's own) and Origin;
+    ``skip_host`` sends no Host at all. Returns the status and the error message ("" on success)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"session": "hosts"}).encode()
+    try:
+        conn.putrequest("POST", "/api/reset", skip_host=skip_host or host is not None)
+        for name, value in (("Host", host), ("Origin", origin)):
+            if value is not None:
+                conn.putheader(name, value)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()).get("error", "")
+    finally:
+        conn.close()
+
+
+def test_web_host_check_allows_loopback_on_any_port_and_refuses_other_names(host_server):
+    """An SSH port-forward (the browser at localhost:OTHERPORT) works; DNS-rebinding names stay refused; HTTP/1.1
+    requires Host (400 without), HTTP/1.0 does not."""
+    port = host_server()
+    assert _reset(port, None) == (200, "")  # http.client's own Host: 127.0.0.1:PORT
+    for host in ["localhost:9000", "LOCALHOST", "127.0.0.2:1", "[::1]:65535", f"localhost:{port}"]:
+        assert _reset(port, host) == (200, ""), host
+    for host in ["evil.example", f"evil.example:{port}", "localhost.evil.example", "127.0.0.1.nip.io:80"]:
+        status, error = _reset(port, host)
+        assert status == 403 and f"Host {host!r}: expected a loopback address" in error, host
+    for host in ["localhost:0", "localhost:70000", "local host", "[::1"]:
+        assert _reset(port, host)[0] == 403, host
+    status, error = _reset(port, None, skip_host=True)
+    assert status == 400 and "Host: missing; HTTP/1.1 requires it" in error
+    assert _exchange(port, _http(port, "POST", "/api/reset", b'{"session": "h"}', Host=None))[0] == 200  # HTTP/1.0
+    two = _http(port, "POST", "/api/reset", b'{"session": "h"}').replace(b"Host:", b"Host: localhost\r\nHost:", 1)
+    code, _, body = _exchange(port, two)
+    assert code == 400 and "Host: 2 headers" in json.loads(body)["error"]
+
+
+def test_web_origin_must_be_the_page_the_host_serves(host_server):
+    port = host_server()
+    for host, origin, status in [
+        ("localhost:9000", "http://localhost:9000", 200),  # the page through a port-forward
+        (f"127.0.0.1:{port}", f"http://localhost:{port}", 200),  # this server under another loopback name
+        (f"localhost:{port}", "http://localhost:3000", 403),  # another local server's page
+        (f"localhost:{port}", "http://evil.example", 403),
+        (f"localhost:{port}", "null", 403),
+    ]:
+        got, error = _reset(port, host, origin)
+        assert got == status and (status == 200 or f"Origin {origin!r}: expected this page's own" in error), origin
+
+
+def test_web_allow_host_admits_the_names_given_and_no_others(host_server, capsys):
+    port = host_server(allow_hosts=("Demo.Example", "proxy.internal:8443"))
+    for host in ["demo.example", "demo.example:8080", "proxy.internal:8443", "localhost:1234"]:
+        assert _reset(port, host) == (200, ""), host
+    for host in ["proxy.internal", "proxy.internal:80", "evil.example"]:
+        status, error = _reset(port, host)
+        assert status == 403 and "or demo.example, proxy.internal:8443" in error, host
+    assert _reset(port, f"127.0.0.1:{port}", origin="https://demo.example")[0] == 200  # a proxy that rewrites Host
+    assert _reset(port, "demo.example", origin="https://evil.example")[0] == 403
+    with pytest.raises(ValueError, match="not host names"):
+        DemoServer(0, None, GREEDY, allow_hosts=["bad name"])
+    args = web_parser().parse_args(["--checkpoint", "c", "--allow_host", "a.example", "--allow_host", "b:1"])
+    assert args.allow_host == ["a.example", "b:1"]
+    with pytest.raises(SystemExit):  # refused before any model is loaded
+        web_main(["--checkpoint", "nowhere", "--allow_host", "bad name"])
+    assert "--allow_host 'bad name': expected a host name" in capsys.readouterr().err

@@ -469,3 +469,36 @@ def test_a_run_stopped_by_a_signal_says_so_in_its_exit_code(tmp_path, caplog):
         "exit_code": 0,
         "nan_steps": 0,
     }
+
+
+def _tensorboard_steps(run) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every scalar TensorBoard shows for the run, per tag, in the order it reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_shows_each_step_once_after_resumes_that_replay_steps(tmp_path):
+    """As metrics.jsonl does: a run killed after logging steps 5 and 6 (and its final evaluation) but before their
+    checkpoint replays them on resume, and a finished run resumed redoes its final evaluation; TensorBoard must show
+    each step once, with the values metrics.jsonl holds; a fresh run over a finished one shows its own alone."""
+    pytest.importorskip("tensorboard")
+    cfg = dict(max_steps=6, ckpt_every=2, keep_last=2, eval_every=2, grad_accum=1)
+    train(cfg_for(tmp_path, **cfg), small_model(), stream, evaluate=_val_loss)
+    shutil.rmtree(tmp_path / "checkpoints" / "step_0000006")  # as if killed before step 6's checkpoint
+    shutil.rmtree(tmp_path / "final")
+    (tmp_path / "checkpoints" / "latest").write_text("step_0000004")
+    train(cfg_for(tmp_path, resume=True, **cfg), small_model(seed=5), stream, evaluate=_val_loss)
+    shutil.rmtree(tmp_path / "final")  # as if killed during the final save: resuming redoes the final evaluation
+    train(cfg_for(tmp_path, resume=True, **cfg), small_model(seed=6), stream, evaluate=_val_loss)
+
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    shown = _tensorboard_steps(tmp_path)
+    assert [s for s, _ in shown["loss"]] == list(range(1, 7))
+    assert [s for s, _ in shown["val_loss"]] == [2, 4, 6]
+    for tag in ("loss", "val_loss", "lr", "grad_norm"):
+        assert shown[tag] == [(r["step"], pytest.approx(r[tag])) for r in rows if tag in r], tag
+    train(cfg_for(tmp_path, **{**cfg, "max_steps": 3}), small_model(), stream)  # a fresh run over the finished one
+    assert [s for s, _ in _tensorboard_steps(tmp_path)["loss"]] == [1, 2, 3]  # its events alone

@@ -99,15 +99,7 @@ def wrap_model(model: MetaLM, cfg: LoopConfig, env: Env) -> torch.nn.Module:
     model.to(env.device)
     wrapped: torch.nn.Module = model
     if env.world_size > 1 and cfg.dist == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if _bf16(cfg, env) else None
-        kw = {"mp_policy": mp} if mp else {}
-        for block in model.decoder.blocks:
-            fully_shard(block, **kw)
-        for enc in model.encoders.values():
-            fully_shard(enc, **kw)
-        fully_shard(model, **kw)
+        shard_model(model, _bf16(cfg, env))
     elif env.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -125,6 +117,20 @@ def wrap_model(model: MetaLM, cfg: LoopConfig, env: Env) -> torch.nn.Module:
         # checkpoints still get clean names: get_model_state_dict drops the compiled wrapper's ``_orig_mod.``
         wrapped = torch.compile(wrapped, backend=cfg.compile_backend)
     return wrapped
+
+
+def shard_model(model: MetaLM, bf16: bool) -> None:
+    """FSDP2 in place over the started process group: each decoder block, each encoder, then the whole model; with
+    ``bf16`` the parameters are gathered in bf16 and gradients reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    kw = {"mp_policy": mp} if mp else {}
+    for block in model.decoder.blocks:
+        fully_shard(block, **kw)
+    for enc in model.encoders.values():
+        fully_shard(enc, **kw)
+    fully_shard(model, **kw)
 
 
 def _bf16(cfg: LoopConfig, env: Env) -> bool:
@@ -342,8 +348,9 @@ def check_fresh_out(cfg: LoopConfig) -> None:
 
 
 def start_series(cfg: LoopConfig, metrics_path: Path) -> None:
-    """A fresh run into an ``--out`` that holds a finished run: remove its checkpoints and metrics, so the new run's
-    checkpoints are never pruned in favour of higher-numbered old ones and its metrics are its own."""
+    """A fresh run into an ``--out`` that holds a finished run: remove its checkpoints and metrics (metrics.jsonl and
+    the TensorBoard events beside it), so the new run's checkpoints are never pruned in favour of higher-numbered old
+    ones and its metrics are its own."""
     old = sorted(p.name for p in step_dirs(cfg))
     if old:
         log.warning(
@@ -355,6 +362,7 @@ def start_series(cfg: LoopConfig, metrics_path: Path) -> None:
         shutil.rmtree(checkpoint_root(cfg) / name)
     (checkpoint_root(cfg) / "latest").unlink(missing_ok=True)
     metrics_path.unlink(missing_ok=True)
+    shutil.rmtree(metrics_path.parent / "tensorboard", ignore_errors=True)
 
 
 def clear_partial_writes(cfg: LoopConfig) -> None:
@@ -467,9 +475,11 @@ def write_summary(out: str | Path, summary: dict) -> None:
 
 
 class Metrics:
-    """JSONL (and TensorBoard where it is installed) on rank 0."""
+    """JSONL (and TensorBoard where it is installed) on rank 0. ``resumed_at``: the step a resumed run continues
+    from; TensorBoard then hides the events of that step and later (``purge_step``), as ``drop_replayed`` drops
+    their rows, so a replayed step shows once."""
 
-    def __init__(self, out: Path, main: bool) -> None:
+    def __init__(self, out: Path, main: bool, resumed_at: int | None = None) -> None:
         self.main = main
         self.path = out / "metrics.jsonl"
         self.tb = None
@@ -478,14 +488,15 @@ class Metrics:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out / "tensorboard"))
+                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resumed_at)
             except ImportError:
                 log.info("tensorboard not installed: metrics go to %s only", self.path)
 
     def drop_replayed(self, step: int, redo_final_eval: bool) -> None:
         """On resume from the checkpoint of ``step``: drop the rows the run will write again, those of later steps
         (a kill came after they were logged, before the next checkpoint), a partial line a kill left, and with
-        ``redo_final_eval`` the evaluation rows at ``step`` (the run resumes at its end and evaluates again)."""
+        ``redo_final_eval`` the evaluation rows at ``step`` (the run resumes at its end and evaluates again). The
+        kept rows of ``step`` itself go to TensorBoard again, since its purge hides that step's earlier events."""
         if not self.main or not self.path.is_file():
             return
         kept = []
@@ -493,14 +504,20 @@ class Metrics:
             if isinstance(row, JSONFileError):  # a partial line a kill left
                 continue
             if row["step"] < step or (row["step"] == step and not (redo_final_eval and "loss" not in row)):
-                kept.append(json.dumps(row) + "\n")
-        atomic_write_text(self.path, "".join(kept))
+                kept.append(row)
+        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
+        for row in kept:
+            if row["step"] == step:
+                self._to_tensorboard(step, {k: v for k, v in row.items() if k != "step"})
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.main:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
+        self._to_tensorboard(step, values)
+
+    def _to_tensorboard(self, step: int, values: dict[str, float]) -> None:
         if self.tb is not None:
             for key, value in values.items():
                 self.tb.add_scalar(key, value, step)
@@ -585,7 +602,7 @@ def train(
     bf16 = _bf16(cfg, env)
     peak = cfg.peak_flops or measure_peak_flops(env.device, bf16)
     mfu_warned = False
-    metrics = Metrics(out, env.main)
+    metrics = Metrics(out, env.main, resumed_at=step if state else None)
     if state:
         metrics.drop_replayed(step, redo_final_eval=step >= cfg.max_steps)
     result = TrainResult(step, cfg.max_steps, [], first_loss=state.get("first_loss"), last_loss=state.get("last_loss"))
