@@ -180,9 +180,16 @@ def vl_medium() -> MetaLM:
 
 
 def language_small(assets: Path | None = None) -> MetaLM:
-    """A SmolLM2-135M-shaped Llama decoder with a 6-layer 384-wide BERT text encoder (all but its last two layers
-    frozen, linear connector): the shape of the lead's ``language-small`` spec, to be replaced by it. Random weights,
-    or with ``assets`` the prepared real ones in ``assets/smollm2`` (an HF Llama directory) and ``assets/minilm``."""
+    """The ``language-small`` preset (SmolLM2-135M decoder, MiniLM text encoder with all but its last two layers
+    frozen, linear connector) with the prepared real weights in ``assets/smollm2`` and ``assets/minilm``, or without
+    ``assets`` the same shapes with random weights (a 6-layer 384-wide BERT)."""
+    if assets:
+        spec = {
+            "preset": "language-small",
+            "decoder": {"from_hf": str(assets / "smollm2")},
+            "encoders": {"text": {"kind": "hf_text", "weights": str(assets / "minilm")}},
+        }
+        return MetaLM.from_spec(spec)[0]
     decoder = DecoderConfig(
         vocab_size=49152,
         dim=576,
@@ -200,17 +207,9 @@ def language_small(assets: Path | None = None) -> MetaLM:
         tie_embeddings=True,
         attention="sdpa",
     )
-    kwargs: dict[str, Any] = (
-        {"path": str(assets / "minilm")} if assets else {"config": transformers.BertConfig(**MINILM_SHAPE).to_dict()}
-    )
+    kwargs: dict[str, Any] = {"config": transformers.BertConfig(**MINILM_SHAPE).to_dict()}
     text = EncoderConfig("hf_text", kwargs, freeze="all_but_last_2", connector=ConnectorConfig("linear"))
-    model = MetaLM(MetaLMConfig(decoder, {"text": text}))
-    if assets:
-        pretrained = Decoder.from_hf(str(assets / "smollm2"))
-        if pretrained.cfg.vocab_size != decoder.vocab_size:
-            raise SystemExit(f"{assets / 'smollm2'}: vocab {pretrained.cfg.vocab_size}; expected {decoder.vocab_size}")
-        model.decoder.load_state_dict(pretrained.state_dict())
-    return model
+    return MetaLM(MetaLMConfig(decoder, {"text": text}))
 
 
 def random_batch(model: MetaLM, batch: int, seq: int, seed: int = 0) -> Batch:
