@@ -399,3 +399,20 @@ def report(summary: dict, cfg: PretrainConfig) -> None:
         mark = "right shapes" if row["shapes_named"] else "wrong shapes"
         print(f"  {row['image']}: {row['caption']!r}   (scene: {truth}; {mark})")
     print(f"loss curve: {Path(cfg.out) / 'loss.png'}; metrics: {Path(cfg.out) / 'metrics.jsonl'}")
+
+
+COMPOSE_FIELDS = ("preset", "model", "from_hf", "from_gguf", "text_encoder", "tokenizer")
+"""The spec flags of ``train/compose.py``: pretraining's model fields and its decoder tokenizer."""
+
+
+def compose(given: dict[str, str], seed: int, out: str | Path) -> Path:
+    """Build the model of the spec flags ``given`` (text, as flags give them) and save it to ``out`` untrained,
+    with its tokenizers; the decoder's tokenizer is ``tokenizer`` or the pretrained decoder's own."""
+    cfg = parse_pretrain_config([arg for name, value in given.items() for arg in (f"--{name}", value)])
+    source = cfg.tokenizer or decoder_tokenizer_dir(cfg.spec())
+    if not source:
+        raise ConfigError("tokenizer", "the spec's decoder is not pretrained, so it has no tokenizer: give --tokenizer")
+    torch.manual_seed(seed)
+    model = build_model(cfg, Tokenizer.load(source))
+    model.save_pretrained(out)
+    return Path(out)
