@@ -4,7 +4,9 @@ Text documents are tokenized (paragraphs joined by ``</p>``, documents ended by 
 ``seq_len`` tokens, and given non-overlapping spans that go through the text encoder, never across a document end
 (``metalm.semicausal.sample_spans``). Image-text samples become ``<image> <vec>*N </image> caption </s>`` items,
 packed whole into rows; the image is docked at the ``<vec>`` positions and a random-length prefix of the caption
-goes through the text encoder, so the model learns to continue from what the encoders saw. Every batch has the
+goes through the text encoder, so the model learns to continue from what the encoders saw. With a joint
+vision-language encoder (``PipelineConfig.joint_encoder``) the image and that prefix go through it together
+instead (``data.layout.DockLayout.add_joint``), as in the paper's vision-language MetaLM. Every batch has the
 same number of text and image-text rows (``text_weight``), so all processes run the same modules every step.
 
 ``BatchStream`` and ``load_batches`` build these batches from shards, in the training process or in DataLoader
@@ -49,6 +51,19 @@ class PipelineConfig:
     text_encoder: str | None = "text"
     vision_encoder: str | None = "vision"
     seed: int = 0
+    joint_encoder: str | None = None  # reads an image and its caption prefix together (then vision_encoder is None)
+
+    def __post_init__(self) -> None:
+        if self.joint_encoder is not None and self.vision_encoder is not None:
+            raise ValueError(
+                f"PipelineConfig: vision_encoder {self.vision_encoder!r} and joint_encoder {self.joint_encoder!r} "
+                "both set; images dock through one of them"
+            )
+
+    @property
+    def image_encoder(self) -> str | None:
+        """The encoder that reads the images: the joint one when set, else the vision encoder (or None)."""
+        return self.joint_encoder or self.vision_encoder
 
     def span_lengths(self) -> tuple[int, int]:
         lo, hi = scaled_span_lengths(self.seq_len)
@@ -56,7 +71,7 @@ class PipelineConfig:
 
     @property
     def text_rows(self) -> int:
-        if self.vision_encoder is None:
+        if self.image_encoder is None:
             return self.batch_size
         return round(self.batch_size * self.text_weight)
 
@@ -130,7 +145,7 @@ def build_batch(
     b = len(text) + len(images)
     ids = torch.full((b, cfg.seq_len), pad_id, dtype=torch.long)
     mask = torch.zeros((b, cfg.seq_len), dtype=torch.long)
-    layout = DockLayout(cfg.vision_encoder, cfg.text_encoder, cfg.image_tokens)
+    layout = DockLayout(cfg.vision_encoder, cfg.text_encoder, cfg.image_tokens, joint=cfg.joint_encoder)
     lo, hi = cfg.span_lengths()
     for r, (row, bounds) in enumerate(text):
         ids[r] = torch.tensor(row)
@@ -144,11 +159,14 @@ def build_batch(
             n = len(item.ids)
             ids[r, pos : pos + n] = torch.tensor(item.ids)
             mask[r, pos : pos + n] = 1
-            layout.add_image(r, pos + IMAGE_OFFSET, item.image)
             caption_start = pos + item.caption_start
             k = rng.randint(0, int(cfg.prefix_max * item.caption_len))
-            if k and cfg.text_encoder is not None:
-                layout.add_span(r, caption_start, caption_start + k)
+            if cfg.joint_encoder is not None:
+                layout.add_joint(r, pos + IMAGE_OFFSET, item.image, caption_start, caption_start + k)
+            else:
+                layout.add_image(r, pos + IMAGE_OFFSET, item.image)
+                if k and cfg.text_encoder is not None:
+                    layout.add_span(r, caption_start, caption_start + k)
             pos += n
     docks = layout.docks(ids, pad_id)
     return Batch(ids, ids.masked_fill(mask == 0, IGNORE_INDEX), mask, docks)

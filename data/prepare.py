@@ -9,11 +9,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from data.layout import encoder_reading, image_reader
 from data.pipeline import PipelineConfig, image_tensor
 from data.reader import expand_urls
 from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
 from data.world import COLORS, SHAPES, SLOTS, current_world, generate_world
+from encoders.base import DECODER_IDS, IMAGE_TEXT
 from metalm import MetaLM
 from metalm.io import read_json, read_jsonl
 
@@ -53,17 +55,23 @@ def prepare_shards(world: Path, split: str) -> tuple[list[str], list[str]]:
 
 def pipeline_config(model: MetaLM, **data: Any) -> PipelineConfig:
     """Batch layout for this model: ``data`` sets the data fields of ``PipelineConfig`` (``seq_len``, ``batch_size``,
-    span and prefix shares, ``seed``); image size, normalisation and token count come from its vision encoder."""
-    vision = model.encoders["vision"] if "vision" in model.encoders else None
-    mean, std = vision.normalization() if vision is not None else ((0.5,) * 3, (0.5,) * 3)
+    span and prefix shares, ``seed``). Encoders are picked by what they read (``Encoder.reads``): image size,
+    normalisation and token count come from the one that reads images, a vision encoder or a joint
+    vision-language one (which then also reads the caption prefixes); text spans go to a text encoder that shares
+    the decoder's tokenizer."""
+    name = image_reader(model)
+    images = model.encoders[name] if name is not None else None
+    joint = images is not None and images.reads == IMAGE_TEXT
+    mean, std = images.normalization() if images is not None else ((0.5,) * 3, (0.5,) * 3)
     return PipelineConfig(
         **data,
-        image_size=tuple(vision.image_size) if vision is not None else (32, 32),
+        image_size=tuple(images.image_size) if images is not None else (32, 32),
         image_mean=tuple(mean),
         image_std=tuple(std),
-        image_tokens=vision.num_tokens if vision is not None else 0,
-        text_encoder="text" if "text" in model.encoders else None,
-        vision_encoder="vision" if vision is not None else None,
+        image_tokens=images.num_tokens if images is not None else 0,
+        text_encoder=encoder_reading(model, DECODER_IDS),
+        vision_encoder=None if joint else name,
+        joint_encoder=name if joint else None,
     )
 
 

@@ -5,7 +5,8 @@ A prompt is a list of segments, read left to right:
 - ``str``: plain text the decoder reads causally;
 - ``ImageSeg(image)``: an image docked through the vision encoder between ``<image>`` and ``</image>``;
 - ``EncodedSeg(text)``: text read by the bidirectional text encoder and docked at its own positions (MetaLM's
-  "in-context customization"; the text encoder must share the decoder's tokenizer);
+  "in-context customization"; the text encoder must share the decoder's tokenizer); right after an image, a
+  joint vision-language encoder reads it together with the image, as pretraining's caption prefixes;
 - ``SpecialSeg(token)``: one special token, e.g. ``"</s>"`` or ``"</p>"``.
 
 Evaluation (``eval/scoring.py``) and the finetuning batches (``data/batching.py``) both build their inputs here,
@@ -21,9 +22,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data.layout import IMAGE_OFFSET, DockLayout, image_ids, image_tensor
+from data.layout import IMAGE_OFFSET, DockLayout, encoder_reading, image_ids, image_reader, image_tensor
 from data.tokenizer import SPECIAL_TOKENS, Tokenizer
-from encoders.base import DECODER_IDS, PIXELS
+from encoders.base import DECODER_IDS, IMAGE_TEXT
 from metalm.docking import Dock
 
 
@@ -98,16 +99,19 @@ def through_encoder(segments: Sequence[Segment]) -> list[Segment]:
 
 class PromptEncoder:
     """Encodes prompts for one model: which encoder reads images (and at what size, normalisation and token
-    count) and which reads text; when not named, the first encoder that reads pixels, and the first that reads
-    the decoder's ids (``Encoder.reads``)."""
+    count) and which reads text; when not named, the encoder that reads pixels or images with text
+    (``data.layout.image_reader``), and the first that reads the decoder's ids (``Encoder.reads``). ``joint``:
+    images go through a joint vision-language encoder, which also reads an ``EncodedSeg`` right after an image."""
 
     def __init__(self, model, tokenizer: Tokenizer, vision: str | None = None, text: str | None = None) -> None:
         self.tokenizer = tokenizer
-        self.vision = vision or _find(model, PIXELS)
-        self.text = text or _find(model, DECODER_IDS)
+        self.vision = vision or image_reader(model)
+        self.text = text or encoder_reading(model, DECODER_IDS)
         self.image_tokens = 0  # no vision encoder: no image ever docks
+        self.joint = False
         if self.vision is not None:
             enc = model.encoders[self.vision]
+            self.joint = enc.reads == IMAGE_TEXT
             self.image_size = tuple(enc.image_size)
             self.image_mean, self.image_std = (tuple(x) for x in enc.normalization())
             self.image_tokens = enc.num_tokens
@@ -120,6 +124,7 @@ class PromptEncoder:
         images: list[tuple[int, torch.Tensor]] = []
         spans: list[tuple[int, int]] = []
         tok = self.tokenizer
+        after_image = False  # the segment before was an image: a joint encoder reads encoded text there with it
         for seg in prompt:
             if isinstance(seg, str):
                 ids += tok.encode(seg)
@@ -130,7 +135,7 @@ class PromptEncoder:
                 images.append((len(ids) + IMAGE_OFFSET, pixels))
                 ids += image_ids(tok, self.image_tokens)
             elif isinstance(seg, EncodedSeg):
-                if self.text is None:
+                if self.text is None and not (self.joint and after_image):
                     raise ValueError(
                         "the prompt has encoder-read text but this model has no text encoder that shares the "
                         "decoder's tokenizer (native_text)"
@@ -145,6 +150,7 @@ class PromptEncoder:
                 ids.append(tok.backend.token_to_id(seg.token))
             else:
                 raise TypeError(f"prompt segment {seg!r}: expected str, ImageSeg, EncodedSeg or SpecialSeg")
+            after_image = isinstance(seg, ImageSeg)
         return Encoded(ids, images, spans)
 
     def collate(
@@ -155,22 +161,34 @@ class PromptEncoder:
         b = len(rows)
         ids = torch.full((b, width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
-        layout = DockLayout(self.vision, self.text, self.image_tokens)
+        if self.joint:
+            layout = DockLayout(None, self.text, self.image_tokens, joint=self.vision)
+        else:
+            layout = DockLayout(self.vision, self.text, self.image_tokens)
         for r, row in enumerate(rows):
             if len(row.ids) > width:
                 raise ValueError(f"row {r} has {len(row.ids)} ids; the batch is {width} wide")
             off = width - len(row.ids) if left_pad else 0
             ids[r, off : off + len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
             mask[r, off : off + len(row.ids)] = 1
-            for start, px in row.images:
-                layout.add_image(r, off + start, px)
-            for s, e in row.spans:
+            if self.joint:
+                spans = self._add_joint(layout, r, off, row)
+            else:
+                spans = row.spans
+                for start, px in row.images:
+                    layout.add_image(r, off + start, px)
+            for s, e in spans:
                 layout.add_span(r, off + s, off + e)
         docks = layout.docks(ids, self.tokenizer.pad_id)
         return ids, mask, docks
 
-
-def _find(model, reads: str) -> str | None:
-    """The name of the model's first encoder that reads ``reads``, or None."""
-    names = [name for name, enc in model.encoders.items() if enc.reads == reads]
-    return names[0] if names else None
+    def _add_joint(self, layout: DockLayout, r: int, off: int, row: Encoded) -> list[tuple[int, int]]:
+        """Add row ``r``'s images to ``layout`` as joint segments, each with the encoded span that starts right
+        after its ``</image>`` as its prefix (empty without one); returns the spans left for the text encoder."""
+        prefixes = set()
+        for start, px in row.images:
+            after = start + self.image_tokens + 1
+            prefix = next(((s, e) for s, e in row.spans if s == after), (after, after))
+            layout.add_joint(r, off + start, px, off + prefix[0], off + prefix[1])
+            prefixes.add(prefix)
+        return [span for span in row.spans if span not in prefixes]

@@ -33,6 +33,27 @@ def tiny(**overrides) -> MetaLMConfig:
     return MetaLMConfig(decoder=decoder, encoders={"vision": vision, "text": text})
 
 
+def tiny_joint(**overrides) -> MetaLMConfig:
+    """The ``tiny`` decoder with the paper's vision-language layout: one 4-layer 128-wide joint encoder reads a
+    32x32 image (8x8 patches) together with a caption prefix in the decoder's tokenizer (mlp connector), and the
+    same native text encoder as ``tiny`` reads the text documents' spans."""
+    base = tiny(**overrides)
+    joint = EncoderConfig(
+        kind="joint_vl",
+        kwargs=dict(
+            vocab_size=base.decoder.vocab_size,
+            dim=128,
+            n_layers=4,
+            n_heads=4,
+            image_size=32,
+            patch_size=8,
+            max_text_len=base.decoder.max_seq_len,
+        ),
+        connector=ConnectorConfig(kind="mlp", layers=3),
+    )
+    return MetaLMConfig(decoder=base.decoder, encoders={"joint": joint, "text": base.encoders["text"]})
+
+
 def tiny_gpt(**overrides) -> MetaLMConfig:
     """The ``tiny`` decoder alone: the plain causal GPT baseline of the same size (no encoders, no spans)."""
     return MetaLMConfig(decoder=tiny(**overrides).decoder, encoders={})
@@ -74,6 +95,7 @@ def _decoder(defaults: dict, overrides: dict) -> DecoderConfig:
 PRESETS: dict[str, Callable[..., MetaLMConfig]] = {
     "tiny": tiny,
     "tiny-gpt": tiny_gpt,
+    "tiny-joint": tiny_joint,
     "language-xl": language_xl,
     "vl-medium": vl_medium,
 }

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from data.batch import Batch
+from data.layout import image_reader
 from data.pipeline import BatchStream, PipelineConfig, batches, load_batches
 from data.prepare import pipeline_config, prepare_shards, prepare_tokenizer, prepare_world, scene_labels
 from data.reader import ReaderStats, expand_urls, iter_samples
@@ -58,7 +59,10 @@ class PretrainConfig(LoopConfig):
 
     # model
     preset: str = option(
-        "tiny", "model preset (tiny, tiny-gpt: its decoder alone, language-xl, vl-medium)", choices=tuple(PRESETS)
+        "tiny",
+        "model preset (tiny, tiny-joint: image and caption prefix through one joint encoder, tiny-gpt: tiny's "
+        "decoder alone, language-xl, vl-medium)",
+        choices=tuple(PRESETS),
     )
     model: dict = option({}, "decoder field overrides for the preset, e.g. {n_layers: 6} (YAML or JSON)")
     init_from: str = option("", "start from this MetaLM checkpoint directory instead of random weights")
@@ -97,8 +101,8 @@ class PretrainConfig(LoopConfig):
     vision_warmup_steps: int = option(
         200,
         "supervised warm-up of the vision encoder on the world's scene labels "
-        "(colour and shape per slot) before docking; the warmed-up encoder is then frozen "
-        "(0: off, train it from scratch through the captions)",
+        "(colour and shape per slot) before docking; the warmed-up encoder is then frozen, a joint "
+        "vision-language one trains on (0: off, train it from scratch through the captions)",
         min=0,
     )
     seed: int = option(0, "seed for weights, data order and spans")
@@ -154,10 +158,12 @@ def job_pipeline_config(cfg: PretrainConfig, model: MetaLM) -> PipelineConfig:
 def check_seq_len(seq_len: int, model: MetaLM) -> None:
     """Raise a ConfigError unless an image-text row of ``seq_len`` tokens holds ``<image>``, the vectors of one
     image of ``model``'s vision encoder, ``</image>`` and a caption token: a shorter row docks the image past the
-    row's end, or keeps no caption to learn from."""
-    if "vision" not in model.encoders:
+    row's end, or keeps no caption to learn from. The image encoder is the one that reads images (a vision or a
+    joint vision-language encoder, ``data.layout.image_reader``)."""
+    name = image_reader(model)
+    if name is None:
         return
-    vectors = model.encoders["vision"].num_tokens
+    vectors = model.encoders[name].num_tokens
     if seq_len < vectors + 3:
         raise ConfigError(
             "seq_len",
@@ -167,10 +173,10 @@ def check_seq_len(seq_len: int, model: MetaLM) -> None:
 
 
 def warm_up_vision(model: MetaLM, world: Path, pcfg: PipelineConfig, steps: int, seed: int) -> dict[str, float]:
-    """Supervised warm-up of the vision encoder on the world's scene labels (colour and shape in each slot);
-    returns the held-out accuracy of the colour labels and of the shape labels."""
+    """Supervised warm-up of the image encoder (vision, or joint with an empty text prefix) on the world's scene
+    labels (colour and shape in each slot); returns the held-out accuracy of the colour and of the shape labels."""
     pixels, labels, sizes = scene_labels(world, pcfg)
-    acc = warm_up_on_labels(model.encoders[pcfg.vision_encoder], pixels, labels, sizes, steps, seed)
+    acc = warm_up_on_labels(model.encoders[pcfg.image_encoder], pixels, labels, sizes, steps, seed)
     n = len(SLOTS)
     return {"color_accuracy": sum(acc[:n]) / n, "shape_accuracy": sum(acc[n:]) / n}
 
@@ -225,15 +231,19 @@ def pretrain(cfg: PretrainConfig) -> dict:
     pcfg = job_pipeline_config(cfg, model)
     stats = ReaderStats()
     vision_warmup = {}
-    if cfg.vision_warmup_steps and pcfg.vision_encoder and not cfg.init_from:
+    if cfg.vision_warmup_steps and pcfg.image_encoder and not cfg.init_from:
         vision_warmup = warm_up_vision(model, world, pcfg, cfg.vision_warmup_steps, cfg.seed)
-        model.config.encoders[pcfg.vision_encoder].freeze = "all"
-        model.apply_freeze()
+        if pcfg.vision_encoder:
+            model.config.encoders[pcfg.vision_encoder].freeze = "all"
+            model.apply_freeze()
+        else:  # a joint encoder keeps training: its text side learns only from the captions
+            vision_warmup["frozen"] = False
         if env.main:
             log.info(
-                "vision warm-up: colour accuracy %.2f, shape accuracy %.2f (held-out scenes); encoder frozen",
+                "vision warm-up: colour accuracy %.2f, shape accuracy %.2f (held-out scenes); %s",
                 vision_warmup["color_accuracy"],
                 vision_warmup["shape_accuracy"],
+                "encoder frozen" if pcfg.vision_encoder else "joint encoder trains on",
             )
 
     def train_batches(skip: int, num_workers: int = cfg.num_workers, counts: ReaderStats = stats) -> Iterator[Batch]:
@@ -280,7 +290,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     }
     if result.final_dir is not None and env.main:
         summary.update(result.final_losses(), unigram_loss=baseline)
-        for split in ("heldout", "val") if pcfg.vision_encoder else ():  # a text-only model has nothing to caption
+        for split in ("heldout", "val") if pcfg.image_encoder else ():  # a text-only model has nothing to caption
             summary[f"{split}_captions"] = caption_split(model.eval(), tokenizer, pcfg, world, env.device, split)
     if env.main:
         write_summary(cfg.out, summary)
@@ -313,7 +323,7 @@ def report(summary: dict, cfg: PretrainConfig) -> None:
         w = summary["vision_warmup"]
         print(
             f"vision warm-up on scene labels: colour {w['color_accuracy']:.0%}, shape {w['shape_accuracy']:.0%} "
-            "on held-out scenes (encoder then frozen)"
+            f"on held-out scenes ({'encoder then frozen' if w.get('frozen', True) else 'joint encoder trains on'})"
         )
     skipped = summary["reader"]["skipped"]
     if skipped:
