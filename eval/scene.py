@@ -71,7 +71,11 @@ def caption(
     layout.add_image(0, IMAGE_OFFSET, pixels)
     docks = [dock.to(device) for dock in layout.docks(input_ids, tokenizer.pad_id)]
     out = model.generate(
-        input_ids.to(device), docks, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id
+        input_ids.to(device),
+        docks,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
     )
     return tokenizer.decode(out[0, len(ids) :].tolist()).strip()
 
