@@ -21,10 +21,14 @@ from data.tokenizer import Tokenizer
 from data.world import generate_world
 from encoders.tokenization import DECODER_TOKENIZER
 from eval.scene import caption
+from eval.scoring import Scorer
+from eval.settings import DecodeSettings
 from metalm import ConnectorConfig, DecoderConfig, EncoderConfig, MetaLM, MetaLMConfig
 from metalm.docking import Dock
 from metalm.loss import IGNORE_INDEX
-from train.pretraining import PretrainConfig, pretrain
+from metalm.presets import get_preset
+from train.config import ConfigError
+from train.pretraining import PretrainConfig, job_pipeline_config, pretrain, warm_up_vision
 
 PHRASES = ["a red circle", "two blue squares", "the green triangle is left", "nothing in the middle", "on the right"]
 PALETTE = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
@@ -308,3 +312,27 @@ def test_tiny_joint_pretrains_saves_reloads_and_captions(world, tmp_path):
         text = caption(model, tokenizer, pcfg, img.convert("RGB"), torch.device("cpu"))
     trained = {row["image"]: row["caption"] for row in summary["heldout_captions"]["examples"]}
     assert text and text == trained[first]  # the reloaded model captions as the trained one did
+    scorer = Scorer(model, tokenizer, progress=False)  # evaluation's prompts: the image alone, or with encoded text
+    settings = DecodeSettings(max_new_tokens=24, stop=())
+    with Image.open(world / first) as img:
+        image = img.convert("RGB")
+    assert scorer.generate([[ImageSeg(image)]], settings) == [text]
+    answers = scorer.generate([[ImageSeg(image)], [ImageSeg(image), EncodedSeg("a red")]], settings)
+    assert all(isinstance(answer, str) for answer in answers)
+
+
+def test_seq_len_check_and_warm_up_read_the_joint_encoder(tmp_path):
+    """``check_seq_len`` counts the joint encoder's image vectors, and the vision warm-up trains its image side
+    (the image read with an empty prefix) and leaves its ``requires_grad`` flags as they were."""
+    model = MetaLM(get_preset("tiny-joint", vocab_size=64, dim=32, n_layers=1, n_heads=2))
+    with pytest.raises(ConfigError, match="expected at least 20 for this model"):
+        job_pipeline_config(PretrainConfig(seq_len=19), model)
+    world = generate_world(tmp_path / "w", seed=1, n_train=20, n_val=4, n_test=4, n_heldout=4, n_docs=4)
+    joint = model.encoders["joint"]
+    joint.token_embedding.requires_grad_(False)
+    before = {name: p.detach().clone() for name, p in joint.named_parameters()}
+    accuracy = warm_up_vision(model, world, job_pipeline_config(PretrainConfig(), model), steps=2, seed=0)
+    assert set(accuracy) == {"color_accuracy", "shape_accuracy"}
+    changed = {name for name, p in joint.named_parameters() if not torch.equal(p, before[name])}
+    assert {"patch_embed.weight", "cls_token", "image_position"} <= changed
+    assert not joint.token_embedding.weight.requires_grad and joint.patch_embed.weight.requires_grad
