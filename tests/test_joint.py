@@ -273,7 +273,7 @@ def test_a_joint_model_without_a_text_encoder_reads_only_prefixes(tokenizer):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("w") / "world"
-    generate_world(out, seed=0, n_train=60, n_val=12, n_test=4, n_heldout=6, n_docs=30)
+    generate_world(out, seed=0, n_train=60, n_val=4, n_test=4, n_heldout=4, n_docs=30)
     return out
 
 
@@ -285,7 +285,7 @@ def test_tiny_joint_pretrains_saves_reloads_and_captions(world, tmp_path):
         preset="tiny-joint",
         world=str(world),
         out=str(tmp_path / "run"),
-        max_steps=30,
+        max_steps=20,
         warmup_steps=5,
         seq_len=64,
         batch_size=4,
@@ -298,9 +298,9 @@ def test_tiny_joint_pretrains_saves_reloads_and_captions(world, tmp_path):
         model={"dim": 64, "n_layers": 2, "n_heads": 2},
     )
     summary = pretrain(cfg)
-    assert summary["steps"] == 30 and summary["last_loss"] < summary["first_loss"] - 1.0
+    assert summary["steps"] == 20 and summary["last_loss"] < summary["first_loss"] - 1.0
     assert summary["vision_warmup"]["frozen"] is False
-    assert summary["heldout_captions"]["n"] == 6
+    assert summary["heldout_captions"]["n"] == 4
     model = MetaLM.from_pretrained(summary["final"])
     assert model.config.encoders["joint"].kind == "joint_vl" and set(model.encoders) == {"joint", "text"}
     assert all(p.requires_grad for p in model.encoders["joint"].parameters())
