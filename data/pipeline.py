@@ -4,7 +4,9 @@ Text documents are tokenized (paragraphs joined by ``</p>``, documents ended by 
 ``seq_len`` tokens, and given non-overlapping spans that go through the text encoder, never across a document end
 (``metalm.semicausal.sample_spans``). Image-text samples become ``<image> <vec>*N </image> caption </s>`` items,
 packed whole into rows; the image is docked at the ``<vec>`` positions and a random-length prefix of the caption
-goes through the text encoder, so the model learns to continue from what the encoders saw. Every batch has the
+goes through the text encoder, so the model learns to continue from what the encoders saw. With a joint
+vision-language encoder (``PipelineConfig.joint_encoder``) the image and that prefix go through it together
+instead (``data.layout.DockLayout.add_joint``), as in the paper's vision-language MetaLM. Every batch has the
 same number of text and image-text rows (``text_weight``), so all processes run the same modules every step.
 
 A text encoder with its own tokenizer (``PipelineConfig.text_tokenizer``: a pretrained BERT/MiniLM) changes the
@@ -66,6 +68,19 @@ class PipelineConfig:
     seed: int = 0
     text_tokenizer: TextTokenizer | None = None  # the text encoder's own tokenizer; None: it shares the decoder's
     text_max_len: int = 0  # the most ids the text encoder reads (0: no limit)
+    joint_encoder: str | None = None  # reads an image and its caption prefix together (then vision_encoder is None)
+
+    def __post_init__(self) -> None:
+        if self.joint_encoder is not None and self.vision_encoder is not None:
+            raise ValueError(
+                f"PipelineConfig: vision_encoder {self.vision_encoder!r} and joint_encoder {self.joint_encoder!r} "
+                "both set; images dock through one of them"
+            )
+
+    @property
+    def image_encoder(self) -> str | None:
+        """The encoder that reads the images: the joint one when set, else the vision encoder (or None)."""
+        return self.joint_encoder or self.vision_encoder
 
     def span_lengths(self) -> tuple[int, int]:
         lo, hi = scaled_span_lengths(self.seq_len)
@@ -73,7 +88,7 @@ class PipelineConfig:
 
     @property
     def text_rows(self) -> int:
-        if self.vision_encoder is None:
+        if self.image_encoder is None:
             return self.batch_size
         return round(self.batch_size * self.text_weight)
 
@@ -146,17 +161,19 @@ def image_text_rows(samples: Iterable[dict], tokenizer, cfg: PipelineConfig) -> 
 
 
 def place_images(
-    images: list[list], first_row: int, ids: torch.Tensor, mask: torch.Tensor, layout: DockLayout
+    images: list[list], first_row: int, ids: torch.Tensor, mask: torch.Tensor, layout: DockLayout | None
 ) -> Iterator[tuple[int, int, object]]:
     """Write image-text rows (from batch row ``first_row`` on) into ``ids`` and ``mask`` and their images into
-    ``layout``; yields ``(row, where the item starts, item)`` of each item, so the caller docks its caption prefix."""
+    ``layout`` (None: the caller docks each image, with its prefix through a joint encoder); yields ``(row, where
+    the item starts, item)`` of each item, so the caller docks its caption prefix."""
     for r, items in enumerate(images, start=first_row):
         pos = 0
         for item in items:
             n = len(item.ids)
             ids[r, pos : pos + n] = torch.tensor(item.ids)
             mask[r, pos : pos + n] = 1
-            layout.add_image(r, pos + IMAGE_OFFSET, item.image)
+            if layout is not None:
+                layout.add_image(r, pos + IMAGE_OFFSET, item.image)
             yield r, pos, item
             pos += n
 
@@ -172,7 +189,7 @@ def build_batch(
     b = len(text) + len(images)
     ids = torch.full((b, cfg.seq_len), pad_id, dtype=torch.long)
     mask = torch.zeros((b, cfg.seq_len), dtype=torch.long)
-    layout = DockLayout(cfg.vision_encoder, cfg.text_encoder, cfg.image_tokens)
+    layout = DockLayout(cfg.vision_encoder, cfg.text_encoder, cfg.image_tokens, joint=cfg.joint_encoder)
     lo, hi = cfg.span_lengths()
     for r, (row, bounds) in enumerate(text):
         ids[r] = torch.tensor(row)
@@ -180,10 +197,13 @@ def build_batch(
         if cfg.text_encoder is not None:
             for s, e in sample_spans(bounds, rng, cfg.span_ratio, lo, hi):
                 layout.add_span(r, s, e)
-    for r, pos, item in place_images(images, len(text), ids, mask, layout):
+    joint = cfg.joint_encoder is not None
+    for r, pos, item in place_images(images, len(text), ids, mask, None if joint else layout):
         caption_start = pos + item.caption_start
         k = rng.randint(0, int(cfg.prefix_max * item.caption_len))
-        if k and cfg.text_encoder is not None:
+        if joint:
+            layout.add_joint(r, pos + IMAGE_OFFSET, item.image, caption_start, caption_start + k)
+        elif k and cfg.text_encoder is not None:
             layout.add_span(r, caption_start, caption_start + k)
     docks = layout.docks(ids, pad_id)
     return Batch(ids, ids.masked_fill(mask == 0, IGNORE_INDEX), mask, docks)
@@ -316,7 +336,9 @@ def build_own_batch(text: list[OwnRow], images: list[list[OwnImageItem]], cfg: P
     ids = torch.full((b, cfg.seq_len), pad_id, dtype=torch.long)
     mask = torch.zeros((b, cfg.seq_len), dtype=torch.long)
     docked = torch.zeros((b, cfg.seq_len), dtype=torch.bool)
-    layout = DockLayout(cfg.vision_encoder, cfg.text_encoder, cfg.image_tokens, cfg.text_tokenizer)
+    layout = DockLayout(
+        cfg.vision_encoder, cfg.text_encoder, cfg.image_tokens, cfg.text_tokenizer, joint=cfg.joint_encoder
+    )
     for r, row in enumerate(text):
         ids[r] = torch.tensor(row.ids)
         mask[r] = 1

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from data.layout import first_encoder, image_reader
 from data.pipeline import PipelineConfig, image_tensor
-from data.prompts import first_encoder
 from data.reader import expand_urls
 from data.shards import write_coco_captions, write_text
 from data.tokenizer import Tokenizer
 from data.world import COLORS, SHAPES, SLOTS, current_world, generate_world
-from encoders.base import DECODER_IDS, OWN_IDS, PIXELS
+from encoders.base import DECODER_IDS, IMAGE_TEXT, OWN_IDS
 from metalm import MetaLM
 from metalm.io import read_json, read_jsonl
 
@@ -55,12 +55,14 @@ def prepare_shards(world: Path, split: str) -> tuple[list[str], list[str]]:
 
 def pipeline_config(model: MetaLM, **data: Any) -> PipelineConfig:
     """Batch layout for this model: ``data`` sets the data fields of ``PipelineConfig`` (``seq_len``, ``batch_size``,
-    span and prefix shares, ``seed``); image size, normalisation and token count come from its vision encoder (the
-    first that reads pixels), spans go to its text encoder (the first that reads decoder ids or its own tokenizer's;
-    with its own tokenizer, spans are re-tokenized by it). Encoders are picked by what they read, not by name."""
-    vision_name = first_encoder(model, (PIXELS,))
+    span and prefix shares, ``seed``). Encoders are picked by what they read (``Encoder.reads``), never by name:
+    image size, normalisation and token count come from the one that reads images, a vision encoder or a joint
+    vision-language one (which then also reads the caption prefixes); text spans go to the first text encoder that
+    reads the decoder's ids or its own tokenizer's (with its own tokenizer, spans are re-tokenized by it)."""
+    name = image_reader(model)
+    images = model.encoders[name] if name is not None else None
+    joint = images is not None and images.reads == IMAGE_TEXT
     text_name = first_encoder(model, (DECODER_IDS, OWN_IDS))
-    vision = model.encoders[vision_name] if vision_name is not None else None
     text_tokenizer, text_max_len = None, 0
     if text_name is not None and model.encoders[text_name].reads == OWN_IDS:
         text = model.encoders[text_name]
@@ -70,15 +72,16 @@ def pipeline_config(model: MetaLM, **data: Any) -> PipelineConfig:
                 "one (hf_text's tokenizer=DIR holding tokenizer.json) so pretraining can lay out its spans"
             )
         text_tokenizer, text_max_len = text.tokenizer, text.max_len or 0
-    mean, std = vision.normalization() if vision is not None else ((0.5,) * 3, (0.5,) * 3)
+    mean, std = images.normalization() if images is not None else ((0.5,) * 3, (0.5,) * 3)
     return PipelineConfig(
         **data,
-        image_size=tuple(vision.image_size) if vision is not None else (32, 32),
+        image_size=tuple(images.image_size) if images is not None else (32, 32),
         image_mean=tuple(mean),
         image_std=tuple(std),
-        image_tokens=vision.num_tokens if vision is not None else 0,
+        image_tokens=images.num_tokens if images is not None else 0,
         text_encoder=text_name,
-        vision_encoder=vision_name,
+        vision_encoder=None if joint else name,
+        joint_encoder=name if joint else None,
         text_tokenizer=text_tokenizer,
         text_max_len=text_max_len,
     )

@@ -7,7 +7,8 @@ A prompt is a list of segments, read left to right:
 - ``EncodedSeg(text)``: text read by the bidirectional text encoder (MetaLM's "in-context customization"): with
   an encoder that shares the decoder's tokenizer it docks at the text's own decoder positions; with one that has
   its own tokenizer (a pretrained BERT/MiniLM) the text is re-tokenized by it and takes one ``<vec>`` placeholder
-  position per encoder id (``data.layout``);
+  position per encoder id (``data.layout``); right after an image, a joint vision-language encoder reads it
+  together with the image, as pretraining's caption prefixes;
 - ``SpecialSeg(token)``: one special token, e.g. ``"</s>"``, ``"</p>"`` or a chat model's ``"<|im_start|>"``.
 
 Evaluation (``eval/scoring.py``) and the finetuning batches (``data/batching.py``) both build their inputs here,
@@ -23,9 +24,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data.layout import IMAGE_OFFSET, DockLayout, image_ids, image_tensor, own_ids, placeholder_ids
+from data.layout import (
+    IMAGE_OFFSET,
+    DockLayout,
+    first_encoder,
+    image_ids,
+    image_reader,
+    image_tensor,
+    own_ids,
+    placeholder_ids,
+)
 from data.tokenizer import SPECIAL_TOKENS, Tokenizer
-from encoders.base import DECODER_IDS, OWN_IDS, PIXELS
+from encoders.base import DECODER_IDS, IMAGE_TEXT, OWN_IDS
 from metalm.docking import Dock
 
 
@@ -122,13 +132,15 @@ def through_encoder(segments: Sequence[Segment]) -> list[Segment]:
 
 class PromptEncoder:
     """Encodes prompts for one model: which encoder reads images (and at what size, normalisation and token
-    count) and which reads text; when not named, the first encoder that reads pixels, and the first text encoder
-    that can read text: one that reads the decoder's ids, or one with its own tokenizer attached (``Encoder.reads``;
-    ``text_tokenizer`` is then that tokenizer, else None)."""
+    count) and which reads text; when not named, the encoder that reads pixels or images with text
+    (``data.layout.image_reader``), and the first text encoder that can read text: one that reads the decoder's ids,
+    or one with its own tokenizer attached (``Encoder.reads``; ``text_tokenizer`` is then that tokenizer, else
+    None). ``joint``: images go through a joint vision-language encoder, which also reads an ``EncodedSeg`` right
+    after an image."""
 
     def __init__(self, model, tokenizer: Tokenizer, vision: str | None = None, text: str | None = None) -> None:
         self.tokenizer = tokenizer
-        self.vision = vision or first_encoder(model, (PIXELS,))
+        self.vision = vision or image_reader(model)
         self.text = text or first_encoder(model, TEXT_READS, usable=True)
         self.text_tokenizer = None  # the text encoder's own tokenizer; None: it shares the decoder's
         self.text_max_len = 0  # the most ids it reads (0: no limit), for its own tokenizer's ids
@@ -141,8 +153,10 @@ class PromptEncoder:
                     raise ValueError(f"text encoder {self.text!r} reads its own tokenizer's ids but has no tokenizer")
                 self.text_tokenizer, self.text_max_len = enc.tokenizer, enc.max_len or 0
         self.image_tokens = 0  # no vision encoder: no image ever docks
+        self.joint = False
         if self.vision is not None:
             enc = model.encoders[self.vision]
+            self.joint = enc.reads == IMAGE_TEXT
             self.image_size = tuple(enc.image_size)
             self.image_mean, self.image_std = (tuple(x) for x in enc.normalization())
             self.image_tokens = enc.num_tokens
@@ -156,6 +170,7 @@ class PromptEncoder:
         spans: list[tuple[int, int]] = []
         own_spans: list[tuple[int, list[int]]] = []
         tok = self.tokenizer
+        after_image = False  # the segment before was an image: a joint encoder reads encoded text there with it
         for seg in prompt:
             if isinstance(seg, str):
                 ids += tok.encode(seg)
@@ -166,13 +181,13 @@ class PromptEncoder:
                 images.append((len(ids) + IMAGE_OFFSET, pixels))
                 ids += image_ids(tok, self.image_tokens)
             elif isinstance(seg, EncodedSeg):
-                if self.text is None:
+                if self.text is None and not (self.joint and after_image):
                     raise ValueError(
                         "the prompt has encoder-read text but this model has no text encoder: none reads the "
                         "decoder's ids (native_text) or has its own tokenizer attached (hf_text)"
                     )
                 piece = tok.encode(seg.text)
-                if piece and self.text_tokenizer is not None:
+                if piece and self.text_tokenizer is not None and not (self.joint and after_image):
                     own = self.own_ids(piece)
                     own_spans.append((len(ids), own))
                     piece = placeholder_ids(tok, len(own))
@@ -188,6 +203,7 @@ class PromptEncoder:
                 ids.append(tok.backend.token_to_id(seg.token))
             else:
                 raise TypeError(f"prompt segment {seg!r}: expected str, ImageSeg, EncodedSeg or SpecialSeg")
+            after_image = isinstance(seg, ImageSeg)
         return Encoded(ids, images, spans, own_spans)
 
     def own_ids(self, piece: list[int]) -> list[int]:
@@ -214,27 +230,36 @@ class PromptEncoder:
         b = len(rows)
         ids = torch.full((b, width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
-        layout = DockLayout(self.vision, self.text, self.image_tokens, self.text_tokenizer)
+        if self.joint:
+            layout = DockLayout(None, self.text, self.image_tokens, self.text_tokenizer, joint=self.vision)
+        else:
+            layout = DockLayout(self.vision, self.text, self.image_tokens, self.text_tokenizer)
         for r, row in enumerate(rows):
             if len(row.ids) > width:
                 raise ValueError(f"row {r} has {len(row.ids)} ids; the batch is {width} wide")
             off = width - len(row.ids) if left_pad else 0
             ids[r, off : off + len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
             mask[r, off : off + len(row.ids)] = 1
-            for start, px in row.images:
-                layout.add_image(r, off + start, px)
-            for s, e in row.spans:
+            if self.joint:
+                spans = self._add_joint(layout, r, off, row)
+            else:
+                spans = row.spans
+                for start, px in row.images:
+                    layout.add_image(r, off + start, px)
+            for s, e in spans:
                 layout.add_span(r, off + s, off + e)
             for s, own in row.own_spans:
                 layout.add_own_span(r, off + s, own)
         docks = layout.docks(ids, self.tokenizer.pad_id)
         return ids, mask, docks
 
-
-def first_encoder(model, reads: Sequence[str], usable: bool = False) -> str | None:
-    """The name of the model's first encoder that reads one of ``reads`` (``Encoder.reads``), or None; with
-    ``usable``, an encoder that reads its own tokenizer's ids counts only with that tokenizer attached."""
-    for name, enc in model.encoders.items():
-        if enc.reads in reads and not (usable and enc.reads == OWN_IDS and enc.tokenizer is None):
-            return name
-    return None
+    def _add_joint(self, layout: DockLayout, r: int, off: int, row: Encoded) -> list[tuple[int, int]]:
+        """Add row ``r``'s images to ``layout`` as joint segments, each with the encoded span that starts right
+        after its ``</image>`` as its prefix (empty without one); returns the spans left for the text encoder."""
+        prefixes = set()
+        for start, px in row.images:
+            after = start + self.image_tokens + 1
+            prefix = next(((s, e) for s, e in row.spans if s == after), (after, after))
+            layout.add_joint(r, off + start, px, off + prefix[0], off + prefix[1])
+            prefixes.add(prefix)
+        return [span for span in row.spans if span not in prefixes]

@@ -20,7 +20,11 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 class JointVisionLanguageEncoder(StackEncoder):
     """[CLS, patches] ++ text tokens, each with learned positions and a modality-type embedding, through one
-    pre-norm ``nn.TransformerEncoder``; text padding is a key padding mask, so it never changes real outputs."""
+    pre-norm ``nn.TransformerEncoder``; text padding is a key padding mask, so it never changes real outputs.
+
+    It reads the decoder's own token ids (the paper's vision-language MetaLM: the image and a caption prefix go
+    through it together) and offers what data code needs of an image encoder: ``image_size``, ``num_tokens``
+    (image vectors, first in its output) and ``normalization()``."""
 
     reads = IMAGE_TEXT
 
@@ -53,6 +57,7 @@ class JointVisionLanguageEncoder(StackEncoder):
         if self.image_size[0] % patch[0] or self.image_size[1] % patch[1]:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {patch}")
         self.num_image_tokens = 1 + (self.image_size[0] // patch[0]) * (self.image_size[1] // patch[1])
+        self.num_tokens = self.num_image_tokens  # the image encoders' name for it (encoders/vision.py)
         self.max_text_len = max_text_len
         self.output_dim = dim
         self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
@@ -71,6 +76,16 @@ class JointVisionLanguageEncoder(StackEncoder):
             nn.init.normal_(weight, std=0.02)
         self.encoder = transformer_stack(dim, n_layers, n_heads, mlp_ratio, dropout)
         self.norm = nn.LayerNorm(dim)
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel (mean, std) its pixels are normalised with: trained from scratch here, so [-1, 1] scaling."""
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+    @staticmethod
+    def image_inputs(pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inputs that read images alone: an empty text prefix (one masked padding id per image)."""
+        empty = torch.zeros(pixel_values.shape[0], 1, dtype=torch.long, device=pixel_values.device)
+        return {"pixel_values": pixel_values, "input_ids": empty, "attention_mask": empty}
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         """``pixel_values`` (N, 3, H, W), ``input_ids`` and right-padded ``attention_mask`` (N, T) ->

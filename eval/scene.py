@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data.layout import IMAGE_OFFSET, image_dock, image_ids, image_tensor
+from data.layout import IMAGE_OFFSET, DockLayout, image_ids, image_tensor
 from data.pipeline import PipelineConfig
 from data.tokenizer import Tokenizer
 from data.world import COLORS, HELDOUT_PAIRS, SHAPES, mentions
@@ -62,13 +62,20 @@ def caption(
     device: torch.device,
     max_new_tokens: int = 24,
 ) -> str:
-    """Greedy caption of one PIL image: the prompt is the docked image between ``<image>`` and ``</image>``."""
+    """Greedy caption of one PIL image: the prompt is the docked image between ``<image>`` and ``</image>`` (a
+    joint vision-language encoder reads it with an empty text prefix)."""
     ids = image_ids(tokenizer, pcfg.image_tokens)
-    input_ids = torch.tensor([ids], device=device)
+    input_ids = torch.tensor([ids])
     pixels = image_tensor(image, pcfg.image_size, pcfg.image_mean, pcfg.image_std)
-    dock = image_dock(pcfg.vision_encoder, [pixels], [0], [IMAGE_OFFSET], pcfg.image_tokens).to(device)
+    layout = DockLayout(pcfg.vision_encoder, None, pcfg.image_tokens, joint=pcfg.joint_encoder)
+    layout.add_image(0, IMAGE_OFFSET, pixels)
+    docks = [dock.to(device) for dock in layout.docks(input_ids, tokenizer.pad_id)]
     out = model.generate(
-        input_ids, [dock], max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id
+        input_ids.to(device),
+        docks,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
     )
     return tokenizer.decode(out[0, len(ids) :].tolist()).strip()
 

@@ -5,6 +5,9 @@ shapes build with random weights, and ``language-small`` composes real pretraine
   shares the decoder's tokenizer. Learned positions: on the bundled world they let the decoder start reading the
   docked image vectors several times sooner than sinusoidal ones did in our CPU runs.
 - ``tiny-gpt``: the ``tiny`` decoder alone, the plain causal GPT baseline of the same size (no encoders, no spans).
+- ``tiny-joint``: the ``tiny`` decoder with the paper's vision-language layout: one 4-layer 128-wide joint encoder
+  reads a 32x32 image (8x8 patches) together with a caption prefix in the decoder's tokenizer (mlp connector), and
+  the same native text encoder as ``tiny`` reads the text documents' spans.
 - ``language-xl``: the paper's language MetaLM, a 24-layer 2048-wide decoder and a 24-layer 1024-wide text encoder
   whose last two layers are trained, docked through a linear connector.
 - ``vl-medium``: the paper's vision-language MetaLM, a 24-layer 1024-wide decoder and a ViT-B/16 through a 3-layer
@@ -49,6 +52,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "tiny-gpt": {"decoder": _TINY_DECODER, "encoders": {}},
+    "tiny-joint": {
+        "decoder": _TINY_DECODER,
+        "encoders": {
+            "joint": {
+                "kind": "joint_vl",
+                "tokenizer": "decoder",
+                "args": dict(dim=128, n_layers=4, n_heads=4, image_size=32, patch_size=8),
+                "connector": {"kind": "mlp", "layers": 3},
+            },
+            "text": _TINY_TEXT,
+        },
+    },
     "language-xl": {
         "decoder": dict(vocab_size=64000, dim=2048, n_layers=24, n_heads=32, max_seq_len=2048, positions="sinusoidal"),
         "encoders": {

@@ -10,6 +10,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from encoders.base import IMAGE_TEXT
+
+
+def image_vectors(encoder: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """``(N, num_tokens, d)`` vectors of images ``pixels`` from an image encoder: a joint vision-language one reads
+    them with an empty text prefix and returns its image vectors first."""
+    if encoder.reads == IMAGE_TEXT:
+        return encoder(encoder.image_inputs(pixels)).hidden_states[:, : encoder.num_tokens]
+    return encoder({"pixel_values": pixels}).hidden_states
+
 
 def warm_up_on_labels(
     encoder: torch.nn.Module,
@@ -21,7 +31,7 @@ def warm_up_on_labels(
     batch_size: int = 64,
     lr: float = 2e-3,
 ) -> list[float]:
-    """Train ``encoder`` (with a linear head over its flattened vectors) to predict ``labels[:, k]`` among
+    """Train image encoder ``encoder`` (with a linear head over its flattened vectors) to predict ``labels[:, k]`` among
     ``sizes[k]`` classes for every label ``k``; the last tenth of the examples is held out. Returns the held-out
     accuracy per label. The encoder's ``requires_grad`` flags are restored afterwards."""
     head = torch.nn.Linear(encoder.output_dim * encoder.num_tokens, sum(sizes))
@@ -33,7 +43,7 @@ def warm_up_on_labels(
     gen = torch.Generator().manual_seed(seed)
 
     def logits(x: torch.Tensor) -> list[torch.Tensor]:
-        return head(encoder({"pixel_values": x}).hidden_states.flatten(1)).split(sizes, dim=-1)
+        return head(image_vectors(encoder, x).flatten(1)).split(sizes, dim=-1)
 
     for _ in range(steps):
         idx = torch.randint(0, len(pixels) - held, (batch_size,), generator=gen)

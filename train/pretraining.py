@@ -20,12 +20,14 @@ import torch
 import torch.distributed as dist
 
 from data.batch import Batch
+from data.layout import image_reader
 from data.pipeline import BatchStream, PipelineConfig, batches, load_batches
 from data.prepare import pipeline_config, prepare_shards, prepare_tokenizer, prepare_world, scene_labels
 from data.reader import ReaderStats, expand_urls, iter_samples
 from data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from data.world import SLOTS
-from encoders import build_encoder
+from encoders import ENCODER_KINDS, build_encoder
+from encoders.base import IMAGE_TEXT, PIXELS
 from eval.scene import caption_split
 from metalm import MetaLM
 from metalm.config import DecoderConfig
@@ -33,7 +35,7 @@ from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
 from metalm.presets import PRESETS
 from metalm.semicausal import semicausal_labels
-from metalm.spec import SpecError, decoder_tokenizer_dir, merge, resolve_spec
+from metalm.spec import SHARED_VOCAB, SpecError, decoder_tokenizer_dir, merge, resolve_spec
 from metalm.warmup import warm_up_on_labels
 from train.config import ConfigError, LoopConfig, option, parse_config
 from train.loop import (
@@ -61,8 +63,9 @@ class PretrainConfig(LoopConfig):
     # model
     preset: str = option(
         "tiny",
-        "named model spec (tiny; tiny-gpt: its decoder alone; language-xl, vl-medium: the paper's shapes; "
-        "language-small: SmolLM2 + MiniLM from assets/, see python -m metalm.assets)",
+        "named model spec (tiny; tiny-joint: image and caption prefix through one joint encoder; tiny-gpt: tiny's "
+        "decoder alone; language-xl, vl-medium: the paper's shapes; language-small: SmolLM2 + MiniLM from assets/, "
+        "see python -m metalm.assets)",
         choices=tuple(PRESETS),
     )
     model: dict = option(
@@ -117,8 +120,8 @@ class PretrainConfig(LoopConfig):
     vision_warmup_steps: int = option(
         200,
         "supervised warm-up of the vision encoder on the world's scene labels "
-        "(colour and shape per slot) before docking; the warmed-up encoder is then frozen "
-        "(0: off, train it from scratch through the captions)",
+        "(colour and shape per slot) before docking; the warmed-up encoder is then frozen, a joint "
+        "vision-language one trains on (0: off, train it from scratch through the captions)",
         min=0,
     )
     seed: int = option(0, "seed for weights, data order and spans")
@@ -202,20 +205,20 @@ def job_tokenizer(cfg: PretrainConfig, world: Path) -> Tokenizer:
 
 def job_pipeline_config(cfg: PretrainConfig, model: MetaLM) -> PipelineConfig:
     """The batch layout of this job's data for ``model``, once ``seq_len`` is known to fit it (``check_seq_len``)."""
-    vision = model.encoders["vision"] if "vision" in model.encoders else None
-    check_seq_len(cfg.seq_len, vision.num_tokens if vision is not None else 0)
+    name = image_reader(model)
+    check_seq_len(cfg.seq_len, model.encoders[name].num_tokens if name is not None else 0)
     return pipeline_config(model, **{name: getattr(cfg, name) for name in PIPELINE_FIELDS})
 
 
 def image_vectors(spec: dict[str, Any]) -> int:
-    """How many vectors one image of the spec's vision encoder docks (0 without one), from its architecture
-    built on the meta device: no weights are read or allocated."""
-    vision = spec["encoders"].get("vision")
-    if vision is None:
-        return 0
-    args = dict(vision.get("args", {}))
-    with torch.device("meta"):
-        return build_encoder(vision["kind"], **args).num_tokens
+    """How many vectors one image of the spec's image encoder (a vision or a joint vision-language encoder) docks
+    (0 without one), from its architecture built on the meta device: no weights are read or allocated."""
+    for enc in spec["encoders"].values():
+        if ENCODER_KINDS[enc["kind"]].reads in (PIXELS, IMAGE_TEXT):
+            args = {**{arg: 1 for arg in SHARED_VOCAB.get(enc["kind"], ())}, **enc.get("args", {})}
+            with torch.device("meta"):
+                return build_encoder(enc["kind"], **args).num_tokens
+    return 0
 
 
 def check_seq_len(seq_len: int, vectors: int) -> None:
@@ -233,10 +236,10 @@ def check_seq_len(seq_len: int, vectors: int) -> None:
 
 
 def warm_up_vision(model: MetaLM, world: Path, pcfg: PipelineConfig, steps: int, seed: int) -> dict[str, float]:
-    """Supervised warm-up of the vision encoder on the world's scene labels (colour and shape in each slot);
-    returns the held-out accuracy of the colour labels and of the shape labels."""
+    """Supervised warm-up of the image encoder (vision, or joint with an empty text prefix) on the world's scene
+    labels (colour and shape in each slot); returns the held-out accuracy of the colour and of the shape labels."""
     pixels, labels, sizes = scene_labels(world, pcfg)
-    acc = warm_up_on_labels(model.encoders[pcfg.vision_encoder], pixels, labels, sizes, steps, seed)
+    acc = warm_up_on_labels(model.encoders[pcfg.image_encoder], pixels, labels, sizes, steps, seed)
     n = len(SLOTS)
     return {"color_accuracy": sum(acc[:n]) / n, "shape_accuracy": sum(acc[n:]) / n}
 
@@ -291,15 +294,19 @@ def pretrain(cfg: PretrainConfig) -> dict:
     pcfg = job_pipeline_config(cfg, model)
     stats = ReaderStats()
     vision_warmup = {}
-    if cfg.vision_warmup_steps and pcfg.vision_encoder and not cfg.init_from:
+    if cfg.vision_warmup_steps and pcfg.image_encoder and not cfg.init_from:
         vision_warmup = warm_up_vision(model, world, pcfg, cfg.vision_warmup_steps, cfg.seed)
-        model.config.encoders[pcfg.vision_encoder].freeze = "all"
-        model.apply_freeze()
+        if pcfg.vision_encoder:
+            model.config.encoders[pcfg.vision_encoder].freeze = "all"
+            model.apply_freeze()
+        else:  # a joint encoder keeps training: its text side learns only from the captions
+            vision_warmup["frozen"] = False
         if env.main:
             log.info(
-                "vision warm-up: colour accuracy %.2f, shape accuracy %.2f (held-out scenes); encoder frozen",
+                "vision warm-up: colour accuracy %.2f, shape accuracy %.2f (held-out scenes); %s",
                 vision_warmup["color_accuracy"],
                 vision_warmup["shape_accuracy"],
+                "encoder frozen" if pcfg.vision_encoder else "joint encoder trains on",
             )
 
     def train_batches(skip: int, num_workers: int = cfg.num_workers, counts: ReaderStats = stats) -> Iterator[Batch]:
@@ -346,7 +353,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     }
     if result.final_dir is not None and env.main:
         summary.update(result.final_losses(), unigram_loss=baseline)
-        for split in ("heldout", "val") if pcfg.vision_encoder else ():  # a text-only model has nothing to caption
+        for split in ("heldout", "val") if pcfg.image_encoder else ():  # a text-only model has nothing to caption
             summary[f"{split}_captions"] = caption_split(model.eval(), tokenizer, pcfg, world, env.device, split)
     if env.main:
         write_summary(cfg.out, summary)
@@ -379,7 +386,7 @@ def report(summary: dict, cfg: PretrainConfig) -> None:
         w = summary["vision_warmup"]
         print(
             f"vision warm-up on scene labels: colour {w['color_accuracy']:.0%}, shape {w['shape_accuracy']:.0%} "
-            "on held-out scenes (encoder then frozen)"
+            f"on held-out scenes ({'encoder then frozen' if w.get('frozen', True) else 'joint encoder trains on'})"
         )
     skipped = summary["reader"]["skipped"]
     if skipped:
