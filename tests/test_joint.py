@@ -266,7 +266,7 @@ def test_a_joint_model_without_a_text_encoder_reads_only_prefixes(tokenizer):
     image = next(pictures(8))["image"]
     ids, mask, docks = prompts.collate([prompts.encode([ImageSeg(image), EncodedSeg("a red circle")])])
     assert [d.encoder for d in docks] == ["joint"]
-    with pytest.raises(ValueError, match="no text encoder that shares"):
+    with pytest.raises(ValueError, match="encoder-read text but this model has no text encoder"):
         prompts.encode(["a", EncodedSeg("red circle")])
 
 
