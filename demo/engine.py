@@ -30,8 +30,9 @@ from demo import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, DemoError, Settings, parse_s
 from metalm import MetaLM
 from metalm.config import MetaLMConfig
 from metalm.io import read_json
-from metalm.model import CONFIG_NAME, WEIGHTS_NAME
+from metalm.model import CONFIG_NAME, SPEC_NAME, WEIGHTS_NAME
 from metalm.presets import PRESETS, get_preset
+from metalm.spec import read_spec_file, resolve_spec
 
 __all__ = [
     "MAX_IMAGE_BYTES",
@@ -179,7 +180,17 @@ def check_preset(config: MetaLMConfig, preset: str, path: str | Path) -> None:
                 f"pass --preset {recorded} or pick a {preset} checkpoint"
             )
         return
-    diffs = _architecture_diffs(config, get_preset(preset))
+    try:
+        want = get_preset(preset)
+    except ValueError:  # a preset with pretrained parts: its shape is in files; compare the spec checkpoints record
+        spec = read_spec_file(path / SPEC_NAME) if (path / SPEC_NAME).is_file() else None
+        if spec != resolve_spec({"preset": preset}, PRESETS):
+            raise DemoError(
+                f"checkpoint {path} was not built from preset {preset!r}: its {SPEC_NAME} "
+                f"{'is missing' if spec is None else 'describes another model'}. It is: {describe_config(config)}"
+            ) from None
+        return
+    diffs = _architecture_diffs(config, want)
     if diffs:
         raise DemoError(
             f"checkpoint {path} is not a {preset!r} model: {'; '.join(diffs)}. It is: {describe_config(config)}"

@@ -240,7 +240,10 @@ class MetaLM(nn.Module):
                     TextTokenizer.load(path / TOKENIZERS_DIR / name, name=enc_config.tokenizer)
                 )
         if (path / TOKENIZER_NAME).is_file():
-            model.decoder_tokenizer = tokenizers.Tokenizer.from_file(str(path / TOKENIZER_NAME))
+            try:
+                model.decoder_tokenizer = tokenizers.Tokenizer.from_file(str(path / TOKENIZER_NAME))
+            except Exception as err:  # the Rust backend raises a bare Exception for a malformed file
+                raise ValueError(f"{path / TOKENIZER_NAME}: not a tokenizers JSON file ({err})") from err
         if (path / SPEC_NAME).is_file():
             model.spec = read_spec_file(path / SPEC_NAME)
         model.tokenizer_files = read_tokenizer_files(path)

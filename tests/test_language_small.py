@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -15,7 +16,7 @@ from data.shards import write_text
 from data.tokenizer import Tokenizer
 from metalm import MetaLM
 from tests.conftest import REAL_TEXT, needs_real_parts
-from train.pretraining import PretrainConfig, pretrain
+from train.pretraining import PretrainConfig, compose, pretrain
 
 
 def chat_ids(tokenizer: Tokenizer, question: str) -> list[int]:
@@ -88,3 +89,25 @@ def test_language_small_trains_semi_causally_on_real_text_saves_reloads_and_gene
     )
     out = model.generate(ids, docks=docks, attention_mask=mask, max_new_tokens=4)
     assert out.shape == (1, ids.shape[1] + 4)
+
+
+@needs_real_parts
+def test_a_composed_language_small_answers_in_its_chat_template_in_the_demo(real_assets, tmp_path, monkeypatch):
+    """train/compose.py's checkpoint of the preset, loaded by the demo: SmolLM2's ChatML prompt (its special tokens
+    as single ids), the answer streamed until its end-of-turn token, and the preset checked against spec.json."""
+    from demo import Settings
+    from demo.engine import Chat, DemoError, load_checkpoint
+
+    monkeypatch.chdir(real_assets.parent)
+    out = compose({"preset": "language-small"}, seed=0, out=tmp_path / "composed")
+    monkeypatch.chdir(tmp_path)
+    engine = load_checkpoint(out, preset="language-small", encode_user=False)
+    assert engine.chat.eos == "<|im_end|>" and engine.chat.stop == ()
+    pieces: list[str] = []
+    reply = Chat(engine, Settings(greedy=True, max_new_tokens=24)).ask(
+        "What is the capital of France?", on_text=pieces.append
+    )
+    assert "Paris" in reply.text and reply.finish_reason == "eos"
+    assert "".join(pieces) == reply.text and len(pieces) > 1
+    with pytest.raises(DemoError, match="not a 'tiny' model"):
+        load_checkpoint(out, preset="tiny")
