@@ -90,42 +90,43 @@ def generate(
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; expected (batch, seq)")
-    if attention_mask is not None and bool(attention_mask.all()):
-        attention_mask = None  # no padding: steps need no mask to grow
-    if num_beams > 1:
-        if do_sample:
-            raise ValueError("beam search with sampling is not supported: use num_beams=1 or do_sample=False")
-        return beam_search(
-            decoder,
-            input_ids,
-            attention_mask,
-            inputs_embeds,
-            max_new_tokens,
-            num_beams,
-            length_penalty,
-            eos_token_id,
-            pad_token_id,
-        )
-    logits, cache = _prefill(decoder, input_ids, inputs_embeds, attention_mask, max_new_tokens)
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    out = [input_ids]
-    for _ in range(max_new_tokens):
-        if do_sample:
-            probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-            tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
-        else:
-            tokens = logits.argmax(-1)
-        tokens = tokens.masked_fill(done, pad_token_id)
-        out.append(tokens[:, None])
-        if on_token is not None:
-            on_token(tokens)
-        if eos_token_id is not None:
-            done = done | (tokens == eos_token_id)
-            if bool(done.all()):
-                break
-        attention_mask = _grown(attention_mask)
-        logits = _step(decoder, tokens, attention_mask, cache)
-    return torch.cat(out, dim=1)
+    with decoder.decoding():  # on CPU: input-major weight copies, faster matrix-vector products
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # no padding: steps need no mask to grow
+        if num_beams > 1:
+            if do_sample:
+                raise ValueError("beam search with sampling is not supported: use num_beams=1 or do_sample=False")
+            return beam_search(
+                decoder,
+                input_ids,
+                attention_mask,
+                inputs_embeds,
+                max_new_tokens,
+                num_beams,
+                length_penalty,
+                eos_token_id,
+                pad_token_id,
+            )
+        logits, cache = _prefill(decoder, input_ids, inputs_embeds, attention_mask, max_new_tokens)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        out = [input_ids]
+        for _ in range(max_new_tokens):
+            if do_sample:
+                probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+                tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                tokens = logits.argmax(-1)
+            tokens = tokens.masked_fill(done, pad_token_id)
+            out.append(tokens[:, None])
+            if on_token is not None:
+                on_token(tokens)
+            if eos_token_id is not None:
+                done = done | (tokens == eos_token_id)
+                if bool(done.all()):
+                    break
+            attention_mask = _grown(attention_mask)
+            logits = _step(decoder, tokens, attention_mask, cache)
+        return torch.cat(out, dim=1)
 
 
 def beam_search(
