@@ -36,26 +36,14 @@ from bench.common import (  # noqa: E402
     sync,
     time_alternating,
 )
-from metalm import Decoder  # noqa: E402
+from metalm import Decoder, DecoderConfig  # noqa: E402
+from metalm.hf import hf_config_from_decoder  # noqa: E402
 from metalm.loss import fused_linear_cross_entropy  # noqa: E402
 
-# SmolLM2-135M: transformers' LlamaConfig fields
-SMOLLM2 = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    head_dim=64,
-    max_position_embeddings=8192,
-    rms_norm_eps=1e-5,
-    rope_theta=100000.0,
-    tie_word_embeddings=True,
-    hidden_act="silu",
-    attention_bias=False,
-    mlp_bias=False,
-)
+# SmolLM2-135M in our config's terms (its transformers LlamaConfig comes from metalm.hf); norm_eps 1e-5 and tied
+# embeddings are DecoderConfig's defaults
+SMOLLM2_SHAPE = dict(vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, mlp_hidden=1536)
+LLAMA = dict(positions="rotary", rope_theta=1e5, norm="rmsnorm", mlp="swiglu", attn_bias=False, mlp_bias=False)
 OURS, THEIRS = "metalm", "transformers-llama"
 
 
@@ -66,8 +54,10 @@ def load_pair(weights: Path | None, seed: int):
     if weights is not None:
         hf = LlamaForCausalLM.from_pretrained(weights, dtype=torch.float32)
         return hf.eval(), Decoder.from_hf(weights)
+    hf_config = hf_config_from_decoder(DecoderConfig(**SMOLLM2_SHAPE, **LLAMA, max_seq_len=8192))
+    hf_config.pop("model_type")
     torch.manual_seed(seed)
-    hf = LlamaForCausalLM(LlamaConfig(**SMOLLM2))
+    hf = LlamaForCausalLM(LlamaConfig(**hf_config))
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         ours = Decoder.from_hf(tmp)
