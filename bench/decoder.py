@@ -13,49 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
+if __package__ in (None, ""):  # run as a script: import from the repository root (this checkout's metalm, bench)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from metalm import Decoder
-from metalm.loss import fused_linear_cross_entropy
+import torch  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
-
-
-def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of an n x n x n fp32 matmul: the ceiling a training step could reach on this machine."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b  # warm up
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def make_step(model: torch.nn.Module, ids: torch.Tensor, loss_fn):
-    """One training step with the model's own loss path: ``loss_fn(model, ids) -> loss``."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> float:
-        loss = loss_fn(model, ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
+from bench.common import RESULTS, machine_info, make_step, matmul_peak, time_alternating  # noqa: E402
+from metalm import Decoder  # noqa: E402
+from metalm.loss import fused_linear_cross_entropy  # noqa: E402
 
 
 def main() -> None:
@@ -102,14 +72,7 @@ def main() -> None:
     first_loss = {name: step() for name, step in steps.items()}  # warm-up 1, and both start from the same loss
     for step in steps.values():
         step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.steps):
-        for name, step in steps.items():
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+    times = time_alternating(steps, args.steps, device)
     peak = matmul_peak(device)
     flops_per_token = ours.flops_per_token(args.seq)
     tokens = args.batch * args.seq
@@ -129,10 +92,7 @@ def main() -> None:
         "benchmark": "decoder training step (forward + cross-entropy + backward + AdamW), fp32",
         "shape": {k: getattr(args, k) for k in ("layers", "dim", "heads", "vocab", "seq", "batch")},
         "params": ours.num_params(),
-        "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **machine_info(device),
         "matmul_peak_tflops": peak / 1e12,
         "flops_per_token": flops_per_token,
         "timed_steps": args.steps,

@@ -7,6 +7,8 @@ information is added inside the decoder, so docked positions keep their decoder 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,14 +19,14 @@ from torch.utils.checkpoint import checkpoint
 from metalm.attention import attend, resolve_backend
 from metalm.config import DecoderConfig, eager_checks
 
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # or a PreallocatedKVCache (below), which decoding uses
 
 
 @dataclass
 class DecoderOutput:
     logits: torch.Tensor | None  # (B, T, vocab); None when compute_logits=False
     hidden_states: torch.Tensor  # (B, T, dim), after the final norm
-    past_key_values: KVCache | None = None
+    past_key_values: KVCache | PreallocatedKVCache | None = None
 
 
 class RMSNorm(nn.Module):
@@ -54,17 +56,84 @@ def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
 
 
 def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin ``(B, 1, T, head_dim)`` for rotary embeddings in the rotate-half layout Llama uses."""
+    """cos and signed sin ``(B, T, 1, head_dim)`` for rotary embeddings in the rotate-half layout Llama uses; the
+    sin's first half is negated so that ``apply_rotary`` rotates with one ``roll`` instead of a split and a cat."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
     angles = position_ids.float()[..., None] * inv_freq
-    emb = torch.cat([angles, angles], dim=-1)[:, None]
-    return emb.cos(), emb.sin()
+    emb = torch.cat([angles, angles], dim=-1)[:, :, None]
+    sin = emb.sin()
+    sin[..., : head_dim // 2].neg_()
+    return emb.cos(), sin
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``(B, T, heads, head_dim)``: ``x * cos + rotate_half(x) * sin``, where ``rotate_half(x)`` is
+    ``[-x2, x1]``, written as ``roll(x) * signed_sin`` (the same products, so the same rounding)."""
+    xf = x.float()
+    return (xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * signed_sin).to(x.dtype)
+
+
+class RotaryTable:
+    """cos and signed sin for positions ``0 .. n - 1``, computed once and indexed each forward (a decoding step
+    would otherwise recompute them for its one position); grown when a longer sequence arrives."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        self.head_dim, self.theta = head_dim, theta
+        self.cos = self.sin = torch.empty(0, 1, head_dim)
+
+    def __call__(self, positions: torch.Tensor, needed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows for ``positions`` ``(B, T)``, all of which are below ``needed``."""
+        if self.cos.shape[0] < needed or self.cos.device != positions.device:
+            n = max(needed, 2 * self.cos.shape[0])
+            cos, sin = rotary_cos_sin(torch.arange(n, device=positions.device)[None], self.head_dim, self.theta)
+            self.cos, self.sin = cos[0], sin[0]
+        return self.cos[positions], self.sin[positions]
+
+
+class PreallocatedKVCache:
+    """Keys and values of every layer in buffers allocated once for ``capacity`` positions and written in place,
+    so a decoding step appends its one position instead of copying the whole cache (as a list of tensors grown by
+    ``torch.cat`` does). Pass it as ``past_key_values``; the decoder advances ``length`` after each forward."""
+
+    def __init__(self, n_layers: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.keys: list[torch.Tensor | None] = [None] * n_layers  # allocated by the first append, in k's dtype
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.length = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``, ``v`` ``(B, Hkv, T, D)`` after the cached positions; return all of the layer's keys, values."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions; {end} are needed")
+        if self.keys[layer] is None:
+            b, h, _, d = k.shape
+            self.keys[layer] = k.new_empty(b, h, self.capacity, d)
+            self.values[layer] = v.new_empty(b, h, self.capacity, d)
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, self.length : end] = k
+        values[:, :, self.length : end] = v
+        return keys[:, :, :end], values[:, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (beam search)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` that can multiply by an input-major ``(in, out)`` copy of its weight instead: on CPU a
+    matrix-vector product streams that layout almost twice as fast (``bench/smollm2.py``), and a decoding step is
+    matrix-vector products. ``Decoder.decoding()`` sets the copy; the parameter and its state-dict entry are as in
+    ``nn.Linear``."""
+
+    input_major: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_major is None:
+            return F.linear(x, self.weight, self.bias)
+        y = x @ self.input_major
+        return y if self.bias is None else y + self.bias
 
 
 class Attention(nn.Module):
@@ -73,31 +142,33 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
-        self.qkv = nn.Linear(cfg.dim, qkv_out, bias=cfg.attn_bias)
-        self.proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attn_bias)
+        self.qkv = Linear(cfg.dim, qkv_out, bias=cfg.attn_bias)
+        self.proj = Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attn_bias)
 
     def forward(
         self,
         x: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         key_mask: torch.Tensor | None,
-        past: tuple[torch.Tensor, torch.Tensor] | None,
+        past: tuple[torch.Tensor, torch.Tensor] | tuple[PreallocatedKVCache, int] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         b, t, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
-        )
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        if past is not None:
+        h, hkv = self.n_heads, self.n_kv_heads
+        heads = self.qkv(x).view(b, t, h + 2 * hkv, self.head_dim)
+        if rotary is not None:  # queries and keys rotated together: one set of element-wise ops, not two
+            qk = apply_rotary(heads[:, :, : h + hkv], *rotary)
+            q, k = qk[:, :, :h], qk[:, :, h:]
+        else:
+            q, k = heads[:, :, :h], heads[:, :, h : h + hkv]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), heads[:, :, h + hkv :].transpose(1, 2)
+        if past is not None and isinstance(past[0], PreallocatedKVCache):
+            k, v = past[0].append(past[1], k, v)
+        elif past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
         backend = resolve_backend(self.cfg.attention, x.device)
         y = attend(q, k, v, backend, key_mask, self.cfg.momentum_eta)
-        y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
+        y = y.transpose(1, 2).reshape(b, t, h * self.head_dim)
         return self.proj(y), (k, v)
 
 
@@ -106,8 +177,8 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
         self.approximate = cfg.gelu_approximate
-        self.fc = nn.Linear(cfg.dim, cfg.mlp_hidden * (2 if self.swiglu else 1), bias=cfg.mlp_bias)
-        self.proj = nn.Linear(cfg.mlp_hidden, cfg.dim, bias=cfg.mlp_bias)
+        self.fc = Linear(cfg.dim, cfg.mlp_hidden * (2 if self.swiglu else 1), bias=cfg.mlp_bias)
+        self.proj = Linear(cfg.mlp_hidden, cfg.dim, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
@@ -150,10 +221,11 @@ class Decoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg, cfg.dim)
-        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.activation_checkpointing = False  # recompute each block in backward to save memory (training only)
+        self.rotary_table = RotaryTable(cfg.head_dim, cfg.rope_theta) if cfg.positions == "rotary" else None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections, scaled as in GPT-2
@@ -183,53 +255,94 @@ class Decoder(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: KVCache | None = None,
+        past_key_values: KVCache | PreallocatedKVCache | None = None,
         use_cache: bool = False,
         compute_logits: bool = True,
+        logits_to_keep: int = 0,
     ) -> DecoderOutput:
         """Logits for every position. ``attention_mask`` ``(B, past + T)`` marks real tokens (1) and padding (0);
         without ``position_ids`` positions count real tokens only, so left padding works as in transformers.
-        ``compute_logits=False`` skips the output projection (for the fused loss in ``metalm.loss``)."""
+        ``compute_logits=False`` skips the output projection (for the fused loss in ``metalm.loss``);
+        ``logits_to_keep=n`` computes logits for the last ``n`` positions only (decoding needs one).
+        ``past_key_values`` is a list of per-layer ``(keys, values)`` (a new list is returned) or a
+        ``PreallocatedKVCache`` (written in place and returned)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (B, T) or inputs_embeds (B, T, dim)")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         if x.dim() != 3 or x.shape[-1] != self.cfg.dim:
             raise ValueError(f"decoder inputs have shape {tuple(x.shape)}; expected (batch, seq, {self.cfg.dim})")
         b, t, _ = x.shape
-        past_len = past_key_values[0][0].shape[2] if past_key_values else 0
+        preallocated = isinstance(past_key_values, PreallocatedKVCache)
+        if preallocated:
+            past_len = past_key_values.length
+        else:
+            past_len = past_key_values[0][0].shape[2] if past_key_values else 0
         if attention_mask is not None and attention_mask.shape != (b, past_len + t):
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({b}, {past_len + t}) "
                 "covering cached and new positions"
             )
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # no padding: the causal fast paths, and positions are 0, 1, ... as below
+        rotary = None
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
             else:
                 position_ids = torch.arange(past_len, past_len + t, device=x.device)[None].expand(b, t)
+            if self.rotary_table is not None:
+                rotary = self.rotary_table(position_ids, past_len + t)
         if self.cfg.positions != "rotary" and eager_checks() and int(position_ids.max()) >= self.cfg.max_seq_len:
             raise ValueError(f"position {int(position_ids.max())} is past decoder.max_seq_len = {self.cfg.max_seq_len}")
-        rotary = None
         if self.cfg.positions == "learned":
             x = x + self.pos_emb(position_ids)
         elif self.cfg.positions == "sinusoidal":
             x = x + self.pos_table[position_ids].to(x.dtype)
-        else:
+        elif rotary is None:
             rotary = rotary_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
         x = self.drop(x)
         key_mask = attention_mask.bool() if attention_mask is not None else None
         presents: KVCache = []
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and not use_cache
         for i, block in enumerate(self.blocks):
-            past = past_key_values[i] if past_key_values else None
+            if preallocated:
+                past = (past_key_values, i)
+            else:
+                past = past_key_values[i] if past_key_values else None
             if recompute:
                 x, present = checkpoint(block, x, rotary, key_mask, past, use_reentrant=False)
             else:
                 x, present = block(x, rotary, key_mask, past)
             presents.append(present)
         x = self.norm(x)
-        logits = self.lm_head(x) if compute_logits else None
+        logits = None
+        if compute_logits:
+            logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+        if preallocated:
+            past_key_values.length += t
+            return DecoderOutput(logits, x, past_key_values if use_cache else None)
         return DecoderOutput(logits, x, presents if use_cache else None)
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        """Inside, on CPU without gradients, the linear layers multiply by input-major copies of their weights
+        (same values; the products round differently only within fp32 rounding). The copies are kept, costing
+        the weights' memory once more, and remade when a weight has changed since (an optimizer step)."""
+        linears = [m for m in self.modules() if isinstance(m, Linear)]
+        if self.lm_head.weight.device.type != "cpu" or torch.is_grad_enabled():
+            yield
+            return
+        for m in linears:
+            w = m.weight
+            key = (w.data_ptr(), w._version, w.dtype)
+            if getattr(m, "input_major_key", None) != key:
+                m.input_major_copy, m.input_major_key = w.detach().t().contiguous(), key
+            m.input_major = m.input_major_copy
+        try:
+            yield
+        finally:
+            for m in linears:
+                m.input_major = None
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

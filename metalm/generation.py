@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from metalm.decoder import Decoder, KVCache
+from metalm.decoder import Decoder, PreallocatedKVCache
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -31,18 +31,37 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 
 def _prefill(
-    decoder: Decoder, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, KVCache]:
+    decoder: Decoder,
+    input_ids: torch.Tensor,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    max_new_tokens: int,
+) -> tuple[torch.Tensor, PreallocatedKVCache]:
+    """Run the prompt into a cache with room for ``max_new_tokens`` more; the last position's logits."""
+    cache = PreallocatedKVCache(decoder.cfg.n_layers, input_ids.shape[1] + max_new_tokens)
     if inputs_embeds is not None:
-        out = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=True)
-    else:
-        out = decoder(input_ids, attention_mask=attention_mask, use_cache=True)
-    return out.logits[:, -1].float(), out.past_key_values
+        input_ids = None
+    out = decoder(
+        input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1].float(), cache
 
 
-def _step(decoder: Decoder, tokens: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache):
+def _step(decoder: Decoder, tokens: torch.Tensor, attention_mask: torch.Tensor | None, cache: PreallocatedKVCache):
     out = decoder(tokens[:, None], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-    return out.logits[:, -1].float(), out.past_key_values
+    return out.logits[:, -1].float()
+
+
+def _grown(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The mask with one more real position; None (no padding anywhere) stays None."""
+    if attention_mask is None:
+        return None
+    return torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
 
 
 @torch.no_grad()
@@ -71,52 +90,49 @@ def generate(
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; expected (batch, seq)")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if num_beams > 1:
-        if do_sample:
-            raise ValueError("beam search with sampling is not supported: use num_beams=1 or do_sample=False")
-        return beam_search(
-            decoder,
-            input_ids,
-            attention_mask,
-            inputs_embeds,
-            max_new_tokens,
-            num_beams,
-            length_penalty,
-            eos_token_id,
-            pad_token_id,
-        )
-    logits, cache = _prefill(decoder, input_ids, inputs_embeds, attention_mask)
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    out = [input_ids]
-    for _ in range(max_new_tokens):
-        if do_sample:
-            probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-            tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
-        else:
-            tokens = logits.argmax(-1)
-        tokens = tokens.masked_fill(done, pad_token_id)
-        out.append(tokens[:, None])
-        if on_token is not None:
-            on_token(tokens)
-        if eos_token_id is not None:
-            done = done | (tokens == eos_token_id)
-            if bool(done.all()):
-                break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        logits, cache = _step(decoder, tokens, attention_mask, cache)
-    return torch.cat(out, dim=1)
-
-
-def _reorder(cache: KVCache, index: torch.Tensor) -> KVCache:
-    return [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache]
+    with decoder.decoding():  # on CPU: input-major weight copies, faster matrix-vector products
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # no padding: steps need no mask to grow
+        if num_beams > 1:
+            if do_sample:
+                raise ValueError("beam search with sampling is not supported: use num_beams=1 or do_sample=False")
+            return beam_search(
+                decoder,
+                input_ids,
+                attention_mask,
+                inputs_embeds,
+                max_new_tokens,
+                num_beams,
+                length_penalty,
+                eos_token_id,
+                pad_token_id,
+            )
+        logits, cache = _prefill(decoder, input_ids, inputs_embeds, attention_mask, max_new_tokens)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        out = [input_ids]
+        for _ in range(max_new_tokens):
+            if do_sample:
+                probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+                tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                tokens = logits.argmax(-1)
+            tokens = tokens.masked_fill(done, pad_token_id)
+            out.append(tokens[:, None])
+            if on_token is not None:
+                on_token(tokens)
+            if eos_token_id is not None:
+                done = done | (tokens == eos_token_id)
+                if bool(done.all()):
+                    break
+            attention_mask = _grown(attention_mask)
+            logits = _step(decoder, tokens, attention_mask, cache)
+        return torch.cat(out, dim=1)
 
 
 def beam_search(
     decoder: Decoder,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     inputs_embeds: torch.Tensor | None,
     max_new_tokens: int,
     num_beams: int,
@@ -130,11 +146,11 @@ def beam_search(
     (the running scores only fall, so the bound uses the longest possible length when length_penalty > 0).
     """
     b, t = input_ids.shape
-    logits, cache = _prefill(decoder, input_ids, inputs_embeds, attention_mask)
+    logits, cache = _prefill(decoder, input_ids, inputs_embeds, attention_mask, max_new_tokens)
     rows = torch.arange(b, device=input_ids.device).repeat_interleave(num_beams)
-    cache = _reorder(cache, rows)
+    cache.reorder(rows)
     logprobs = logits.log_softmax(-1).index_select(0, rows)
-    mask = attention_mask.index_select(0, rows)
+    mask = attention_mask.index_select(0, rows) if attention_mask is not None else None
     scores = torch.full((b, num_beams), float("-inf"), device=input_ids.device)
     scores[:, 0] = 0.0
     seqs = torch.empty(b * num_beams, 0, dtype=torch.long, device=input_ids.device)
@@ -176,9 +192,9 @@ def beam_search(
         scores = next_scores
         if step + 1 == max_new_tokens:
             break
-        cache = _reorder(cache, index)
-        mask = torch.cat([mask.index_select(0, index), torch.ones_like(mask[:, :1])], dim=1)
-        logits, cache = _step(decoder, next_tok.view(-1), mask, cache)
+        cache.reorder(index)
+        mask = _grown(mask.index_select(0, index) if mask is not None else None)
+        logits = _step(decoder, next_tok.view(-1), mask, cache)
         logprobs = logits.log_softmax(-1)
     n = seqs.shape[1]
     for i in range(b):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from metalm import Decoder, DecoderConfig
 from metalm.attention import attend, eager_attention, momentum_term, xformers_call
+from metalm.decoder import PreallocatedKVCache
 
 VARIANTS = [
     dict(positions=p, norm=n, mlp=m)
@@ -64,21 +65,49 @@ def test_causal_changing_a_token_leaves_earlier_logits_unchanged(backend):
     split=st.integers(1, 15),
     gqa=st.booleans(),
     pad=st.integers(0, 4),
+    preallocated=st.booleans(),
 )
-def test_kv_cache_prefill_then_decode_equals_full_forward(variant, backend, split, gqa, pad):
+def test_kv_cache_prefill_then_decode_equals_full_forward(variant, backend, split, gqa, pad, preallocated):
     dec = make(**variant, attention=backend, n_kv_heads=2 if gqa else 4)
     x = ids(t=16)
     mask = torch.ones_like(x)
     mask[1, :pad] = 0
+    cache = PreallocatedKVCache(dec.cfg.n_layers, 16) if preallocated else None
     with torch.no_grad():
         full = dec(x, attention_mask=mask).logits
-        out = dec(x[:, :split], attention_mask=mask[:, :split], use_cache=True)
+        out = dec(x[:, :split], attention_mask=mask[:, :split], past_key_values=cache, use_cache=True)
         pieces, cache = [out.logits], out.past_key_values
         for t in range(split, 16):
             out = dec(x[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache, use_cache=True)
             pieces.append(out.logits)
             cache = out.past_key_values
     torch.testing.assert_close(torch.cat(pieces, 1)[mask.bool()], full[mask.bool()], atol=1e-4, rtol=1e-4)
+
+
+def test_preallocated_cache_refuses_more_positions_than_it_holds():
+    dec = make(positions="rotary")
+    cache = PreallocatedKVCache(dec.cfg.n_layers, 5)
+    with torch.no_grad():
+        dec(ids(t=4), past_key_values=cache, use_cache=True)
+        dec(ids(t=1), past_key_values=cache, use_cache=True)
+        with pytest.raises(ValueError, match="holds 5 positions; 6 are needed"):
+            dec(ids(t=1), past_key_values=cache, use_cache=True)
+
+
+def test_logits_to_keep_gives_the_last_positions_logits():
+    dec = make(positions="rotary")
+    with torch.no_grad():
+        torch.testing.assert_close(dec(ids(), logits_to_keep=3).logits, dec(ids()).logits[:, -3:], atol=1e-6, rtol=0)
+
+
+def test_rotary_table_equals_rotary_computed_per_forward():
+    dec = make(positions="rotary")
+    x, mask = ids(), torch.ones(2, 16, dtype=torch.long)
+    mask[0, :3] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():  # explicit position_ids take the per-forward path, the table serves the rest
+        explicit = dec(x, attention_mask=mask, position_ids=positions).logits
+        assert torch.equal(dec(x, attention_mask=mask).logits, explicit)
 
 
 def test_left_padding_gives_the_unpadded_logits():

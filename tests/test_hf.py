@@ -90,6 +90,14 @@ def test_greedy_generation_token_identical(hf_dir):
     assert torch.equal(ours, ref)
 
 
+def test_unpadded_greedy_generation_token_identical(hf_dir):
+    hf, path = hf_dir
+    dec = Decoder.from_hf(path)
+    ids = _ids(batch=1, length=8)
+    ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False, eos_token_id=None)
+    assert torch.equal(dec.generate(ids, max_new_tokens=24), ref)
+
+
 def test_beam_search_matches_transformers(hf_dir):
     hf, path = hf_dir
     dec = Decoder.from_hf(path)
