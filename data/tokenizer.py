@@ -6,12 +6,13 @@ It wraps ``tokenizers.Tokenizer`` so the same class also loads any Hugging Face 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from encoders.tokenization import save_tokenizer_json
 
 PAD, EOS, PAR, IMAGE_START, IMAGE_END, VEC = "<pad>", "</s>", "</p>", "<image>", "</image>", "<vec>"
 SPECIAL_TOKENS = (PAD, EOS, PAR, IMAGE_START, IMAGE_END, VEC)
@@ -63,18 +64,7 @@ class Tokenizer:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` into ``directory`` atomically (temp file + rename); returns the file."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        file = directory / FILENAME
-        fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.backend.to_str(pretty=True))
-            os.replace(tmp, file)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return file
+        return save_tokenizer_json(self.backend, directory)
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` with no special tokens added."""

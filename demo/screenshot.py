@@ -10,6 +10,7 @@ Chromium with its driver (Debian: apt-get install chromium chromium-driver).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -35,14 +36,11 @@ def browser(window: str):
         raise SystemExit("chromium and chromedriver are needed (Debian: apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        f"--window-size={window}",
-    ):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"):
         options.add_argument(arg)
+    options.add_argument("--disable-extensions")
+    options.add_argument(f"--window-size={window}")
+    os.environ.setdefault("SE_AVOID_STATS", "true")  # selenium's usage statistics: nothing leaves this machine
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 

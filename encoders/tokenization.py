@@ -73,16 +73,21 @@ class TextTokenizer:
         return self.backend.decode(list(ids), skip_special_tokens=True)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json`` into ``directory`` atomically (temp file + rename); returns the file."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        file = directory / FILENAME
-        fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.backend.to_str(pretty=True))
-            os.replace(tmp, file)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return file
+        """Write ``tokenizer.json`` into ``directory`` atomically; returns the file."""
+        return save_tokenizer_json(self.backend, directory)
+
+
+def save_tokenizer_json(backend: _HFTokenizer, directory: str | os.PathLike) -> Path:
+    """Write ``backend`` as ``directory/tokenizer.json`` atomically (temp file + rename); returns the file."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    file = directory / FILENAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(backend.to_str(pretty=True))
+        os.replace(tmp, file)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return file

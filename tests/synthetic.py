@@ -3,6 +3,7 @@ training-loop tests (no files needed)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -119,3 +120,20 @@ def slice_batch(batch: Batch, rows: slice) -> Batch:
             )
         )
     return Batch(batch.input_ids[rows], batch.labels[rows], batch.attention_mask[rows], docks)
+
+
+def batch_fingerprint(batch) -> str:
+    """A hash of everything a batch holds: ids, labels, mask, and each dock's encoder, tokenizer, rows, positions
+    and inputs."""
+    h = hashlib.sha256()
+    for t in (batch.input_ids, batch.labels, batch.attention_mask):
+        h.update(t.numpy().tobytes())
+    for d in batch.docks:
+        h.update(d.encoder.encode())
+        h.update(str(d.tokenizer).encode())
+        h.update(d.batch_index.numpy().tobytes())
+        h.update(d.positions.numpy().tobytes())
+        for k in sorted(d.inputs):
+            h.update(k.encode())
+            h.update(d.inputs[k].numpy().tobytes())
+    return h.hexdigest()[:16]

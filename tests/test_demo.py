@@ -786,23 +786,10 @@ def _chromium():
 def browser():
     binary, driver_path = _chromium()
     _pip("selenium", "selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from demo.screenshot import browser as headless  # the page the README's screenshot tool drives
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1100,720",
-        "--disable-extensions",
-        "--no-first-run",
-    ):
-        options.add_argument(arg)
-    os.environ.setdefault("SE_AVOID_STATS", "true")
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    assert (shutil.which("chromium"), shutil.which("chromedriver")) == (binary, driver_path)
+    driver = headless("1100,720")
     yield driver
     driver.quit()
 

@@ -4,12 +4,10 @@ shared-tokenizer layout keeps the very batches it built before."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 from PIL import Image
-from synthetic import tiny_config
+from synthetic import batch_fingerprint, tiny_config
 from test_pipeline import captions, cfg, documents
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -42,30 +40,17 @@ def tokenizer() -> Tokenizer:
     return Tokenizer.train([next(docs)["text"] for _ in range(200)], vocab_size=300)
 
 
-def fingerprint(batch) -> str:
-    """A hash of everything a batch holds: ids, labels, mask, and each dock's encoder, tokenizer, rows, positions
-    and inputs."""
-    h = hashlib.sha256()
-    for t in (batch.input_ids, batch.labels, batch.attention_mask):
-        h.update(t.numpy().tobytes())
-    for d in batch.docks:
-        h.update(d.encoder.encode())
-        h.update(str(d.tokenizer).encode())
-        h.update(d.batch_index.numpy().tobytes())
-        h.update(d.positions.numpy().tobytes())
-        for k in sorted(d.inputs):
-            h.update(k.encode())
-            h.update(d.inputs[k].numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def test_shared_tokenizer_batches_are_the_ones_built_before_own_tokenizer_spans(tokenizer):
     """Pinned batches of the shared-tokenizer layout (the tiny preset's): the same ids, labels, docks and RNG draws
     as before encoders with their own tokenizer got spans."""
     it = batches(documents(1), captions(2), tokenizer, cfg())
-    assert [fingerprint(next(it)) for _ in range(3)] == ["b4db3780ecf7817c", "6f8c5087eaa753fb", "a484b731f8ec2dc0"]
+    assert [batch_fingerprint(next(it)) for _ in range(3)] == [
+        "b4db3780ecf7817c",
+        "6f8c5087eaa753fb",
+        "a484b731f8ec2dc0",
+    ]
     it = batches(documents(3), None, tokenizer, cfg(), skip=2)
-    assert [fingerprint(next(it)) for _ in range(2)] == ["c6dd8071de246761", "507a95f8517bf4ea"]
+    assert [batch_fingerprint(next(it)) for _ in range(2)] == ["c6dd8071de246761", "507a95f8517bf4ea"]
 
 
 # ---------------------------------------------------------------- a tiny BERT with its own WordPiece tokenizer
@@ -253,8 +238,8 @@ def test_own_tokenizer_batches_are_deterministic_and_resume_exactly(tokenizer, m
     full = _take(batches(documents(7), captions(8), tokenizer, c), 5)
     again = _take(batches(documents(7), captions(8), tokenizer, c), 5)
     resumed = _take(batches(documents(7), captions(8), tokenizer, c, skip=3), 2)
-    assert [fingerprint(b) for b in full] == [fingerprint(b) for b in again]
-    assert [fingerprint(b) for b in full[3:]] == [fingerprint(b) for b in resumed]
+    assert [batch_fingerprint(b) for b in full] == [batch_fingerprint(b) for b in again]
+    assert [batch_fingerprint(b) for b in full[3:]] == [batch_fingerprint(b) for b in resumed]
 
 
 class Tagged(int):
