@@ -233,7 +233,11 @@ def option_batches(
 
 @torch.no_grad()
 def score_after_prefix(
-    decoder: Decoder, embeds: torch.Tensor, mask: torch.Tensor, options: Sequence[Sequence[Sequence[int]]]
+    decoder: Decoder,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    options: Sequence[Sequence[Sequence[int]]],
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> list[list[OptionScore]]:
     """Scores of continuations after shared contexts, computed fast and exactly as one full forward per option.
 
@@ -241,11 +245,17 @@ def score_after_prefix(
     continuation ids to score after context ``b``. Each context runs once and its KV cache is reused by all of its
     options; each option runs once over that cache, less its last token (nothing after it is scored); and the
     output projection runs only at the scored positions: the context's last position (each option's first token)
-    and the option's own positions but its last."""
+    and the option's own positions but its last. ``prefix``: the KV cache (batch 1) of tokens that come before
+    every context (the part all requests share, e.g. a chat template's system turn), run once by the caller."""
     if embeds.shape[0] != len(options) or any(not o for opts in options for o in opts):
         raise ValueError("one list of non-empty continuations per context is expected")
     device = embeds.device
-    out = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=True, compute_logits=False)
+    past = None
+    if prefix is not None:
+        b = embeds.shape[0]
+        past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix]
+        mask = torch.cat([mask.new_ones((b, prefix[0][0].shape[2])), mask], dim=1)
+    out = decoder(inputs_embeds=embeds, attention_mask=mask, past_key_values=past, use_cache=True, compute_logits=False)
     last = out.hidden_states[:, -1]
     rows = [(b, list(cont)) for b, opts in enumerate(options) for cont in opts]
     width = max(len(c) for _, c in rows) - 1
