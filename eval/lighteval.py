@@ -125,8 +125,9 @@ class DecoderLM:
         batch_size: int = 32,
         progress: bool = True,
         encode: Callable[[str], list[int]] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.decoder = decoder.to(device).eval()
+        self.decoder = decoder.to(device=device, dtype=dtype).eval()
         self.encode = encode or tokenizer.encode
         self.tokenizer, self.chat_template = tokenizer, chat_template
         self.device, self.batch_size, self.progress = torch.device(device), batch_size, progress
@@ -233,7 +234,12 @@ def evaluate_choice(
             raise ValueError(f"{data.report.source}: example {ex.id} has no label; accuracy needs a labeled split")
         if len({ctx for ctx, _ in ex.options}) != 1:
             raise ValueError(f"{task}: lighteval scores one query per example; example {ex.id} has several contexts")
-    lm = lm or DecoderLM.load(settings.checkpoint, device=device_of(settings.device), batch_size=settings.batch_size)
+    lm = lm or DecoderLM.load(
+        settings.checkpoint,
+        device=device_of(settings.device),
+        batch_size=settings.batch_size,
+        dtype=getattr(torch, settings.dtype),
+    )
     contexts = [lm.context(ex.options[0][0], settings.chat_template) for ex in examples]
     requests = [(ctx, cont) for ctx, ex in zip(contexts, examples, strict=True) for _, cont in ex.options]
     flat = lm.loglikelihood(requests, desc=f"{task} (lighteval)")
@@ -274,6 +280,7 @@ def evaluate_choice(
             "leading space not counted",
             "tokenization": "lighteval tok_encode_pair: the context's trailing whitespace moves to the continuation",
             "model": "the decoder alone",
+            "dtype": settings.dtype,
             "source": SOURCE,
         },
         "data": data.report.to_dict(),

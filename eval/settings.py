@@ -13,6 +13,7 @@ from pathlib import Path
 MODES = ("causal", "encoder")
 CALIBRATIONS = ("none", "contextual", "prototypical")
 ON_ERROR = ("error", "skip")
+DTYPES = ("float32", "bfloat16")  # weights and activations of --scoring lighteval (the model card used bf16)
 SCORINGS = ("harness", "lighteval")  # how multiple-choice options are scored (eval/multiple_choice.py --scoring)
 WORLD_TASKS = ("captions", "vqa", "entail", "choice")  # the bundled world's benchmarks (eval.evaluators)
 NEW_TOKENS = {"vqa": 8, "caption": 24, "instruction": 24}
@@ -76,6 +77,7 @@ class EvalSettings:
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     scoring: str = "harness"  # multiple choice: lm-evaluation-harness style, or lighteval's (eval/lighteval.py)
     chat_template: bool = False  # lighteval scoring: the query wrapped in the model's chat template
+    dtype: str = "float32"  # lighteval scoring: the decoder's dtype
 
     def __post_init__(self) -> None:
         for name, value, choices in (
@@ -83,6 +85,7 @@ class EvalSettings:
             ("calibration", self.calibration, CALIBRATIONS),
             ("on_error", self.on_error, ON_ERROR),
             ("scoring", self.scoring, SCORINGS),
+            ("dtype", self.dtype, DTYPES),
         ):
             if value not in choices:
                 raise ValueError(f"{name} {value!r}: expected one of {choices}")
@@ -113,4 +116,5 @@ class EvalSettings:
             decode=DecodeSettings(**{k: v for k, v in decode.items() if v is not None}),
             scoring=getattr(args, "scoring", "harness"),
             chat_template=getattr(args, "chat_template", False),
+            dtype=getattr(args, "dtype", "float32"),
         )
