@@ -220,3 +220,19 @@ def test_lighteval_flags_are_checked(model_dir, tmp_path):
         main(base + ["--scoring", "nonsense"])
     with pytest.raises(ValueError, match="zero-shot"):
         main(base + ["--scoring", "lighteval", "--shots", "0,1", "--out", str(tmp_path / "x.json")])
+
+
+def test_boolq_string_labels(tmp_path):
+    """SuperGLUE BoolQ as some exports write it: ``"label": "true"`` / ``"false"`` strings."""
+    from data.tasks import TaskDataError, read_boolq
+
+    rows = [
+        {"question": "q", "passage": "p", "idx": 0, "label": "true"},
+        {"question": "q", "passage": "p", "label": "False"},
+    ]
+    path = tmp_path / "val.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [ex.label for ex in read_boolq(path).examples] == [1, 0]
+    path.write_text(json.dumps({"question": "q", "passage": "p", "label": "maybe"}) + "\n")
+    with pytest.raises(TaskDataError, match="field 'label' is 'maybe'; expected true or false"):
+        read_boolq(path)
