@@ -149,10 +149,11 @@ def main() -> None:
         "machine": machine_info(torch.device("cpu")),
         "shapes": {name: bench_shape(hf, ours, name, args) for name in shapes},
     }
+    summary = report(result)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scoring.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "scoring.md").write_text(report(result))
-    print(report(result))
+    for name, text in (("scoring.json", json.dumps(result, indent=2) + "\n"), ("scoring.md", summary)):
+        (args.out / name).write_text(text)
+    print(summary)
 
 
 if __name__ == "__main__":
