@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from data.prompts import Encoded, EncodedSeg, ImageSeg, Prompt, PromptEncoder, SpecialSeg
 from data.tokenizer import Tokenizer
 from eval.settings import DecodeSettings
+from metalm.decoder import Decoder
 from metalm.model import MetaLM
 
 __all__ = ["DecodeSettings", "EncodedSeg", "ImageSeg", "OptionScore", "Prompt", "Scorer", "SpecialSeg"]
@@ -120,11 +121,15 @@ class Scorer:
 
     @torch.no_grad()
     def score(self, requests: Sequence[tuple[Prompt, str]], desc: str = "scoring") -> list[OptionScore]:
-        """Log-probability of each plain-text continuation given its prompt, in input order."""
+        """Log-probability of each plain-text continuation given its prompt, in input order. Requests whose
+        prompts are the same (the same object, or the same ids with nothing docked) share one run of the prompt
+        (``score_after_prefix``)."""
         requests = list(requests)  # holds every prompt object for the whole call, so ids stay unique
-        encoded = []
+        contexts: list[Encoded] = []
+        groups: dict[object, int] = {}  # prompt key -> context index
+        members: list[list[tuple[int, list[int]]]] = []  # per context: (request index, continuation ids)
         seen: dict[int, Encoded] = {}  # options of one example share their prompt object: encode (and load) it once
-        for prompt, continuation in requests:
+        for r, (prompt, continuation) in enumerate(requests):
             enc = seen.get(id(prompt)) or seen.setdefault(id(prompt), self.encode(prompt))
             cont = self.tokenizer.encode(continuation)
             if not cont:
@@ -132,25 +137,30 @@ class Scorer:
             if not enc.ids:
                 raise ValueError("an empty prompt leaves the continuation's first token unconditioned: give a prompt")
             self._check_len(len(enc.ids) + len(cont), "prompt + continuation")
-            encoded.append((enc, cont))
-        results: list[OptionScore | None] = [None] * len(encoded)
-        lengths = [len(e.ids) + len(c) for e, c in encoded]
-        for chunk in self._chunks(lengths, desc):
-            rows = [encoded[i][0] + encoded[i][1] for i in chunk]
-            ids, mask, docks = self._batch(rows, max(len(r.ids) for r in rows), left_pad=False)
+            plain = not (enc.images or enc.spans or enc.own_spans)
+            key = ("ids", tuple(enc.ids)) if plain else ("prompt", id(prompt))
+            if key not in groups:
+                groups[key] = len(contexts)
+                contexts.append(enc)
+                members.append([])
+            members[groups[key]].append((r, cont))
+        results: list[OptionScore | None] = [None] * len(requests)
+        for chunk in self._group_chunks(contexts, members, desc):
+            rows = [contexts[g] for g in chunk]
+            ids, mask, docks = self._batch(rows, max(len(r.ids) for r in rows), left_pad=True)
             embeds = self.model.embed_inputs(ids, docks)
-            hidden = self.model.decoder(inputs_embeds=embeds, attention_mask=mask, compute_logits=False).hidden_states
-            for r, i in enumerate(chunk):
-                enc, cont = encoded[i]
-                start = len(enc.ids)
-                logits = self.model.decoder.lm_head(hidden[r, start - 1 : start - 1 + len(cont)]).float()
-                logp = logits.log_softmax(-1)
-                target = torch.tensor(cont, device=logp.device)
-                total = float(logp.gather(1, target[:, None]).sum())
-                greedy = bool((logits.argmax(-1) == target).all())
-                results[i] = OptionScore(total, len(cont), greedy)
+            scores = score_after_prefix(self.model.decoder, embeds, mask, [[c for _, c in members[g]] for g in chunk])
+            for g, row in zip(chunk, scores, strict=True):
+                for (r, _), s in zip(members[g], row, strict=True):
+                    results[r] = s
         self._kept.clear()
         return results  # type: ignore[return-value]
+
+    def _group_chunks(self, contexts: list[Encoded], members: list[list], desc: str):
+        """Batches of contexts, longest first, each holding at most ``batch_size`` continuations (or one context)."""
+        return option_batches(
+            [len(c.ids) for c in contexts], [len(m) for m in members], self.batch_size, desc, self.progress
+        )
 
     def rank(self, options: Sequence[Sequence[tuple[Prompt, str]]], desc: str = "ranking") -> list[list[OptionScore]]:
         """Scores of each example's options (``[(prompt, continuation), ...]``), all batched together."""
@@ -197,6 +207,86 @@ class Scorer:
                 answers[i] = cut_at_stop(self.tokenizer.decode(new), settings.stop)
         self._kept.clear()
         return answers  # type: ignore[return-value]
+
+
+def option_batches(
+    context_lengths: Sequence[int], n_options: Sequence[int], batch_size: int, desc: str, progress: bool = True
+):
+    """Context indices in batches for ``score_after_prefix``, longest context first, each batch holding at most
+    ``batch_size`` options (a context with more options goes alone); a progress bar over the options."""
+    order = sorted(range(len(context_lengths)), key=lambda i: -context_lengths[i])
+    batches, current, count = [], [], 0
+    for i in order:
+        if current and count + n_options[i] > batch_size:
+            batches.append(current)
+            current, count = [], 0
+        current.append(i)
+        count += n_options[i]
+    if current:
+        batches.append(current)
+    bar = tqdm(total=sum(n_options), desc=desc, unit="option", disable=not progress or len(batches) < 2, leave=False)
+    for batch in batches:
+        yield batch
+        bar.update(sum(n_options[i] for i in batch))
+    bar.close()
+
+
+@torch.no_grad()
+def score_after_prefix(
+    decoder: Decoder,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    options: Sequence[Sequence[Sequence[int]]],
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> list[list[OptionScore]]:
+    """Scores of continuations after shared contexts, computed fast and exactly as one full forward per option.
+
+    ``embeds`` ``(B, W, dim)`` and ``mask`` ``(B, W)`` are B contexts padded on the left; ``options[b]`` holds the
+    continuation ids to score after context ``b``. Each context runs once and its KV cache is reused by all of its
+    options; each option runs once over that cache, less its last token (nothing after it is scored); and the
+    output projection runs only at the scored positions: the context's last position (each option's first token)
+    and the option's own positions but its last. ``prefix``: the KV cache (batch 1) of tokens that come before
+    every context (the part all requests share, e.g. a chat template's system turn), run once by the caller."""
+    if embeds.shape[0] != len(options) or any(not o for opts in options for o in opts):
+        raise ValueError("one list of non-empty continuations per context is expected")
+    device = embeds.device
+    past = None
+    if prefix is not None:
+        b = embeds.shape[0]
+        past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix]
+        mask = torch.cat([mask.new_ones((b, prefix[0][0].shape[2])), mask], dim=1)
+    out = decoder(inputs_embeds=embeds, attention_mask=mask, past_key_values=past, use_cache=True, compute_logits=False)
+    last = out.hidden_states[:, -1]
+    rows = [(b, list(cont)) for b, opts in enumerate(options) for cont in opts]
+    width = max(len(c) for _, c in rows) - 1
+    hidden = None
+    if width > 0:
+        index = torch.tensor([b for b, _ in rows], device=device)
+        past = [(k.index_select(0, index), v.index_select(0, index)) for k, v in out.past_key_values]
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        own = torch.zeros((len(rows), width), dtype=mask.dtype)
+        for r, (_, c) in enumerate(rows):
+            ids[r, : len(c) - 1] = torch.tensor(c[:-1])
+            own[r, : len(c) - 1] = 1
+        full = torch.cat([mask.index_select(0, index), own.to(device)], dim=1)
+        hidden = decoder(input_ids=ids.to(device), attention_mask=full, past_key_values=past, compute_logits=False)
+        hidden = hidden.hidden_states
+    pieces = []
+    for r, (b, c) in enumerate(rows):
+        pieces.append(last[b : b + 1])
+        if len(c) > 1:
+            pieces.append(hidden[r, : len(c) - 1])
+    logits = decoder.lm_head(torch.cat(pieces)).float()
+    targets = torch.tensor([t for _, c in rows for t in c], device=device)
+    picked = logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(-1)
+    hits = logits.argmax(-1) == targets
+    scores: list[list[OptionScore]] = [[] for _ in options]
+    start = 0
+    for b, c in rows:
+        end = start + len(c)
+        scores[b].append(OptionScore(float(picked[start:end].sum()), len(c), bool(hits[start:end].all())))
+        start = end
+    return scores
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

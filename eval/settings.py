@@ -13,6 +13,8 @@ from pathlib import Path
 MODES = ("causal", "encoder")
 CALIBRATIONS = ("none", "contextual", "prototypical")
 ON_ERROR = ("error", "skip")
+DTYPES = ("float32", "bfloat16")  # weights and activations of --scoring lighteval (the model card used bf16)
+SCORINGS = ("harness", "lighteval")  # how multiple-choice options are scored (eval/multiple_choice.py --scoring)
 WORLD_TASKS = ("captions", "vqa", "entail", "choice")  # the bundled world's benchmarks (eval.evaluators)
 NEW_TOKENS = {"vqa": 8, "caption": 24, "instruction": 24}
 """Tokens generated per answer by default, by kind of answer: the eval scripts' ``--max_new_tokens`` defaults, and
@@ -73,12 +75,17 @@ class EvalSettings:
     on_error: str = "error"
     calibration: str = "none"  # the headline of classification (all three are computed)
     decode: DecodeSettings = field(default_factory=DecodeSettings)
+    scoring: str = "harness"  # multiple choice: lm-evaluation-harness style, or lighteval's (eval/lighteval.py)
+    chat_template: bool = False  # lighteval scoring: the query wrapped in the model's chat template
+    dtype: str = "float32"  # lighteval scoring: the decoder's dtype
 
     def __post_init__(self) -> None:
         for name, value, choices in (
             ("icl_mode", self.icl_mode, MODES),
             ("calibration", self.calibration, CALIBRATIONS),
             ("on_error", self.on_error, ON_ERROR),
+            ("scoring", self.scoring, SCORINGS),
+            ("dtype", self.dtype, DTYPES),
         ):
             if value not in choices:
                 raise ValueError(f"{name} {value!r}: expected one of {choices}")
@@ -107,4 +114,7 @@ class EvalSettings:
             on_error=args.on_error,
             calibration=getattr(args, "calibration", "none"),
             decode=DecodeSettings(**{k: v for k, v in decode.items() if v is not None}),
+            scoring=getattr(args, "scoring", "harness"),
+            chat_template=getattr(args, "chat_template", False),
+            dtype=getattr(args, "dtype", "float32"),
         )

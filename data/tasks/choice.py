@@ -235,7 +235,8 @@ def read_arc(jsonl: StrPath, *, labeled: bool = True, on_error: OnError = "error
 
 def read_boolq(jsonl: StrPath, *, labeled: bool = True, on_error: OnError = "error") -> TaskData[ChoiceExample]:
     """BoolQ (Clark et al. 2019), both published forms: the original ``{train,dev}.jsonl`` (``question, title,
-    answer: bool, passage``) and SuperGLUE's ``{train,val}.jsonl`` (``question, passage, idx, label: bool``).
+    answer: bool, passage``) and SuperGLUE's ``{train,val}.jsonl`` (``question, passage, idx, label: bool``, in
+    some exports the string ``"true"`` / ``"false"``).
     Template (lm-evaluation-harness): context ``"{passage}\\nQuestion: {question}?\\nAnswer:"``, options
     ``" no"`` (0) and ``" yes"`` (1)."""
 
@@ -246,7 +247,12 @@ def read_boolq(jsonl: StrPath, *, labeled: bool = True, on_error: OnError = "err
         label = None
         if labeled:
             key = "answer" if "answer" in rec else "label"
-            value = get_field(rec, key, where, (bool, int), "true or false (field 'answer', or SuperGLUE's 'label')")
+            expected = "true or false (field 'answer', or SuperGLUE's 'label')"
+            value = rec.get(key)
+            if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # some SuperGLUE exports
+                value = value.strip().lower() == "true"
+            else:
+                value = get_field(rec, key, where, (bool, int), expected)
             if value not in (0, 1):
                 raise bad_label(where, value, [False, True], "boolq")
             label = int(value)
