@@ -60,6 +60,24 @@ def _no_pooler_kwargs(model_class: type) -> dict[str, Any]:
     return {"add_pooling_layer": False} if accepts else {}
 
 
+def _load_checked(model_class: type, path: str, hf_config: transformers.PretrainedConfig, **kwargs: Any) -> nn.Module:
+    """``from_pretrained`` with transformers' load report kept quiet: the weights a checkpoint has beyond the
+    encoder (its pooler, its pretraining heads) are expected and left out; a weight the encoder needs and the
+    checkpoint lacks is an error naming the directory, instead of a warning and random weights."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(
+            path, config=hf_config, local_files_only=True, output_loading_info=True, **kwargs
+        )
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ValueError(f"{path}: the checkpoint lacks encoder weights {missing[:5]} ({len(missing)} in all)")
+    return model
+
+
 def _largest_module_list(model: nn.Module) -> nn.ModuleList:
     lists = [module for module in model.modules() if isinstance(module, nn.ModuleList)]
     if not lists:
@@ -101,9 +119,7 @@ class HFTextEncoder(Encoder):
             _check_bidirectional(hf_config, path)
             model_class = transformers.MODEL_MAPPING[type(hf_config)]
             kwargs.setdefault("dtype", torch.float32)
-            model = model_class.from_pretrained(
-                path, config=hf_config, local_files_only=True, **_no_pooler_kwargs(model_class), **kwargs
-            )
+            model = _load_checked(model_class, path, hf_config, **_no_pooler_kwargs(model_class), **kwargs)
         self.model = model
         self.output_dim = model.config.hidden_size
         self.max_len = getattr(model.config, "max_position_embeddings", None)

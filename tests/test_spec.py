@@ -247,3 +247,16 @@ def resolve_then_tokenizer_dir(spec):
     from metalm.spec import decoder_tokenizer_dir
 
     return decoder_tokenizer_dir(resolve_spec(spec, PRESETS))
+
+
+def test_an_encoder_checkpoint_missing_weights_is_an_error_not_random_weights(bert_dir):
+    from safetensors.torch import load_file, save_file
+
+    from encoders import HFTextEncoder
+
+    HFTextEncoder(str(bert_dir))  # whole: loads (its pooler is left out without a word)
+    state = load_file(str(bert_dir / "model.safetensors"))
+    gone = next(k for k in state if "layer.1.attention.self.query.weight" in k)
+    save_file({k: v for k, v in state.items() if k != gone}, str(bert_dir / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"bert: the checkpoint lacks encoder weights \['encoder.layer.1.attention"):
+        HFTextEncoder(str(bert_dir))
