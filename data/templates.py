@@ -202,8 +202,7 @@ class ChatFormat:
         if self.template is None:
             return chat_prompt(turns, encode_user)
         messages = [{"role": turn.role, "content": _SLOT.format(i)} for i, turn in enumerate(turns)]
-        environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        text = environment.from_string(self.template).render(messages=messages, add_generation_prompt=True)
+        text = render_chat(self.template, messages)
         out: list[Segment] = []
         for i, piece in enumerate(_SLOTS.split(text)):
             if i % 2 == 0:
@@ -223,14 +222,27 @@ class ChatFormat:
         return [SpecialSeg(p) if p in self.specials else p for p in re.split(pattern, text) if p]
 
 
-def chat_format(tokenizer_files: Mapping[str, str], specials: frozenset[str]) -> ChatFormat:
-    """The chat format of a checkpoint: its decoder tokenizer's chat template (``chat_template.jinja``, or the
-    ``chat_template`` of ``tokenizer_config.json``) with the end-of-turn token from ``tokenizer_config.json``, else
-    the plain format."""
+def chat_template(tokenizer_files: Mapping[str, str]) -> str | None:
+    """A decoder tokenizer's Jinja chat template, from its files by name: ``chat_template.jinja``, else the
+    ``chat_template`` of ``tokenizer_config.json``; None without one."""
     config = json.loads(tokenizer_files.get("tokenizer_config.json", "{}"))
     template = tokenizer_files.get("chat_template.jinja") or config.get("chat_template")
-    if not isinstance(template, str):
+    return template if isinstance(template, str) else None
+
+
+def render_chat(template: str, messages: Sequence[Mapping[str, str]]) -> str:
+    """``messages`` rendered by a Jinja chat template with the generation prompt, as transformers'
+    ``apply_chat_template(..., tokenize=False, add_generation_prompt=True)`` renders them."""
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(template).render(messages=list(messages), add_generation_prompt=True)
+
+
+def chat_format(tokenizer_files: Mapping[str, str], specials: frozenset[str]) -> ChatFormat:
+    """The chat format of a checkpoint: its decoder tokenizer's chat template (``chat_template``) with the
+    end-of-turn token from ``tokenizer_config.json``, else the plain format."""
+    template = chat_template(tokenizer_files)
+    if template is None:
         return ChatFormat()
-    eos = config.get("eos_token")
+    eos = json.loads(tokenizer_files.get("tokenizer_config.json", "{}")).get("eos_token")
     eos = eos.get("content") if isinstance(eos, dict) else eos
     return ChatFormat(template, specials, eos if eos in specials else None)

@@ -26,15 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
 from data.tasks import ChoiceExample, TaskData
+from data.templates import chat_template, render_chat
 from data.tokenizer import FILENAME, Tokenizer
 from eval.runners import Outcome, device_of, finish, limited
 from eval.scoring import OptionScore, option_batches, score_after_prefix
 from eval.settings import EvalSettings
 from metalm.decoder import Decoder
+from metalm.model import MetaLM, read_tokenizer_files
 
 SOURCE = "huggingface/lighteval c173871 (2024-11-19); huggingface/smollm text/evaluation/tasks.py"
 
@@ -81,22 +82,8 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
 
 
 def chat_context(template: str, query: str) -> str:
-    """The query as the single user message, rendered by a Jinja chat template with the generation prompt (as
-    transformers' ``apply_chat_template(..., tokenize=False, add_generation_prompt=True)`` renders it)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=[{"role": "user", "content": query}], add_generation_prompt=True)
-
-
-def read_chat_template(directory: Path) -> str | None:
-    """The chat template of a tokenizer directory: ``chat_template.jinja``, else ``tokenizer_config.json``'s."""
-    file = directory / "chat_template.jinja"
-    if file.is_file():
-        return file.read_text(encoding="utf-8")
-    config = directory / "tokenizer_config.json"
-    if config.is_file():
-        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-        return template if isinstance(template, str) else None
-    return None
+    """The query as the single user message, rendered by a Jinja chat template with the generation prompt."""
+    return render_chat(template, [{"role": "user", "content": query}])
 
 
 def hf_encoder(tokenizer_json: Path) -> Callable[[str], list[int]]:
@@ -141,17 +128,12 @@ class DecoderLM:
         if not config.is_file():
             raise FileNotFoundError(f"{path}: no config.json; expected a MetaLM checkpoint or a transformers directory")
         if "decoder" in json.loads(config.read_text(encoding="utf-8")):
-            from metalm.model import MetaLM
-
             model = MetaLM.from_pretrained(path)
-            files = model.tokenizer_files
-            template = files.get("chat_template.jinja") or json.loads(files.get("tokenizer_config.json", "{}")).get(
-                "chat_template"
-            )
-            template = template if isinstance(template, str) else None
+            template = chat_template(model.tokenizer_files)
             return cls(model.decoder, Tokenizer.load(path), template, encode=hf_encoder(path / FILENAME), **kwargs)
         decoder, tokenizer = Decoder.from_hf(str(path)), Tokenizer.load(path)
-        return cls(decoder, tokenizer, read_chat_template(path), encode=hf_encoder(path / FILENAME), **kwargs)
+        template = chat_template(read_tokenizer_files(path))
+        return cls(decoder, tokenizer, template, encode=hf_encoder(path / FILENAME), **kwargs)
 
     def context(self, query: str, use_chat_template: bool) -> str:
         """The query as the model reads it: wrapped by the chat template, or as is."""
