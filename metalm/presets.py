@@ -30,12 +30,16 @@ from metalm.config import MetaLMConfig
 from metalm.spec import decoder_config, metalm_config, resolve_spec
 
 _TINY_DECODER = dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=256, positions="learned")
-_TINY_TEXT = {
-    "kind": "native_text",
-    "tokenizer": "decoder",
-    "args": dict(dim=128, n_layers=2, n_heads=4),
-    "connector": {"kind": "linear"},
-}
+
+
+def _native_text(dim: int, n_layers: int, n_heads: int, **extra: Any) -> dict[str, Any]:
+    """A native text encoder that shares the decoder's tokenizer, through a linear connector (``extra``: e.g. its
+    freeze policy)."""
+    encoder = {"kind": "native_text", "tokenizer": "decoder", "args": dict(dim=dim, n_layers=n_layers, n_heads=n_heads)}
+    return {**encoder, **extra, "connector": {"kind": "linear"}}
+
+
+_TINY_TEXT = _native_text(128, 2, 4)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -67,13 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "language-xl": {
         "decoder": dict(vocab_size=64000, dim=2048, n_layers=24, n_heads=32, max_seq_len=2048, positions="sinusoidal"),
         "encoders": {
-            "text": {
-                "kind": "native_text",
-                "tokenizer": "decoder",
-                "args": dict(dim=1024, n_layers=24, n_heads=16),
-                "freeze": "all_but_last_2",
-                "connector": {"kind": "linear"},
-            }
+            "text": _native_text(1024, 24, 16, freeze="all_but_last_2"),
         },
     },
     "vl-medium": {
@@ -84,13 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "args": dict(model_name="ViT-B-16"),
                 "connector": {"kind": "mlp", "layers": 3},
             },
-            "text": {
-                "kind": "native_text",
-                "tokenizer": "decoder",
-                "args": dict(dim=768, n_layers=12, n_heads=12),
-                "freeze": "all_but_last_2",
-                "connector": {"kind": "linear"},
-            },
+            "text": _native_text(768, 12, 12, freeze="all_but_last_2"),
         },
     },
     "language-small": {

@@ -106,7 +106,7 @@ def _check_decoder(decoder: Any, presets: Mapping[str, Mapping[str, Any]]) -> di
     sources = [k for k in DECODER_SOURCES if decoder.get(k)]
     if len(sources) > 1:
         raise SpecError(f"model.decoder gives {' and '.join(sources)}: expected at most one of {DECODER_SOURCES}")
-    for key in (*DECODER_SOURCES, "tokenizer"):
+    for key in DECODER_KEYS:
         if key in decoder and not isinstance(decoder[key], str):
             raise SpecError(f"model.decoder.{key} = {decoder[key]!r}: expected a string (a name or a path)")
     fields = {k: v for k, v in decoder.items() if k not in DECODER_KEYS}
