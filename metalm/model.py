@@ -13,7 +13,7 @@ from torch import nn
 
 from encoders import Encoder, apply_freeze, build_encoder, encoder_spec
 from encoders.base import OWN_IDS
-from encoders.tokenization import DECODER_TOKENIZER, TextTokenizer
+from encoders.tokenization import DECODER_TOKENIZER, TextTokenizer, save_tokenizer_json
 from metalm.config import EncoderConfig, MetaLMConfig, eager_checks
 from metalm.connectors import build_connector
 from metalm.decoder import Decoder
@@ -283,7 +283,7 @@ def write_pretrained(path: Path, model: MetaLM, state: dict[str, torch.Tensor]) 
         if enc_config.tokenizer:
             model.encoders[name].tokenizer.save(path / TOKENIZERS_DIR / name)
     if model.decoder_tokenizer is not None:
-        atomic_write_text(path / TOKENIZER_NAME, model.decoder_tokenizer.to_str(pretty=True))
+        save_tokenizer_json(model.decoder_tokenizer, path)
     if model.spec is not None:
         atomic_write_text(path / SPEC_NAME, json.dumps(model.spec, indent=2))
     for name, text in model.tokenizer_files.items():

@@ -137,7 +137,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         )
 
     val_loss = validation_loss(val_batcher.batch, min(cfg.eval_batches, val_batcher.per_epoch), env.device)
-    result = train(cfg, model, batcher, env, val_loss, save_extra=tokenizer.save)
+    result = train(cfg, model, batcher, env, val_loss)
     summary = {
         "task": cfg.task,
         **result.run_summary(),

@@ -138,7 +138,7 @@ def instruction_tune(cfg: InstructConfig) -> dict:
         )
 
     val_loss = validation_loss(val_batcher.batch, cfg.eval_batches, env.device)
-    result = train(cfg, model, batcher, env, val_loss, save_extra=tokenizer.save)
+    result = train(cfg, model, batcher, env, val_loss)
     summary: dict = {
         **result.run_summary(),
         "heldout_tasks": sorted(heldout),

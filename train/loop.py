@@ -221,7 +221,6 @@ def save_checkpoint(
     state: dict[str, Any],
     cfg: LoopConfig,
     env: Env,
-    save_extra: Callable[[Path], None] | None,
 ) -> None:
     """Gather full weights (and optimizer state) on rank 0 and write them atomically as one directory."""
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -232,8 +231,6 @@ def save_checkpoint(
         def write(tmp: Path) -> None:
             write_pretrained(tmp, model, weights)
             atomic_write_text(tmp / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
-            if save_extra is not None:
-                save_extra(tmp)
             if optim is not None:
                 torch.save({**state, "optimizer": optim, "rng": rng_state()}, tmp / STATE_NAME)
 
@@ -586,7 +583,6 @@ def train(
     batches: Callable[[int], Iterator[Any]],
     env: Env | None = None,
     evaluate: Callable[[MetaLM, int], dict[str, float]] | None = None,
-    save_extra: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``batches(skip)`` (an iterator of micro-batches that first skips ``skip`` of them).
 
@@ -687,7 +683,7 @@ def train(
                     "first_loss": result.first_loss,
                     "last_loss": result.last_loss,
                 }
-                save_checkpoint(path, model, wrapped, optimizer, saved, cfg, env, save_extra)
+                save_checkpoint(path, model, wrapped, optimizer, saved, cfg, env)
                 if env.main:
                     atomic_write_text(checkpoint_root(cfg) / "latest", path.name)
                     prune_checkpoints(cfg, path)
@@ -712,7 +708,7 @@ def train(
             metrics.write(step, values)
             result.metrics.append({"step": step, **values})
         result.final_dir = out / "final"
-        save_checkpoint(result.final_dir, model, wrapped, None, {}, cfg, env, save_extra)
+        save_checkpoint(result.final_dir, model, wrapped, None, {}, cfg, env)
     metrics.close()
     if env.main and metrics.path.is_file():
         plot_losses(metrics.path, out / "loss.png")

@@ -128,8 +128,8 @@ class PretrainConfig(LoopConfig):
     eval_batches: int = option(8, "validation batches per evaluation", min=1)
 
     def check(self) -> None:
-        """The fields' own ranges, then that ``model`` names decoder fields and that the span lengths (given, or
-        scaled from seq_len) make a range."""
+        """The fields' own ranges, then the model spec (every field of it, and that a training row holds one of its
+        images) and that the span lengths (given, or scaled from seq_len) make a range."""
         super().check()
         if self.from_hf and self.from_gguf:
             raise ConfigError("from_gguf", "from_hf and from_gguf both given: expected at most one decoder source")
@@ -345,7 +345,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     if cfg.resume and env.main:
         warn_if_workers_changed(cfg)
-    result = train(cfg, model, train_batches, env, evaluate, save_extra=tokenizer.save)
+    result = train(cfg, model, train_batches, env, evaluate)
     summary = {
         **result.run_summary(),
         "reader": {"samples": stats.samples, "skipped": dict(stats.skipped)},

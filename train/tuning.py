@@ -75,6 +75,7 @@ def load_pretrained(cfg: TuneConfig, encode_flag: str, flag: str) -> tuple[Env, 
     torch.manual_seed(cfg.seed)
     model = MetaLM.from_pretrained(cfg.init_from)
     tokenizer = Tokenizer.load(cfg.init_from)
+    model.decoder_tokenizer = tokenizer.backend  # its checkpoints carry the tokenizer it was tuned with
     configure_freeze(model, cfg)
     prompts = PromptEncoder(model, tokenizer)
     encode = {"auto": prompts.text is not None, "true": True, "false": False}[encode_flag]
