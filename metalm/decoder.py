@@ -137,6 +137,8 @@ class Linear(nn.Linear):
 
 
 class Attention(nn.Module):
+    probe = None  # a metalm.probes.LayerProbe while a probe is open: attention is then computed explicitly
+
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -167,12 +169,19 @@ class Attention(nn.Module):
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
         backend = resolve_backend(self.cfg.attention, x.device)
-        y = attend(q, k, v, backend, key_mask, self.cfg.momentum_eta)
-        y = y.transpose(1, 2).reshape(b, t, h * self.head_dim)
-        return self.proj(y), (k, v)
+        if self.probe is None:
+            y = attend(q, k, v, backend, key_mask, self.cfg.momentum_eta)
+            return self.proj(y.transpose(1, 2).reshape(b, t, h * self.head_dim)), (k, v)
+        y = self.probe.attention(self, q, k, v, key_mask).transpose(1, 2).reshape(b, t, h * self.head_dim)
+        self.probe.keep("attn_heads", y, 1)
+        out = self.proj(y)
+        self.probe.keep("attn_output", out, 1)
+        return out, (k, v)
 
 
 class MLP(nn.Module):
+    probe = None  # a metalm.probes.LayerProbe while a probe is open: sees (and may edit) the activations
+
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
@@ -184,8 +193,12 @@ class MLP(nn.Module):
         h = self.fc(x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
-            return self.proj(F.silu(gate) * up)
-        return self.proj(F.gelu(h, approximate=self.approximate))
+            act = F.silu(gate) * up
+        else:
+            act = F.gelu(h, approximate=self.approximate)
+        if self.probe is not None:
+            act = self.probe.mlp_activation(act)
+        return self.proj(act)
 
 
 class Block(nn.Module):
