@@ -201,17 +201,20 @@ def read(
     verbalizers: Sequence[Sequence[int]],
     demo_tokens: Sequence[int] = (),
     queries: bool = False,
+    prefix: tuple[int, list] | None = None,
 ) -> Reading:
     """One probed forward of ``ids`` (the test input is its last ``n_query`` tokens): label log-probabilities and
     the last token's attention output and pre-softmax scores; ``demo_tokens`` (positions) adds the head-summed
-    scores to them, ``queries`` the last token's query projection."""
+    scores to them, ``queries`` the last token's query projection. ``prefix`` ``(n, past_key_values)``: the
+    first n ids are already in that KV cache, so only the rest runs (the demonstrations, shared by every test)."""
     device = decoder.tok_emb.weight.device
-    x = torch.tensor([list(ids)], device=device)
+    start, past = prefix if prefix is not None else (0, None)
+    x = torch.tensor([list(ids[start:])], device=device)
     with (
         probe(decoder, positions=[-1], record=("attn_scores", "attn_output")) as seen,
         record_queries(decoder, last_only=True) as q,
     ):
-        logits = decoder(x).logits[0, -1].float()
+        logits = decoder(x, past_key_values=past).logits[0, -1].float()
     scores = [s[0, :, 0].cpu() for s in seen.attn_scores]  # per layer (heads, keys)
     reading = Reading(
         logprobs=label_logprobs(decoder, list(ids), logits, verbalizers),
@@ -324,9 +327,14 @@ def run_study(
             f"the longest in-context prompt is {longest} tokens; the decoder takes {window}: use fewer shots"
         )
     t0 = time.time()
+    prefix = None
+    if decoder.cfg.attention != "momentum":  # (MoAttn reads the whole sequence: no shared cache)
+        with torch.no_grad():
+            device = decoder.tok_emb.weight.device
+            prefix = (len(context), decoder(torch.tensor([context], device=device), use_cache=True).past_key_values)
     for q in queries:
         study.zsl.append(read(decoder, q, len(q), words))
-        study.icl.append(read(decoder, context + q, len(q), words, demo_positions))
+        study.icl.append(read(decoder, context + q, len(q), words, demo_positions, prefix=prefix))
     say(f"ZSL and ICL read in {time.time() - t0:.0f} s")
     t0 = time.time()
     tuned, seen = finetune_kv(decoder, demo_ids, lr)

@@ -17,6 +17,7 @@ from analysis.icl_finetuning import (
     kendall,
     kendall_per_layer,
     kv_rows,
+    read,
     rec2ftp,
     run_study,
     simam,
@@ -179,3 +180,20 @@ def test_command_refuses_bad_flags(bad, message, tmp_path):
     args = ["--checkpoint", str(tmp_path), "--task", "world-entail", "--world", str(tmp_path)]
     with pytest.raises(SystemExit, match=message):
         main(args + bad)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_reading_after_a_cached_prefix_equals_the_full_forward(family):
+    dec = tiny_decoder(family)
+    context, query = [5, 9, 14, 3, 7, 21, 30], [11, 2, 40]
+    words = [[6], [12, 13]]
+    with torch.no_grad():
+        past = dec(torch.tensor([context]), use_cache=True).past_key_values
+    demo = list(range(len(context)))
+    full = read(dec, context + query, len(query), words, demo)
+    cached = read(dec, context + query, len(query), words, demo, prefix=(len(context), past))
+    np.testing.assert_allclose(cached.logprobs, full.logprobs, atol=1e-5)
+    np.testing.assert_allclose(cached.attn_output, full.attn_output, atol=1e-5)
+    np.testing.assert_allclose(cached.demo_scores, full.demo_scores, atol=1e-5)
+    for a, b in zip(cached.query_scores, full.query_scores, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
