@@ -58,6 +58,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -443,12 +444,43 @@ def markdown(results: Sequence[dict]) -> str:
             f"| {rec} | {_fmt(m['simaou'])} ({_fmt(m['simaou_random'])}) | {_fmt(m['simam'])} ({_fmt(m['simam_zsl'])})"
             f" | {_fmt(m['kendall'])} ({_fmt(m['kendall_random'])}) |"
         )
+    lines += seed_means(results)
     for r in results:
         lines += ["", f"Per layer, {r['name']}:", "", "| layer | " + " | ".join(METRICS) + " |"]
         lines.append("|---" * (len(METRICS) + 1) + "|")
         for i in range(r["layers"]):
             lines.append(f"| {i} | " + " | ".join(_fmt(r["per_layer"][m][i]) for m in METRICS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def seed_means(results: Sequence[dict]) -> list[str]:
+    """Mean ± std over the studies that differ only in their seed (same task, model, k, lr), when there are several:
+    a table under the summary."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["task"], r["checkpoint"], r["k"], r["lr"]), []).append(r)
+    rows = []
+    for (task, checkpoint, k, lr), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        if len({r["seed"] for r in rs}) < 2:
+            continue
+
+        def ms(values: list[float | None]) -> str:
+            v = np.array([np.nan if x is None else x for x in values], dtype=float)
+            return f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}"
+
+        acc = " / ".join(ms([r["accuracy"][s] for r in rs]) for s in ("zsl", "icl", "ft"))
+        metric = " | ".join(ms([r["mean"][m] for r in rs]) for m in ("simaou", "simaou_random", "simam"))
+        rest = " | ".join(ms([r["mean"][m] for r in rs]) for m in ("simam_zsl", "kendall", "kendall_random"))
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        rows.append(
+            f"| {task}, {Path(checkpoint).name}, k={k}, lr={lr:g} | {seeds} | {acc} | "
+            f"{ms([r['rec2ftp'] for r in rs])} | {metric} | {rest} |"
+        )
+    if not rows:
+        return []
+    head = "| study | seeds | acc ZSL / ICL / FT | Rec2FTP | SimAOU | random | SimAM | ZSL | Kendall | random |"
+    return ["", "Mean ± std over seeds (demonstration sets):", "", head, "|---" * 10 + "|", *rows]
 
 
 def plot(result: dict, path: str) -> None:

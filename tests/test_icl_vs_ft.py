@@ -197,3 +197,31 @@ def test_reading_after_a_cached_prefix_equals_the_full_forward(family):
     np.testing.assert_allclose(cached.demo_scores, full.demo_scores, atol=1e-5)
     for a, b in zip(cached.query_scores, full.query_scores, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_table_averages_studies_that_differ_only_in_seed():
+    from analysis.icl_finetuning import markdown
+
+    def result(seed: int, simaou_mean: float) -> dict:
+        per_layer = {m: [0.0] for m in METRICS}
+        return {
+            "name": f"s{seed}",
+            "task": "sst2",
+            "checkpoint": "assets/smollm2",
+            "k": 8,
+            "lr": 1e-3,
+            "seed": seed,
+            "n": 10,
+            "layers": 1,
+            "accuracy": {"zsl": 0.5, "icl": 0.6, "ft": 0.7},
+            "rec2ftp": None if seed else 0.5,
+            "zsl_wrong_ft_right": 2,
+            "zsl_wrong_ft_right_icl_right": 1,
+            "mean": dict.fromkeys(METRICS, 0.0) | {"simaou": simaou_mean},
+            "per_layer": per_layer,
+        }
+
+    table = markdown([result(0, 0.2), result(1, 0.4)])
+    accuracy = "0.500 ± 0.000 / 0.600 ± 0.000 / 0.700 ± 0.000"
+    assert f"| sst2, smollm2, k=8, lr=0.001 | 0,1 | {accuracy} | 0.500 ± 0.000 | 0.300 ± 0.100 |" in table
+    assert "Mean ± std" not in markdown([result(0, 0.2)])
