@@ -489,6 +489,7 @@ def plot(result: dict, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     per = result["per_layer"]
     layers = range(result["layers"])
@@ -504,6 +505,7 @@ def plot(result: dict, path: str) -> None:
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_title(title)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     fig.suptitle(f"{result['name']}: k={result['k']}, N={result['n']}, Rec2FTP={_fmt(result['rec2ftp'])}")
     fig.tight_layout()
