@@ -5,6 +5,7 @@ forward.
     with probe(decoder, positions=[-1]) as seen:
         decoder(input_ids)
     seen.attn_weights[layer]  # (B, heads, P, keys): softmax weights of the P probed query positions
+    seen.attn_scores[layer]   # (B, heads, P, keys): the scores q.k / sqrt(d) before the softmax (-inf: masked)
     seen.attn_output[layer]   # (B, P, dim): the attention sublayer's output (after its output projection)
     seen.attn_heads[layer]    # (B, P, heads * head_dim): the heads' weighted values, before the projection
     seen.mlp_act[layer]       # (B, P, mlp_hidden): the feed-forward activations (silu(gate) * up, or gelu(fc))
@@ -30,7 +31,7 @@ import torch
 
 from metalm.attention import _expand_kv, allowed_mask, momentum_term, resolve_backend
 
-RECORDABLE = ("attn_weights", "attn_heads", "attn_output", "mlp_act", "hidden")
+RECORDABLE = ("attn_weights", "attn_scores", "attn_heads", "attn_output", "mlp_act", "hidden")
 Edit = Callable[[int, torch.Tensor], torch.Tensor | None]
 
 
@@ -40,6 +41,7 @@ class Seen:
     forward inside the probe (so decoding step by step extends ``calls``)."""
 
     attn_weights: list[torch.Tensor | None] = field(default_factory=list)
+    attn_scores: list[torch.Tensor | None] = field(default_factory=list)
     attn_heads: list[torch.Tensor | None] = field(default_factory=list)
     attn_output: list[torch.Tensor | None] = field(default_factory=list)
     mlp_act: list[torch.Tensor | None] = field(default_factory=list)
@@ -75,7 +77,9 @@ class LayerProbe:
         ke, ve = _expand_kv(k, h), _expand_kv(v, h)
         scores = (q.float() @ ke.float().transpose(-1, -2)) / q.shape[-1] ** 0.5
         mask = allowed_mask(q.shape[2], k.shape[2], key_mask, q.device)
-        weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        self.keep("attn_scores", scores, 2)
+        weights = scores.softmax(-1)
         if self.owner.edit_attn is not None:
             edited = self.owner.edit_attn(self.layer, weights)
             weights = weights if edited is None else edited
