@@ -28,10 +28,12 @@ finetuning (``finetune``, which keeps parameter snapshots) feeds ``analysis.land
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -170,7 +172,7 @@ class Setup:
         )
 
 
-def world_setup(world: str | Path, n_train: int = 2000, n_val: int = 256, vocab_size: int = 2048) -> Setup:
+def world_setup(world: str | Path, n_train: int = 8000, n_val: int = 256, vocab_size: int = 2048) -> Setup:
     """world-entail's examples from the bundled world at ``world`` (generated when missing) with its tokenizer
     (trained once on the world's corpus); the first ``n_train`` training and ``n_val`` validation examples."""
     from train.finetuning import FinetuneConfig, read_examples
@@ -267,19 +269,23 @@ class Finetuned:
     steps: list[int]
 
 
-def finetune(
-    model: MetaLM,
-    setup: Setup,
-    seed: int,
-    steps: int = 150,
-    batch_size: int = 16,
-    lr: float = 5e-4,
-    every: int = 10,
-) -> Finetuned:
+@dataclass
+class Schedule:
+    """How ``finetune`` trains: steps, peak learning rate, batch size, and steps between snapshots."""
+
+    steps: int = 600
+    lr: float = 1e-3
+    batch_size: int = 16
+    every: int = 20
+
+
+def finetune(model: MetaLM, setup: Setup, seed: int, schedule: Schedule | None = None) -> Finetuned:
     """Finetune ``model`` in place on the setup's training examples (data order and dropout from ``seed``; AdamW,
     linear warm-up over 10% then linear decay, as the finetuning job schedules), keeping snapshots."""
+    sch = schedule or Schedule()
+    steps, lr, every = sch.steps, sch.lr, sch.every
     torch.manual_seed(seed)
-    batcher = setup.batcher(setup.train, model, batch_size, seed)
+    batcher = setup.batcher(setup.train, model, sch.batch_size, seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     warm = max(1, steps // 10)
     run = Finetuned([], [snapshot(model)], [0])
@@ -316,7 +322,7 @@ def accuracy(model: MetaLM, batch: Batch, label_ids: tuple[int, int]) -> float:
 
 
 def dynamics_experiment(
-    setup: Setup, pretrained: MetaLM, seeds: list[int], steps: int, lr: float, n_probe: int = 64, keep: float = 0.99
+    setup: Setup, pretrained: MetaLM, seeds: list[int], schedule: Schedule, n_probe: int = 64, keep: float = 0.99
 ) -> dict:
     """Finetune a copy of ``pretrained`` once per seed and compare each with the pretrained model on ``n_probe``
     held-out examples: per-seed JS maps and SVCCA curves, their mean and std, and the seeds' consistency."""
@@ -329,7 +335,7 @@ def dynamics_experiment(
     for seed in seeds:
         start = time.time()
         model = copy.deepcopy(pretrained)
-        run = finetune(model, setup, seed, steps=steps, lr=lr, every=steps)
+        run = finetune(model, setup, seed, replace(schedule, every=schedule.steps))
         cmp = compare(before, read_layers(model, probe_batch), probe_batch.attention_mask, keep)
         runs.append(
             {
@@ -363,6 +369,44 @@ def seeded(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# --- the commands' shared flags and outputs ---------------------------------------------------------------------
+
+
+def add_setup_flags(p: argparse.ArgumentParser) -> None:
+    """The flags both analysis commands read: the world, the model to finetune, and the finetuning schedule."""
+    p.add_argument("--world", default="data/world", help="the bundled world (generated there when missing)")
+    p.add_argument(
+        "--init_from", default="", help="a MetaLM checkpoint to finetune (default: the world-pretrained one)"
+    )
+    p.add_argument("--pretrained_dir", default="runs/world-lm-tiny", help="where the world-pretrained decoder is kept")
+    p.add_argument("--pretrain_steps", type=int, default=400, help="language-modelling steps when it is made")
+    p.add_argument("--steps", type=int, default=Schedule.steps, help="finetuning steps")
+    p.add_argument("--lr", type=float, default=Schedule.lr, help="finetuning peak learning rate")
+    p.add_argument("--n_train", type=int, default=8000, help="world-entail training examples used")
+
+
+def from_flags(args: argparse.Namespace, every: int | None = None) -> tuple[Setup, MetaLM, Schedule]:
+    """The setup, the model to finetune (``--init_from``, or the world-pretrained decoder, made once) and the
+    schedule the flags of ``add_setup_flags`` name."""
+    seeded(0)
+    setup = world_setup(args.world, n_train=args.n_train)
+    if args.init_from:
+        model = MetaLM.from_pretrained(args.init_from).eval()
+    else:
+        model = pretrained_decoder(setup, args.world, args.pretrained_dir, args.pretrain_steps)
+    return setup, model, Schedule(args.steps, args.lr, every=every or args.steps)
+
+
+def write_report(out: str | Path, stem: str, result: dict, table: str) -> Path:
+    """``out/{stem}.json`` and ``out/{stem}.md`` (the table, also printed); returns ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(table)
+    print(table)
+    return out
 
 
 # --- reports ----------------------------------------------------------------------------------------------------

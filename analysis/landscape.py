@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.dynamics import Finetuned, Setup, accuracy, finetune, new_decoder
+from analysis.dynamics import Finetuned, Schedule, Setup, accuracy, finetune, new_decoder
 from data.batch import Batch
 from metalm import MetaLM
 
@@ -208,10 +208,8 @@ def landscape_experiment(
     setup: Setup,
     pretrained: MetaLM,
     seed: int = 0,
-    steps: int = 150,
-    lr: float = 5e-4,
-    every: int = 10,
-    grid: int = 15,
+    schedule: Schedule | None = None,
+    grid: int = 13,
     span: float = 1.0,
     n_loss: int = 64,
 ) -> dict:
@@ -223,11 +221,12 @@ def landscape_experiment(
     eval_batch = setup.batch(setup.val, pretrained)
     alphas = np.round(np.linspace(-0.5, 1.5, 21), 3).tolist()
     xs = ys = np.round(np.linspace(-span, span, grid), 4).tolist()
-    out: dict = {"alphas": alphas, "grid": xs, "steps": steps, "lr": lr, "seed": seed, "inits": {}}
+    sch = schedule or Schedule()
+    out: dict = {"alphas": alphas, "grid": xs, "steps": sch.steps, "lr": sch.lr, "seed": seed, "inits": {}}
     starts = {"pretrained": copy.deepcopy(pretrained), "scratch": new_decoder(setup, seed=1000 + seed)}
     for name, model in starts.items():
         start = time.time()
-        run: Finetuned = finetune(model, setup, seed, steps=steps, lr=lr, every=every)
+        run: Finetuned = finetune(model, setup, seed, sch)
         init, final = run.snapshots[0], run.snapshots[-1]
         path_train = interpolate(model, init, final, alphas, train_loss)
         path_val = interpolate(model, init, final, alphas, val_loss)

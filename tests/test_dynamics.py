@@ -131,3 +131,23 @@ def test_compare_reads_every_layer_and_sees_a_changed_head():
     assert moved["js"][1].argmax() == 2 and moved["js"][1, 2] > 1e-3
     assert np.delete(moved["js"][1], 2).max() < 1e-9
     assert moved["svcca"][1] > 1e-4
+
+
+@pytest.mark.slow
+def test_command_writes_its_results(world, tmp_path):
+    """The command end to end on the small test world: a few pretraining and finetuning steps, two seeds."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out, own_world = tmp_path / "out", shutil.copytree(world, tmp_path / "world")  # its tokenizer is cached there
+    argv = ["--world", str(own_world), "--pretrained_dir", str(tmp_path / "pre"), "--pretrain_steps", "3"]
+    argv += ["--steps", "3", "--seeds", "0,1", "--n_train", "32", "--n_probe", "8", "--out", str(out)]
+    subprocess.run([sys.executable, str(root / "analysis" / "finetuning_dynamics.py"), *argv], check=True)
+    result = json.loads((out / "dynamics.json").read_text())
+    assert len(result["runs"]) == 2 and np.array(result["js_mean"]).shape == (4, 4)
+    assert len(result["svcca_mean"]) == 4 and (out / "dynamics.png").stat().st_size > 0
+    assert "| layer |" in (out / "dynamics.md").read_text()
