@@ -76,7 +76,7 @@ def label_probs(
     decoder, ids: torch.Tensor, label_ids: Sequence[int], attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``(B, K)``: softmax over the K label words' logits at the last position (rows left-padded when batched)."""
-    out = decoder(ids, attention_mask=attention_mask)
+    out = decoder(ids, attention_mask=attention_mask, logits_to_keep=1)
     return out.logits[:, -1, list(label_ids)].float().softmax(-1)
 
 
@@ -303,14 +303,28 @@ def attribution_graph(attr: torch.Tensor, threshold: float = 0.4) -> list[dict]:
     return edges
 
 
-def plot_graph(edges: list[dict], tokens: Sequence[str], n_layers: int, out: str | Path, title: str = "") -> Path:
-    """The attribution graph as a PNG: tokens along x, one row per layer boundary; an edge from token ``j`` below
-    layer ``l`` to token ``i`` above it, darker for a larger share."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, out: str | Path) -> Path:
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    _pyplot().close(fig)
+    return out
+
+
+def plot_graph(edges: list[dict], tokens: Sequence[str], n_layers: int, out: str | Path, title: str = "") -> Path:
+    """The attribution graph as a PNG: tokens along x, one row per layer boundary; an edge from token ``j`` below
+    layer ``l`` to token ``i`` above it, darker for a larger share."""
+    plt = _pyplot()
     t = len(tokens)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * t), 1.0 + 0.9 * n_layers))
     for e in edges:
@@ -331,21 +345,12 @@ def plot_graph(edges: list[dict], tokens: Sequence[str], n_layers: int, out: str
     ax.set_xlim(-0.5, t - 0.5)
     ax.set_ylim(-0.4, n_layers + 0.4)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_pruning(curves: dict[str, dict], out: str | Path, title: str = "") -> Path:
     """Accuracy against the share of heads pruned, one line per order (random: mean ± std band)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name, c in curves.items():
         x, y, s = c["fractions"], torch.tensor(c["mean"]), torch.tensor(c["std"])
@@ -356,12 +361,7 @@ def plot_pruning(curves: dict[str, dict], out: str | Path, title: str = "") -> P
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def load_decoder(checkpoint: str | Path, device: str = "cpu"):
