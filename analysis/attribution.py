@@ -205,9 +205,9 @@ def accuracy(
     label_ids: Sequence[int],
     keep: torch.Tensor | None = None,
     batch_size: int = 32,
-    pad_id: int = 0,
 ) -> float:
-    """Share of ``items`` whose highest-probability label is the gold one, with the heads ``keep`` marks 0 pruned."""
+    """Share of ``items`` whose highest-probability label is the gold one, with the heads ``keep`` marks 0 pruned
+    (rows left-padded with id 0, which the attention mask hides)."""
     if not items:
         raise ValueError("accuracy of no examples")
     device = _device(decoder)
@@ -216,7 +216,7 @@ def accuracy(
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         width = max(len(it.ids) for it in chunk)
-        x = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        x = torch.zeros((len(chunk), width), dtype=torch.long)
         mask = torch.zeros_like(x)
         for r, it in enumerate(chunk):
             x[r, width - len(it.ids) :] = torch.tensor(it.ids)
@@ -264,14 +264,13 @@ def pruning_curves(
     orders: dict[str, list[list[int]]],
     shape: tuple[int, int],
     fractions: Sequence[float] = tuple(i / 10 for i in range(11)),
-    pad_id: int = 0,
     batch_size: int = 32,
 ) -> dict[str, dict]:
     """Accuracy after pruning each fraction of all heads in each order (``mean`` and ``runs`` per fraction; several
     orders, as the random ones, are averaged)."""
     curves = {}
     for name, runs in orders.items():
-        accs = [[_acc(decoder, items, label_ids, o, f, shape, batch_size, pad_id) for f in fractions] for o in runs]
+        accs = [[_acc(decoder, items, label_ids, o, f, shape, batch_size) for f in fractions] for o in runs]
         t = torch.tensor(accs)
         curves[name] = {
             "fractions": list(fractions),
@@ -282,9 +281,9 @@ def pruning_curves(
     return curves
 
 
-def _acc(decoder, items, label_ids, order, fraction, shape, batch_size, pad_id) -> float:
+def _acc(decoder, items, label_ids, order, fraction, shape, batch_size) -> float:
     keep = head_mask(order, round(fraction * shape[0] * shape[1]), shape)
-    return accuracy(decoder, items, label_ids, keep, batch_size, pad_id)
+    return accuracy(decoder, items, label_ids, keep, batch_size)
 
 
 def attribution_graph(attr: torch.Tensor, threshold: float = 0.4) -> list[dict]:
@@ -429,7 +428,7 @@ def run_study(
     imp = head_importance(decoder, items[:n_importance], label_ids, m, rule, target, batch)
     t_imp = time.perf_counter() - t0
     orders = pruning_orders(imp, range(random_orders))
-    curves = pruning_curves(decoder, items, label_ids, orders, shape, pad_id=tokenizer.pad_id)
+    curves = pruning_curves(decoder, items, label_ids, orders, shape)
     t_prune = time.perf_counter() - t0 - t_imp
     it = items[example]
     res = attribute_example(decoder, it.ids, label_ids, None, m, rule, batch)
