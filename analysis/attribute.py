@@ -2,7 +2,7 @@
 by integrated gradients over attention maps, accuracy as heads are pruned by attribution, by attention weight and
 at random, and one example's attribution graph (``analysis.attribution``).
 
-    python analysis/attribute.py --checkpoint runs/entail/final --task world-entail --data data/world
+    python analysis/attribute.py --checkpoint runs/choice/final --task world-choice --data data/world
     python analysis/attribute.py --checkpoint assets/smollm2 --task sst2 --data SST-2/dev.tsv --limit 64
 """
 
@@ -22,9 +22,9 @@ from eval.flags import FlagParser  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     p = FlagParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="MetaLM checkpoint or transformers GPT-2 / Llama directory")
-    p.add_argument("--task", default="world-entail", help="world-entail, or a GLUE text task (sst2, rte, ...)")
-    p.add_argument("--data", default="data/world", help="the world directory (world-entail) or the task's tsv")
-    p.add_argument("--split", default="val", help="world split (world-entail only)")
+    p.add_argument("--task", default="world-choice", help="world-choice, world-entail, or a GLUE text task (sst2, ...)")
+    p.add_argument("--data", default="data/world", help="the world directory (world tasks) or the task's tsv")
+    p.add_argument("--split", default="val", help="world split (world tasks only)")
     p.add_argument("--limit", type=int, default=200, help="examples to evaluate pruning on (0: all)")
     p.add_argument("--n_importance", type=int, default=24, help="examples head importance is averaged over")
     p.add_argument("--steps", type=int, default=20, help="Riemann steps m of the integrated gradients")

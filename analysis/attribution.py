@@ -52,11 +52,19 @@ Encode = Callable[[str], list[int]]
 @dataclass
 class Item:
     """One classification example as decoder ids: the prompt (ending where the label word would follow) and the
-    gold label's index among the task's labels."""
+    gold label's index among the task's labels, or among its own ``label_ids`` (first tokens of its candidate
+    answers) when the candidates differ from example to example."""
 
     ids: list[int]
     label: int
     text: str = ""
+    label_ids: list[int] | None = None
+
+    def candidates(self, shared: Sequence[int] | None) -> list[int]:
+        """The label tokens F is computed over: the item's own, else the task's."""
+        if self.label_ids is None and shared is None:
+            raise ValueError("the item has no candidate labels of its own and the task gave none")
+        return list(self.label_ids if self.label_ids is not None else shared)
 
 
 def label_token_ids(encode: Encode, verbalizers: Sequence[str]) -> list[int]:
@@ -202,7 +210,7 @@ def prune_edit(keep: torch.Tensor) -> Callable[[int, torch.Tensor], torch.Tensor
 def accuracy(
     decoder,
     items: Sequence[Item],
-    label_ids: Sequence[int],
+    label_ids: Sequence[int] | None,
     keep: torch.Tensor | None = None,
     batch_size: int = 32,
 ) -> float:
@@ -222,15 +230,16 @@ def accuracy(
             x[r, width - len(it.ids) :] = torch.tensor(it.ids)
             mask[r, width - len(it.ids) :] = 1
         with torch.no_grad(), probe(decoder, record=(), edit_attn=edit):
-            pred = label_probs(decoder, x.to(device), label_ids, mask.to(device)).argmax(-1).cpu()
-        correct += int((pred == torch.tensor([it.label for it in chunk])).sum())
+            logits = decoder(x.to(device), attention_mask=mask.to(device), logits_to_keep=1).logits[:, -1].cpu()
+        for row, it in zip(logits, chunk, strict=True):
+            correct += int(int(row[it.candidates(label_ids)].argmax()) == it.label)
     return correct / len(items)
 
 
 def head_importance(
     decoder,
     items: Sequence[Item],
-    label_ids: Sequence[int],
+    label_ids: Sequence[int] | None,
     m: int = 20,
     rule: str = "right",
     target: str = "gold",
@@ -242,7 +251,8 @@ def head_importance(
         raise ValueError(f"target={target!r}: expected 'gold' or 'pred'")
     attr_sum = attn_sum = None
     for it in items:
-        res = attribute_example(decoder, it.ids, label_ids, it.label if target == "gold" else None, m, rule, batch)
+        gold = it.label if target == "gold" else None
+        res = attribute_example(decoder, it.ids, it.candidates(label_ids), gold, m, rule, batch)
         a, w = head_scores(res["attr"], res["attn"])
         attr_sum = a if attr_sum is None else attr_sum + a
         attn_sum = w if attn_sum is None else attn_sum + w
@@ -260,7 +270,7 @@ def pruning_orders(importance: dict[str, torch.Tensor], seeds: Sequence[int]) ->
 def pruning_curves(
     decoder,
     items: Sequence[Item],
-    label_ids: Sequence[int],
+    label_ids: Sequence[int] | None,
     orders: dict[str, list[list[int]]],
     shape: tuple[int, int],
     fractions: Sequence[float] = tuple(i / 10 for i in range(11)),
@@ -382,14 +392,25 @@ def load_decoder(checkpoint: str | Path, device: str = "cpu"):
 
 
 def read_items(task: str, data: str | Path, encode: Encode, split: str = "val", limit: int = 0) -> tuple[list, list]:
-    """``(items, verbalizers)`` of a classification task scored by label words: ``world-entail`` from a world
-    directory's ``split``, or a GLUE task (``sst2``, ``rte``, ...) from its tsv; ``limit`` keeps the first N."""
+    """``(items, verbalizers)`` of a classification task scored by label words: ``world-entail`` or
+    ``world-choice`` from a world directory's ``split``, or a GLUE task (``sst2``, ``rte``, ...) from its tsv;
+    ``limit`` keeps the first N. ``world-choice`` questions ("Where is the red circle in: ...?") each rank their
+    own answers (``Item.label_ids``; no shared verbalizers)."""
     from data.tasks import read_glue
-    from data.tasks.world import read_world_entail
+    from data.tasks.world import read_world_choice, read_world_entail
     from data.templates import CLASSIFICATION
 
+    if task == "world-choice":
+        items = []
+        for ex in read_world_choice(data, split).examples[: limit or None]:
+            context = ex.options[0][0]
+            if any(c != context for c, _ in ex.options):
+                raise ValueError(f"{data}: world-choice example {ex.id} has options with different contexts")
+            own = label_token_ids(encode, [w for _, w in ex.options])
+            items.append(Item(encode(context), ex.label, context, own))
+        return items, []
     if task not in CLASSIFICATION:
-        raise ValueError(f"task {task!r}: expected one of {sorted(CLASSIFICATION)}")
+        raise ValueError(f"task {task!r}: expected world-choice or one of {sorted(CLASSIFICATION)}")
     template = CLASSIFICATION[task]
     if template.images:
         raise ValueError(f"task {task!r} needs images; attribution here reads text-only prompts")
@@ -422,7 +443,7 @@ def run_study(
 
     if not 0 <= example < len(items):
         raise ValueError(f"example {example}: there are {len(items)} items")
-    label_ids = label_token_ids(tokenizer.encode, verbalizers)
+    label_ids = label_token_ids(tokenizer.encode, verbalizers) if verbalizers else None
     shape = (len(decoder.blocks), decoder.blocks[0].attn.n_heads)
     t0 = time.perf_counter()
     imp = head_importance(decoder, items[:n_importance], label_ids, m, rule, target, batch)
@@ -431,12 +452,13 @@ def run_study(
     curves = pruning_curves(decoder, items, label_ids, orders, shape)
     t_prune = time.perf_counter() - t0 - t_imp
     it = items[example]
-    res = attribute_example(decoder, it.ids, label_ids, None, m, rule, batch)
-    gaps = [completeness_gap(decoder, it.ids, i, res["target"], label_ids, res["attr"][i]) for i in range(shape[0])]
+    cands = it.candidates(label_ids)
+    res = attribute_example(decoder, it.ids, cands, None, m, rule, batch)
+    gaps = [completeness_gap(decoder, it.ids, i, res["target"], cands, res["attr"][i]) for i in range(shape[0])]
     tokens = [tokenizer.decode([t], skip_special=False) for t in it.ids]
     return {
         "shape": {"layers": shape[0], "heads": shape[1]},
-        "verbalizers": list(verbalizers),
+        "verbalizers": list(verbalizers or []),
         "label_token_ids": label_ids,
         "n_importance": min(n_importance, len(items)),
         "n_eval": len(items),
@@ -450,6 +472,7 @@ def run_study(
             "index": example,
             "text": it.text,
             "tokens": tokens,
+            "candidates": [tokenizer.decode([c]) for c in cands],
             "gold": it.label,
             "pred": res["pred"],
             "probs": res["probs"].tolist(),

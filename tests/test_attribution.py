@@ -113,6 +113,12 @@ def test_accuracy_batches_with_left_padding_as_one_at_a_time():
     assert accuracy(dec, items, LABELS, batch_size=3) == pytest.approx(sum(one) / len(one))
     everything = torch.ones(3, 4)
     assert accuracy(dec, items, LABELS, keep=everything) == accuracy(dec, items, LABELS)
+    own = [Item(it.ids, it.label % 2, label_ids=[LABELS[1], 11 + i]) for i, it in enumerate(items)]  # per item
+    want = []
+    for it in own:
+        with torch.no_grad():
+            want.append(int(label_probs(dec, torch.tensor([it.ids]), it.label_ids).argmax()) == it.label)
+    assert accuracy(dec, own, None, batch_size=2) == pytest.approx(sum(want) / len(want))
 
 
 def test_orders_masks_and_the_graph():
@@ -147,11 +153,11 @@ def test_the_command_writes_json_table_and_plots(pretrained, world, tmp_path):
     out = tmp_path / "attr"
     args = ["--checkpoint", str(pretrained), "--data", str(world), "--limit", "6", "--n_importance", "2"]
     result = main(args + ["--steps", "3", "--random_orders", "2", "--out_dir", str(out)])
-    saved = json.loads((out / "world-entail.json").read_text())
+    saved = json.loads((out / "world-choice.json").read_text())
     assert saved["pruning"]["random"]["runs"] and len(saved["pruning"]["attribution"]["mean"]) == 11
     assert saved["pruning"]["attribution"]["mean"][0] == saved["pruning"]["random"]["mean"][0]  # nothing pruned
-    assert (out / "world-entail-pruning.png").stat().st_size > 0 and (out / "world-entail-graph.png").is_file()
-    assert "| attribution (1 order) |" in (out / "world-entail.md").read_text()
+    assert (out / "world-choice-pruning.png").stat().st_size > 0 and (out / "world-choice-graph.png").is_file()
+    assert "| attribution (1 order) |" in (out / "world-choice.md").read_text()
     assert result["shape"]["layers"] == len(saved["importance"]["attribution"])
     with pytest.raises(SystemExit):
         main(args + ["--steps", "0"])
