@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     result["task"] = args.task
     result["seconds"]["total"] = round(time.perf_counter() - start, 1)
     name = args.name or args.task
-    for path in write_results(result, args.out_dir, name, f"{args.task} ({Path(args.checkpoint).name})"):
+    ckpt = Path(args.checkpoint)
+    model = f"{ckpt.parent.name}/{ckpt.name}" if ckpt.name == "final" else ckpt.name
+    for path in write_results(result, args.out_dir, name, f"{args.task} ({model})"):
         print(path)
     print(Path(args.out_dir, f"{name}.md").read_text())
     return result

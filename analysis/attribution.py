@@ -363,9 +363,9 @@ def plot_pruning(curves: dict[str, dict], out: str | Path, title: str = "") -> P
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name, c in curves.items():
         x, y, s = c["fractions"], torch.tensor(c["mean"]), torch.tensor(c["std"])
-        ax.plot(x, y, marker="o", ms=3, label=name)
+        (line,) = ax.plot(x, y, marker="o", ms=3, label=name)
         if len(c["runs"]) > 1:
-            ax.fill_between(x, y - s, y + s, alpha=0.2)
+            ax.fill_between(x, y - s, y + s, alpha=0.2, color=line.get_color())
     ax.set_xlabel("share of heads pruned (least important first)")
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=9)
