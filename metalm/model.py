@@ -110,7 +110,8 @@ class MetaLM(nn.Module):
         else:
             decoder = load_decoder(pretrained).train()
             runtime = runtime_fields(resolved, decoder.cfg)
-            decoder.cfg.attention, decoder.cfg.momentum_eta = runtime.attention, runtime.momentum_eta  # shared by blocks
+            # set on the config object every block shares
+            decoder.cfg.attention, decoder.cfg.momentum_eta = runtime.attention, runtime.momentum_eta
             if vocab_size is not None:
                 grow_vocab(decoder, vocab_size)
             if max_seq_len is not None and max_seq_len > decoder.cfg.max_seq_len:
