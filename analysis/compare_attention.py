@@ -9,6 +9,7 @@ Writes results/moattn/results.json, results.md and moattn.png; the runs go to --
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -53,23 +54,10 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2")
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(CompareSettings) if hasattr(args, f.name)}
+    given.update(seeds=seeds, decoder=decoder)
     try:
-        settings = CompareSettings(
-            world=args.world,
-            runs=args.runs,
-            seeds=seeds,
-            eta=args.eta,
-            preset=args.preset,
-            decoder=decoder,
-            steps=args.steps,
-            seq_len=args.seq_len,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            shots=shots_list(args.shots),
-            trials=args.trials,
-            limit=args.limit,
-            threads=args.threads,
-        )
+        settings = CompareSettings(**{**given, "shots": shots_list(args.shots)})
     except ValueError as err:
         p.error(str(err))
     from analysis.moattn import compare_attention, markdown_table, write_results  # loads torch on use

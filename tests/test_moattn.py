@@ -334,3 +334,29 @@ def test_bad_settings_are_refused():
         CompareSettings(decoder={"attention": "eager"})
     with pytest.raises(ValueError, match="arm 'eager'"):
         arm_config(CompareSettings(), "eager", 0)
+
+
+def test_the_command_line_builds_the_settings_and_refuses_bad_flags(monkeypatch, capsys):
+    import analysis.moattn as moattn
+    from analysis.compare_attention import main
+
+    seen = []
+
+    def stop(settings):
+        seen.append(settings)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(moattn, "compare_attention", stop)
+    with pytest.raises(SystemExit):
+        main(["--seeds", "3,4", "--steps", "7", "--decoder", "{dim: 64}", "--eta", "0.5", "--shots", "0,2"])
+    s = seen[0]
+    assert (s.seeds, s.steps, s.decoder, s.eta, s.shots) == ([3, 4], 7, {"dim": 64}, 0.5, [0, 2])
+    for bad, message in (
+        (["--decoder", "[1, 2]"], "expected a YAML mapping"),
+        (["--seeds", "a,b"], "expected comma-separated integers"),
+        (["--eta", "1.5"], "eta = 1.5"),
+        (["--decoder", "{attention: eager}"], "the arms set them"),
+    ):
+        with pytest.raises(SystemExit):
+            main(bad)
+        assert message in capsys.readouterr().err
