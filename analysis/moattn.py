@@ -6,7 +6,11 @@ attention as a meta-optimizer's update and add the momentum of gradient descent 
     MoAttn(V, K, q_t) = Attn(V, K, q_t) + EMA(v_1 .. v_{t-1})
                       = V softmax(K^T q_t / sqrt(d)) + sum_{i=1}^{t-1} eta^i v_{t-i}
 
-per head, causal (``metalm.attention.momentum_term``; ``m_t = eta (m_{t-1} + v_{t-1})``). They report lower
+per head, causal (``metalm.attention.momentum_term``; ``m_t = eta (m_{t-1} + v_{t-1})``; the decay counts real
+tokens, not padding). The authors' released code (microsoft/LMOps ``understand_icl/``, e.g.
+``fairseq/fairseq/modules/multihead_attention.py``) holds the ICL-vs-finetuning analysis but no MoAttn, so this
+follows the paper's formula; note that the momentum is not normalised: its weights sum to up to
+``eta / (1 - eta)`` (9 at eta 0.9) against the attention's 1. They report lower
 language-modeling perplexity and better in-context accuracy with it. This module trains two arms that differ only
 in ``decoder.attention`` (``sdpa`` vs ``momentum`` with ``eta``): the same preset and shape, data, steps, batch
 layout and seeds (each seed gives both arms the same initial weights and batch order; the momentum adds no
