@@ -44,6 +44,8 @@ ARMS = ("sdpa", "momentum")
 TASKS = {"world-entail": "none", "world-choice": "acc"}
 """The in-context tasks and the accuracy each reports: entailment by label ranking without calibration, multiple
 choice by summed log-probability of each option."""
+CHANCE = {"world-entail": 0.5, "world-choice": 0.25}
+"""Each task's accuracy by guessing uniformly (two labels; four options), drawn in the plot."""
 
 
 @dataclass
@@ -268,6 +270,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     low = min(min(s["arms"][a]["val_ppl"]["seeds"]) for a in ARMS)
     left.set_ylim(bottom=max(0.0, low * 0.9))
     for ax, task in zip(axes[1:], TASKS, strict=True):
+        ax.axhline(CHANCE[task], color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_xlabel("demonstrations k")
         ax.set_ylabel(f"{task} accuracy")
         ax.set_xticks(shots)
