@@ -119,17 +119,21 @@ def xformers_call(xops, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_m
 def momentum_term(v: torch.Tensor, tq: int, eta: float, key_mask: torch.Tensor | None) -> torch.Tensor:
     """MoAttn's momentum ``m_t = eta * (m_{t-1} + v_{t-1})``, i.e. ``m_t = sum_{j<t} eta^(t-j) v_j``, per head.
 
-    Returned for the last ``tq`` positions, shape ``(B, Hkv, Tq, D)``; padding keys contribute nothing.
-    """
+    Returned for the last ``tq`` positions, shape ``(B, Hkv, Tq, D)``. Padding keys contribute nothing and are not
+    counted in ``t - j`` (the distance in real tokens), so padding anywhere, e.g. between a cached shared prefix
+    and a left-padded context, gives what the unpadded sequence gives."""
     tk = v.shape[2]
-    rows = torch.arange(tk - tq, tk, device=v.device, dtype=torch.float32)[:, None]
-    cols = torch.arange(tk, device=v.device, dtype=torch.float32)[None, :]
-    dist = rows - cols
-    weights = torch.where(dist > 0, torch.exp(dist * math.log(eta)), torch.zeros((), device=v.device))
-    weights = weights[None, None]
+    index = torch.arange(tk, device=v.device)
+    earlier = index[None, :] < index[tk - tq :, None]  # (Tq, Tk): key j strictly before query t
+    if key_mask is None:
+        position = index.float()[None]  # (1, Tk)
+    else:
+        position = key_mask.float().cumsum(-1)  # (B, Tk): real tokens up to and including each key
+    dist = position[:, tk - tq :, None] - position[:, None, :]  # (B or 1, Tq, Tk)
+    weights = torch.where(earlier[None], torch.exp(dist * math.log(eta)), torch.zeros((), device=v.device))
     if key_mask is not None:
-        weights = weights * key_mask[:, None, None, :].float()
-    return (weights @ v.float()).to(v.dtype)
+        weights = weights * key_mask[:, None, :].float()
+    return (weights[:, None] @ v.float()).to(v.dtype)
 
 
 def attend(

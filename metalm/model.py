@@ -33,6 +33,7 @@ from metalm.spec import (
     pretrained_decoder_dir,
     read_spec_file,
     resolve_spec,
+    runtime_fields,
 )
 
 CONFIG_NAME = "config.json"
@@ -108,6 +109,9 @@ class MetaLM(nn.Module):
             model = cls(metalm_config(resolved, decoder_config(resolved, vocab_size, **overrides)))
         else:
             decoder = load_decoder(pretrained).train()
+            runtime = runtime_fields(resolved, decoder.cfg)
+            # set on the config object every block shares
+            decoder.cfg.attention, decoder.cfg.momentum_eta = runtime.attention, runtime.momentum_eta
             if vocab_size is not None:
                 grow_vocab(decoder, vocab_size)
             if max_seq_len is not None and max_seq_len > decoder.cfg.max_seq_len:

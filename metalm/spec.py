@@ -45,6 +45,9 @@ from metalm.io import atomic_write_dir, read_json
 
 DECODER_SOURCES = ("preset", "from_hf", "from_gguf")
 DECODER_KEYS = (*DECODER_SOURCES, "tokenizer")
+RUNTIME_FIELDS = ("attention", "momentum_eta")
+"""DecoderConfig fields that choose how attention is computed, not the weights' shape: a pretrained decoder takes
+them too (e.g. ``{from_hf: DIR, attention: momentum}`` runs its weights with MoAttn)."""
 ENCODER_KEYS = ("kind", "args", "weights", "tokenizer", "freeze", "connector")
 SHARED_VOCAB = {"native_text": ("vocab_size", "max_len"), "joint_vl": ("vocab_size", "max_text_len")}
 """Encoder kinds that read the decoder's ids, and the constructor arguments the decoder fills in for them."""
@@ -121,9 +124,11 @@ def _check_decoder(decoder: Any, presets: Mapping[str, Mapping[str, Any]]) -> di
         if preset not in presets:
             raise SpecError(f"model.decoder.preset = {preset!r}: expected one of {', '.join(presets)}")
         decoder = {**_check_decoder(presets[preset]["decoder"], presets), **decoder}
-    if fields and (decoder.get("from_hf") or decoder.get("from_gguf")):
+    shape = sorted(set(fields) - set(RUNTIME_FIELDS))
+    if shape and (decoder.get("from_hf") or decoder.get("from_gguf")):
         raise SpecError(
-            f"model.decoder: fields {sorted(fields)} beside a pretrained decoder; its shape comes from its files"
+            f"model.decoder: fields {shape} beside a pretrained decoder; its shape comes from its files "
+            f"(only {', '.join(RUNTIME_FIELDS)} may be given)"
         )
     return decoder
 
@@ -169,6 +174,16 @@ def decoder_config(spec: Mapping[str, Any], vocab_size: int | None = None, **ove
         fields["vocab_size"] = vocab_size
     try:
         return DecoderConfig(**{**fields, **overrides})
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"model.decoder: {err}") from err
+
+
+def runtime_fields(spec: Mapping[str, Any], decoder: DecoderConfig) -> DecoderConfig:
+    """``decoder`` with the resolved spec's ``RUNTIME_FIELDS`` (attention backend, momentum decay) set, checked by
+    DecoderConfig (errors name the field); for a pretrained decoder, whose other fields come from its files."""
+    given = {k: spec["decoder"][k] for k in RUNTIME_FIELDS if k in spec["decoder"]}
+    try:
+        return dataclasses.replace(decoder, **given)
     except (TypeError, ValueError) as err:
         raise SpecError(f"model.decoder: {err}") from err
 

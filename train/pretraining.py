@@ -30,7 +30,7 @@ from encoders import ENCODER_KINDS, build_encoder
 from encoders.base import IMAGE_TEXT, PIXELS
 from eval.scene import caption_split
 from metalm import MetaLM
-from metalm.config import DecoderConfig
+from metalm.config import ATTENTION_BACKENDS, DecoderConfig
 from metalm.docking import docked_mask
 from metalm.loss import IGNORE_INDEX
 from metalm.presets import PRESETS
@@ -79,6 +79,14 @@ class PretrainConfig(LoopConfig):
         "",
         "text encoder from this transformers BERT-like directory with its own tokenizer (all but its last two "
         "layers frozen, linear connector), in place of the spec's text encoder",
+    )
+    attention: str = option(
+        "",
+        "decoder attention backend in place of the spec's (auto, sdpa, eager, xformers, or momentum: MoAttn, "
+        "attention plus a decaying sum of earlier values); also for a pretrained decoder",
+    )
+    momentum_eta: float = option(
+        0.0, "MoAttn decay eta in (0, 1) in place of the spec's (0: the spec's, 0.9 unless set)", min=0, below=1
     )
     init_from: str = option("", "start from this MetaLM checkpoint directory instead of the spec's weights")
     # data
@@ -133,6 +141,12 @@ class PretrainConfig(LoopConfig):
         super().check()
         if self.from_hf and self.from_gguf:
             raise ConfigError("from_gguf", "from_hf and from_gguf both given: expected at most one decoder source")
+        if self.attention and self.attention not in ATTENTION_BACKENDS:
+            raise ConfigError(
+                "attention", f"attention = {self.attention!r}: expected one of {', '.join(ATTENTION_BACKENDS)}"
+            )
+        if self.init_from and (self.attention or self.momentum_eta):
+            raise ConfigError("attention", "attention / momentum_eta with init_from: the checkpoint's config sets them")
         try:
             spec = self.spec()
         except SpecError as err:
@@ -159,6 +173,10 @@ class PretrainConfig(LoopConfig):
         if self.from_hf or self.from_gguf:
             source = {"from_hf": self.from_hf} if self.from_hf else {"from_gguf": self.from_gguf}
             spec = merge(spec, {"decoder": source})
+        runtime = {"attention": self.attention, "momentum_eta": self.momentum_eta}
+        runtime = {k: v for k, v in runtime.items() if v}
+        if runtime:
+            spec = merge(spec, {"decoder": runtime})
         if self.text_encoder:
             text = {"kind": "hf_text", "weights": self.text_encoder, "freeze": "all_but_last_2"}
             spec = merge(spec, {"encoders": {"text": {**text, "connector": {"kind": "linear"}}}})
