@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["facts_source"] = args.facts
     result["seconds"] = round(time.perf_counter() - start, 1)
     name = args.name or ("world" if args.facts == "world" else Path(args.facts).stem)
-    for path in write_results(result, args.out_dir, name, f"{name} ({Path(args.checkpoint).name})"):
+    for path in write_results(result, args.out_dir, name, f"{name} ({args.checkpoint})"):
         print(path)
     print(Path(args.out_dir, f"{name}.md").read_text())
     return result
