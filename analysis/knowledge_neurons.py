@@ -549,8 +549,8 @@ def markdown(result: dict, title: str) -> str:
             f"| {r['name']} | `{r['answer'].strip()}` | {r['prob']:.3f} | {r['top1']:.2f} | {neurons} | "
             f"{_pct(r.get('suppress', float('nan')))} | {_pct(r.get('suppress_random', float('nan')))} | "
             f"{_pct(r.get('amplify', float('nan')))} | {_pct(r.get('amplify_random', float('nan')))} | "
-            f"{_pct(r['erase']['own']) if 'erase' in r else 'n/a'} | `{u.get('to', '').strip()}` | "
-            f"{u.get('success', float('nan')):.2f} |"
+            f"{_pct(r['erase']['own']) if 'erase' in r else 'n/a'} | "
+            + (f"`{u['to'].strip()}` | {u['success']:.2f} |" if u else "no exclusive neurons | |")
         )
     gaps = ", ".join(f"m={c['steps']}: {c['max_gap']:.2g}" for c in result["completeness"])
     lines += ["", f"Completeness (largest per-layer |sum Attr - (F(x) - F(0))| on the first prompt): {gaps}.", ""]

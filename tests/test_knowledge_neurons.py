@@ -193,7 +193,7 @@ def test_the_command_writes_json_markdown_and_plot(pretrained, tmp_path):
 
     out = tmp_path / "out"
     result = main(
-        ["--checkpoint", str(pretrained), "--facts", "world", "--prompts", "3", "--steps", "2", "--random_draws", "1"]
+        ["--checkpoint", str(pretrained), "--facts", "world", "--prompts", "2", "--steps", "2", "--random_draws", "1"]
         + ["--out_dir", str(out)]
     )
     assert {p.name for p in out.iterdir()} == {"world.json", "world.md", "world.png"}
