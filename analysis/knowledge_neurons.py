@@ -413,6 +413,13 @@ def study(
                 row[f"{op}_other_facts"] = _mean(
                     [rel(answer_probs(decoder, *encoded[j], dict.fromkeys(neurons, factor)), base[j]) for j in others]
                 )
+            own = exclusive(found, i)
+            if own:  # the fact's own neurons, without those it shares with other facts (relation neurons)
+                silenced = answer_probs(decoder, prompts, target, dict.fromkeys(own, 0.0))
+                row["suppress_exclusive"] = rel(silenced, base[i])
+                row["suppress_exclusive_other_facts"] = _mean(
+                    [rel(answer_probs(decoder, *encoded[j], dict.fromkeys(own, 0.0)), base[j]) for j in others]
+                )
             row["erase"] = _edit_effect(decoder, encoded, base, i, erase_rows(decoder, neurons))
             row["erase_random"] = _edit_effect(decoder, encoded, base, i, erase_rows(decoder, draws[0]))
         new = (i + 1) % len(facts)
@@ -483,6 +490,10 @@ def _summary(rows: Sequence[dict]) -> dict:
     for key in ("suppress", "amplify"):
         for suffix in ("", "_random", "_other_facts"):
             out[key + suffix] = _mean([r[key + suffix] for r in with_neurons])
+    only = [r for r in with_neurons if "suppress_exclusive" in r]
+    out["facts_with_exclusive_neurons"] = len(only)
+    for key in ("suppress_exclusive", "suppress_exclusive_other_facts"):
+        out[key] = _mean([r[key] for r in only])
     for key in ("erase", "erase_random"):
         out[key] = _mean([r[key]["own"] for r in with_neurons])
         out[key + "_other_facts"] = _mean([r[key]["other_facts"] for r in with_neurons])
@@ -527,6 +538,9 @@ def markdown(result: dict, title: str) -> str:
         f"{_pct(s['suppress_other_facts'])} |",
         f"| amplify (activation x2) | {_pct(s['amplify'])} | {_pct(s['amplify_random'])} | "
         f"{_pct(s['amplify_other_facts'])} |",
+        f"| suppress only the fact-exclusive neurons ({s.get('facts_with_exclusive_neurons', 0)} facts) | "
+        f"{_pct(s.get('suppress_exclusive', float('nan')))} | | "
+        f"{_pct(s.get('suppress_exclusive_other_facts', float('nan')))} |",
         f"| erase (value rows = 0) | {_pct(s['erase'])} | {_pct(s['erase_random'])} | "
         f"{_pct(s['erase_other_facts'])} (random: {_pct(s['erase_random_other_facts'])}) |",
         "",
