@@ -2,7 +2,7 @@
 
     python train/electra.py --sampling hardness --out runs/electra-hp            # one run: runs/electra-hp/encoder.*
     python train/electra.py --compare --seeds 0,1,2 --out results/electra       # plain vs hardness vs focal, finetuned
-    python train/electra.py --dock runs/electra/encoder.safetensors --metalm_steps 200 --out results/electra
+    python train/electra.py --dock runs/electra/encoder.safetensors --metalm_steps 100 --out results/electra
 
 A generator (masked LM) proposes replacements at masked tokens and the encoder learns replaced-token detection; the
 loss is ``MLM + rtd_weight * RTD``. ``--sampling hardness`` samples replacements in proportion to generator
@@ -43,9 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compare", action="store_true", help="run the comparison and write results into --out")
     p.add_argument("--variants", default="electra,hardness,focal,scratch", help="comparison arms")
     p.add_argument("--seeds", default="0,1,2", help="comparison seeds, comma-separated")
+    p.add_argument("--jobs", type=int, default=1, help="with --compare: runs at a time (processes)")
     p.add_argument("--finetune_steps", type=int, default=100, help="finetuning steps per world task")
     p.add_argument("--dock", default="", help="an ELECTRA encoder.safetensors: MetaLM docked vs from-scratch encoder")
-    p.add_argument("--metalm_steps", type=int, default=200, help="with --dock: MetaLM pretraining steps per arm")
+    p.add_argument("--metalm_steps", type=int, default=100, help="with --dock: MetaLM pretraining steps per arm")
+    p.add_argument("--metalm_batch_size", type=int, default=8, help="with --dock: MetaLM rows per step")
     p.add_argument("--metalm_seeds", default="0", help="MetaLM comparison seeds, comma-separated")
     p.add_argument("--runs", default="runs/electra-compare", help="with --compare or --dock: where each run's files go")
     args = p.parse_args(argv)
@@ -68,7 +70,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if args.dock:
         return run_dock_comparison(
-            Path(args.dock), args.world, args.metalm_steps, _ints(args.metalm_seeds), Path(args.runs), Path(args.out)
+            Path(args.dock),
+            args.world,
+            args.metalm_steps,
+            _ints(args.metalm_seeds),
+            Path(args.runs),
+            Path(args.out),
+            args.metalm_batch_size,
         )
     if not args.compare:
         summary = pretrain_electra(cfg)
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.finetune_steps,
         Path(args.runs),
         Path(args.out),
+        args.jobs,
     )
 
 

@@ -452,39 +452,51 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(var)
 
 
-def compare(base: ElectraConfig, finetune: FinetuneSettings, settings: CompareSettings, out: Path) -> dict:
-    """Pretrain each variant for each seed, finetune its encoder on each task, and collect accuracies (runs under
-    ``out/runs``); returns ``{"runs": [...], "table": {variant: {task: (mean, std)}}}``."""
+def _one_run(base: ElectraConfig, finetune: FinetuneSettings, variant: str, seed: int, tasks: list[str], out: Path):
+    """One (variant, seed) of the comparison: ELECTRA pretraining (none for ``scratch``), then each task."""
     world = prepare_world(base.world, 0)
     tokenizer = prepare_tokenizer(world, "", base.vocab_size)
-    runs = []
+    cfg = ElectraConfig(**{**asdict(base), **VARIANTS.get(variant, {}), "seed": seed})
+    cfg.out = str(out / "runs" / f"{variant}-seed{seed}")
+    row: dict[str, Any] = {"variant": variant, "seed": seed}
+    args: dict[str, Any] = {
+        "vocab_size": tokenizer.vocab_size,
+        "dim": cfg.dim,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "max_len": cfg.max_len,
+    }
+    state = None
+    if variant != "scratch":
+        summary = pretrain_electra(cfg)
+        row["pretrain"] = {"seconds": summary["seconds"], **summary["last_tenth"]}
+        state = load_file(summary["encoder"])
+        args = dict(summary["encoder_args"])
+    for task in tasks:
+        t0 = time.perf_counter()
+        ft = FinetuneSettings(**{**asdict(finetune), "seed": seed})
+        row[task] = {**finetune_encoder(state, args, world, tokenizer, task, ft), "seconds": 0.0}
+        row[task]["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def compare(
+    base: ElectraConfig, finetune: FinetuneSettings, settings: CompareSettings, out: Path, jobs: int = 1
+) -> dict:
+    """Pretrain each variant for each seed, finetune its encoder on each task, and collect accuracies (runs under
+    ``out/runs``, ``jobs`` processes at a time): ``{"runs": [...], "table": {variant: {task: (mean, std)}}}``."""
     for variant in settings.variants:
         if variant not in VARIANTS and variant != "scratch":
             raise ValueError(f"variant {variant!r}: expected one of {', '.join([*VARIANTS, 'scratch'])}")
-        for seed in settings.seeds:
-            cfg = ElectraConfig(**{**asdict(base), **VARIANTS.get(variant, {}), "seed": seed})
-            cfg.out = str(out / "runs" / f"{variant}-seed{seed}")
-            row: dict[str, Any] = {"variant": variant, "seed": seed}
-            args = {
-                "vocab_size": tokenizer.vocab_size,
-                "dim": cfg.dim,
-                "n_layers": cfg.n_layers,
-                "n_heads": cfg.n_heads,
-                "max_len": cfg.max_len,
-            }
-            state = None
-            if variant != "scratch":
-                summary = pretrain_electra(cfg)
-                row["pretrain"] = {"seconds": summary["seconds"], **summary["last_tenth"]}
-                state = load_file(summary["encoder"])
-                args = dict(summary["encoder_args"])
-            for task in settings.tasks:
-                t0 = time.perf_counter()
-                ft = FinetuneSettings(**{**asdict(finetune), "seed": seed})
-                row[task] = {**finetune_encoder(state, args, world, tokenizer, task, ft), "seconds": 0.0}
-                row[task]["seconds"] = time.perf_counter() - t0
-            log.info("%s seed %d: %s", variant, seed, {t: round(row[t]["accuracy"], 3) for t in settings.tasks})
-            runs.append(row)
+    prepare_tokenizer(prepare_world(base.world, 0), "", base.vocab_size)  # once, before any worker needs it
+    todo = [(base, finetune, v, seed, settings.tasks, out) for v in settings.variants for seed in settings.seeds]
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            runs = list(pool.map(_one_run, *zip(*todo, strict=True)))
+    else:
+        runs = [_one_run(*job) for job in todo]
     table = {
         v: {t: mean_std([r[t]["accuracy"] for r in runs if r["variant"] == v]) for t in settings.tasks}
         for v in settings.variants
@@ -509,7 +521,13 @@ def docked_text_encoder(encoder_file: str | Path, encoder_args: dict[str, Any], 
 
 
 def dock_comparison(
-    encoder_file: str | Path, encoder_args: dict[str, Any], world: str, steps: int, seeds: list[int], out: Path
+    encoder_file: str | Path,
+    encoder_args: dict[str, Any],
+    world: str,
+    steps: int,
+    seeds: list[int],
+    out: Path,
+    batch_size: int = 8,
 ) -> dict[str, Any]:
     """Language MetaLM pretraining (the ``tiny`` decoder, no vision encoder, text documents only) with the text
     encoder from scratch (today's preset: random, all trained) vs ELECTRA-pretrained and docked through the spec
@@ -530,6 +548,7 @@ def dock_comparison(
                 model={"encoders": {"vision": None, "text": {**text, "connector": {"kind": "linear"}}}},
                 world=world,
                 text_weight=1.0,
+                batch_size=batch_size,
                 seq_len=encoder_args["max_len"],
                 vision_warmup_steps=0,
                 max_steps=steps,
@@ -557,7 +576,7 @@ def dock_comparison(
                 }
             )
     table = {arm: mean_std([r["val_loss"] for r in runs if r["arm"] == arm]) for arm in arms}
-    return {"runs": runs, "val_loss": table, "steps": steps, "text_encoders": arms}
+    return {"runs": runs, "val_loss": table, "steps": steps, "batch_size": batch_size, "text_encoders": arms}
 
 
 # --- the report ---------------------------------------------------------------------------------------------
@@ -638,6 +657,7 @@ def run_comparison(
     finetune_steps: int,
     runs_dir: Path,
     out: Path,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """The comparison (``compare``, each run's files under ``runs_dir``); writes ``electra.json``, ``electra.md``
     and ``electra.png`` into ``out``."""
@@ -647,7 +667,7 @@ def run_comparison(
         "command": "python train/electra.py --compare",
         "pretrain_config": asdict(base),
         "finetune": asdict(finetune),
-        "comparison": compare(base, finetune, CompareSettings(variants, seeds), runs_dir),
+        "comparison": compare(base, finetune, CompareSettings(variants, seeds), runs_dir, jobs),
     }
     result["seconds"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -661,7 +681,8 @@ def run_comparison(
 def _dock_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Language MetaLM (the tiny decoder, no vision encoder, text documents only, seq_len {result['seq_len']}) "
-        f"after {result['steps']} pretraining steps; validation loss in nats/token (mean ± std over seeds "
+        f"after {result['steps']} pretraining steps of {result['batch_size']} rows; validation loss in nats/token "
+        f"(mean ± std over seeds "
         f"{result['seeds']}; unigram baseline {result['runs'][0]['unigram_loss']:.3f}). ELECTRA encoder: "
         f"{result['encoder']}.",
         "",
@@ -681,7 +702,7 @@ def _dock_markdown(result: dict[str, Any]) -> str:
 
 
 def run_dock_comparison(
-    encoder_file: Path, world: str, steps: int, seeds: list[int], runs_dir: Path, out: Path
+    encoder_file: Path, world: str, steps: int, seeds: list[int], runs_dir: Path, out: Path, batch_size: int = 8
 ) -> dict[str, Any]:
     """``dock_comparison`` for the encoder saved at ``encoder_file`` (its ``encoder.json`` beside it); writes
     ``metalm.json`` and ``metalm.md`` into ``out``."""
@@ -693,7 +714,7 @@ def run_dock_comparison(
         "encoder": str(encoder_file),
         "seq_len": args["max_len"],
         "seeds": seeds,
-        **dock_comparison(encoder_file, args, world, steps, seeds, runs_dir),
+        **dock_comparison(encoder_file, args, world, steps, seeds, runs_dir, batch_size),
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metalm.json", json.dumps(result, indent=1))
