@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -590,23 +591,28 @@ def _table_markdown(result: dict[str, Any]) -> str:
         f"Downstream accuracy (world val, mean ± std over seeds {seeds}) of the text encoder after ELECTRA "
         "pretraining, finetuned per task:",
         "",
-        "| pretraining | " + " | ".join(f"world-{t} acc" for t in tasks) + " | replaced share | RTD acc | pretrain s |",
-        "|---|" + "---|" * (len(tasks) + 3),
+        "| pretraining | "
+        + " | ".join(f"world-{t} acc" for t in tasks)
+        + " | replaced share | RTD acc | RTD base rate | pretrain s |",
+        "|---|" + "---|" * (len(tasks) + 4),
     ]
     for variant, row in comp["table"].items():
         runs = [r for r in comp["runs"] if r["variant"] == variant and "pretrain" in r]
         cells = [f"{m:.3f} ± {s:.3f}" for m, s in row.values()]
         if runs:
-            extra = [f"{mean_std([r['pretrain'][k] for r in runs])[0]:.3f}" for k in ("replaced_rate", "rtd_acc")] + [
-                f"{mean_std([r['pretrain']['seconds'] for r in runs])[0]:.0f}"
-            ]
+            replaced = mean_std([r["pretrain"]["replaced_rate"] for r in runs])[0]
+            acc = mean_std([r["pretrain"]["rtd_acc"] for r in runs])[0]
+            base = 1 - result["pretrain_config"]["mask_prob"] * replaced
+            secs = mean_std([r["pretrain"]["seconds"] for r in runs])[0]
+            extra = [f"{replaced:.3f}", f"{acc:.3f}", f"{base:.3f}", f"{secs:.0f}"]
         else:
-            extra = ["-", "-", "-"]
+            extra = ["-"] * 4
         lines.append(f"| {variant} | " + " | ".join(cells + extra) + " |")
     lines += [
         "",
         "replaced share: share of masked positions whose sample differs from the original (last tenth of training); "
-        "RTD acc: the discriminator's accuracy over all tokens then. scratch: a random encoder finetuned the same way.",
+        "RTD acc: the discriminator's accuracy over all tokens then; RTD base rate: the accuracy of always answering "
+        "'original' (1 - mask_prob x replaced share). scratch: a random encoder finetuned the same way.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -664,7 +670,7 @@ def run_comparison(
     start = time.perf_counter()
     finetune = FinetuneSettings(steps=finetune_steps)
     result: dict[str, Any] = {
-        "command": "python train/electra.py --compare",
+        "command": "python " + " ".join(sys.argv),
         "pretrain_config": asdict(base),
         "finetune": asdict(finetune),
         "comparison": compare(base, finetune, CompareSettings(variants, seeds), runs_dir, jobs),
