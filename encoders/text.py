@@ -217,7 +217,10 @@ class NativeTextEncoder(StackEncoder):
         max_len: int = 512,
         mlp_ratio: float = 4,
         dropout: float = 0.0,
+        checkpoint: str | None = None,
     ):
+        """Random weights, or with ``checkpoint`` the state dict saved in that safetensors file (e.g. an encoder
+        pretrained by train/electra.py); its names and shapes must be this architecture's."""
         super().__init__()
         self.config = {
             "vocab_size": vocab_size,
@@ -236,6 +239,25 @@ class NativeTextEncoder(StackEncoder):
         nn.init.normal_(self.position_embedding, std=0.02)
         self.encoder = transformer_stack(dim, n_layers, n_heads, mlp_ratio, dropout)
         self.norm = nn.LayerNorm(dim)
+        if checkpoint is not None:
+            self._load(checkpoint)
+
+    def _load(self, checkpoint: str) -> None:
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"native_text checkpoint file not found: {checkpoint}")
+        from safetensors.torch import load_file
+
+        state = load_file(checkpoint)
+        own = self.state_dict()
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or extra or wrong:
+            shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3]]
+            raise ValueError(
+                f"checkpoint {checkpoint} does not fit this native_text encoder {self.config}: missing {missing[:5]}, "
+                f"unexpected {extra[:5]}, shapes (file vs encoder) {shapes}"
+            )
+        self.load_state_dict(state)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         """``input_ids`` (N, T), ``attention_mask`` (N, T), right-padded -> (N, T, dim); padding is never attended."""

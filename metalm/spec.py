@@ -12,7 +12,8 @@ A spec is a dict (a ``model:`` section of a run's YAML, or JSON) with a decoder 
     encoders:
       text:
         kind: hf_text            # open_clip | timm | hf_text | native_text | joint_vl
-        weights: assets/minilm   # a local file (open_clip, timm) or directory (hf_text); none: random weights
+        weights: assets/minilm   # a local file (open_clip, timm, native_text: safetensors) or directory (hf_text);
+                                 # none: random weights
         tokenizer: assets/minilm # hf_text: its own tokenizer (default: the weights directory); native_text and
                                  # joint_vl share the decoder's (``decoder``)
         args: {}                 # constructor arguments (architecture: model_name, img_size, dim, ...)
@@ -51,7 +52,7 @@ them too (e.g. ``{from_hf: DIR, attention: momentum}`` runs its weights with MoA
 ENCODER_KEYS = ("kind", "args", "weights", "tokenizer", "freeze", "connector")
 SHARED_VOCAB = {"native_text": ("vocab_size", "max_len"), "joint_vl": ("vocab_size", "max_text_len")}
 """Encoder kinds that read the decoder's ids, and the constructor arguments the decoder fills in for them."""
-WEIGHTS_ARG = {"open_clip": "checkpoint", "timm": "checkpoint", "hf_text": "path"}
+WEIGHTS_ARG = {"open_clip": "checkpoint", "timm": "checkpoint", "hf_text": "path", "native_text": "checkpoint"}
 
 
 class SpecError(ValueError):

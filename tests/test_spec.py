@@ -94,8 +94,8 @@ def test_a_random_weight_preset_is_its_spec_built_the_same_way():
             "model.encoders.t.tokenizer = 'x': a native_text encoder reads the decoder's ids",
         ),
         (
-            {"decoder": {}, "encoders": {"t": {"kind": "native_text", "weights": "w"}}},
-            "model.encoders.t.weights: a native_text encoder has no pretrained weights",
+            {"decoder": {}, "encoders": {"t": {"kind": "joint_vl", "weights": "w"}}},
+            "model.encoders.t.weights: a joint_vl encoder has no pretrained weights",
         ),
         (
             {"decoder": {}, "encoders": {"t": {"kind": "timm", "connector": {"kind": "conv"}}}},

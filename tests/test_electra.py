@@ -1,0 +1,168 @@
+"""ELECTRA pretraining (train/electra_pretraining.py): the importance-weighted RTD loss is unbiased, the focal loss
+is cross-entropy at gamma 0 and down-weights confident tokens, only masked positions are replaced, the labels mark
+exactly the changed ids, a tiny run learns, and the saved encoder docks through a model spec."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from encoders import NativeTextEncoder
+from metalm import MetaLM
+from metalm.io import save_safetensors_atomic
+from train.electra_pretraining import (
+    Discriminator,
+    ElectraConfig,
+    Generator,
+    docked_text_encoder,
+    electra_step,
+    focal_loss,
+    mask_positions,
+    replacement_distribution,
+    rtd_loss,
+    sample_replacements,
+)
+
+V = 7
+
+
+def _expected_rtd(disc, ids, t, q, w):
+    """sum over every replacement v at the masked position t of q(v) * the weighted RTD loss there with x'_t = v
+    (the importance weight corrects the term of the position it was sampled at)."""
+    total = torch.zeros(())
+    for v in range(V):
+        corrupted = ids.clone()
+        corrupted[0, t] = v
+        labels = (corrupted != ids).float()
+        weights = torch.ones(ids.shape)
+        weights[0, t] = w[v]
+        at_t = torch.zeros(ids.shape)
+        at_t[0, t] = 1
+        loss = rtd_loss(disc(corrupted, torch.ones_like(ids, dtype=torch.bool)), labels, weights, at_t)
+        total = total + q[v] * loss
+    return total
+
+
+def test_hardness_weighted_rtd_loss_is_unbiased_by_exact_enumeration():
+    torch.manual_seed(0)
+    disc = Discriminator(NativeTextEncoder(V, 16, 1, 2, max_len=8)).eval()
+    ids = torch.tensor([[1, 4, 2, 6, 3]])
+    t = 2
+    p = torch.softmax(torch.randn(1, V) * 2, -1)
+    hardness = torch.tensor([[0.05, 1.7]])  # the original is predicted easy, a replacement hard
+    q, w = replacement_distribution(p, ids[0, t : t + 1], hardness)
+    plain_q, plain_w = replacement_distribution(p, ids[0, t : t + 1], None)
+    assert torch.allclose(q.sum(), torch.tensor(1.0))
+    assert not torch.allclose(q, p)  # a different distribution ...
+    assert torch.allclose(plain_q, p) and torch.all(plain_w == 1)
+    with torch.no_grad():
+        hard = _expected_rtd(disc, ids, t, q[0], w[0])
+        plain = _expected_rtd(disc, ids, t, p[0], plain_w[0])
+    assert torch.allclose(hard, plain, atol=1e-6)  # ... with the same expected loss
+    # and without the weights the expectation would differ: the reweighting is what makes it unbiased
+    with torch.no_grad():
+        unweighted = _expected_rtd(disc, ids, t, q[0], torch.ones(V))
+    assert not torch.allclose(unweighted, plain, atol=1e-4)
+
+
+def test_hardness_proposal_is_generator_times_predicted_loss():
+    torch.manual_seed(1)
+    p = torch.softmax(torch.randn(3, V), -1)
+    originals = torch.tensor([0, 3, 6])
+    hardness = torch.rand(3, 2) + 0.1
+    q, w = replacement_distribution(p, originals, hardness)
+    h = hardness[:, 1:2].repeat(1, V)
+    h[torch.arange(3), originals] = hardness[:, 0]
+    assert torch.allclose(q, p * h / (p * h).sum(1, keepdim=True))
+    assert torch.allclose(q * w, p)
+    equal = torch.full((3, 2), 0.7)  # h^orig = h^repl: plain sampling, unit weights
+    q_eq, w_eq = replacement_distribution(p, originals, equal)
+    assert torch.allclose(q_eq, p) and torch.allclose(w_eq, torch.ones_like(p))
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_zero_and_down_weights_confident_tokens():
+    torch.manual_seed(2)
+    logits = torch.randn(10, V)
+    targets = torch.randint(V, (10,))
+    assert torch.allclose(focal_loss(logits, targets, 0.0), F.cross_entropy(logits, targets))
+    confident = torch.tensor([[8.0, 0, 0, 0, 0, 0, 0]])
+    unsure = torch.tensor([[0.5, 0, 0, 0, 0, 0, 0]])
+    target = torch.tensor([0])
+    for gamma in (1.0, 2.0):
+        ratio_confident = focal_loss(confident, target, gamma) / F.cross_entropy(confident, target)
+        ratio_unsure = focal_loss(unsure, target, gamma) / F.cross_entropy(unsure, target)
+        assert ratio_confident < ratio_unsure < 1
+        assert focal_loss(logits, targets, gamma) < F.cross_entropy(logits, targets)
+
+
+def test_only_masked_positions_are_replaced_and_labels_mark_exactly_the_changed_ids():
+    torch.manual_seed(3)
+    ids = torch.randint(V, (6, 12))
+    attention = torch.ones_like(ids, dtype=torch.bool)
+    attention[:, 9:] = False  # padding is never masked
+    masked = mask_positions(attention, 0.5)
+    assert not (masked & ~attention).any() and masked.any(1).all()
+    logits = torch.randn(int(masked.sum()), V)
+    logits[::2] = -1e4  # every other masked position: all mass on its original id
+    logits[torch.arange(0, len(logits), 2), ids[masked][::2]] = 1e4
+    corrupted, labels, weights = sample_replacements(ids, masked, logits, torch.rand(len(logits), 2) + 0.1)
+    assert torch.equal(corrupted[~masked], ids[~masked])
+    assert torch.equal(labels, (corrupted != ids).float())
+    assert torch.all(labels[masked][::2] == 0)  # a sample equal to the original is labelled "original"
+    assert labels[masked].sum() > 0 and torch.all(weights[~masked] == 1)
+
+
+@pytest.mark.parametrize("sampling,generator_loss", [("plain", "ce"), ("hardness", "focal")])
+def test_a_tiny_run_learns(sampling, generator_loss):
+    torch.manual_seed(4)
+    vocab, length = 12, 16
+    base = torch.arange(length) % 6  # a periodic corpus: easy to model, so losses must fall fast
+    data = torch.stack([(base + s) % vocab for s in range(vocab)])
+    cfg = ElectraConfig(sampling=sampling, generator_loss=generator_loss, mask_prob=0.25, rtd_weight=5.0)
+    gen = Generator(vocab, 16, 1, 2, length)
+    disc = Discriminator(NativeTextEncoder(vocab, 32, 1, 2, length))
+    opt = torch.optim.AdamW([*gen.parameters(), *disc.parameters()], lr=1e-2)
+    rng = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(100):
+        ids = data[torch.randint(len(data), (8,), generator=rng)]
+        loss, parts = electra_step(gen, disc, ids, torch.ones_like(ids, dtype=torch.bool), cfg, rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts["mlm"] + cfg.rtd_weight * parts["rtd"])
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+
+
+def test_the_electra_encoder_docks_through_the_spec_frozen_but_its_last_layers(tmp_path):
+    args = dict(vocab_size=64, dim=16, n_layers=3, n_heads=2, max_len=32)
+    torch.manual_seed(5)
+    encoder = NativeTextEncoder(**args)
+    save_safetensors_atomic(encoder.state_dict(), tmp_path / "encoder.safetensors")
+    spec = {
+        "decoder": dict(vocab_size=64, dim=16, n_layers=1, n_heads=2, max_seq_len=32),
+        "encoders": {"text": docked_text_encoder(tmp_path / "encoder.safetensors", args, "all_but_last_2")},
+    }
+    model, _ = MetaLM.from_spec(spec)
+    docked = model.encoders["text"]
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(docked.state_dict()[name], value), name
+    trainable = [any(p.requires_grad for p in b.parameters()) for b in docked.blocks()]
+    assert trainable == [False, True, True]
+    assert not docked.token_embedding.weight.requires_grad and docked.norm.weight.requires_grad
+    wrong = {
+        **spec,
+        "encoders": {"text": docked_text_encoder(tmp_path / "encoder.safetensors", {**args, "dim": 8}, "none")},
+    }
+    with pytest.raises(ValueError, match="encoder.safetensors does not fit"):
+        MetaLM.from_spec(wrong)
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ValueError, match="sampling = 'hard'"):
+        ElectraConfig(sampling="hard").check()
+    with pytest.raises(ValueError, match="generator_loss"):
+        ElectraConfig(generator_loss="mse").check()
+    with pytest.raises(ValueError, match="seq_len = 300"):
+        ElectraConfig(seq_len=300).check()
