@@ -70,7 +70,7 @@ def task_limits(text: str, tasks: list[str]) -> dict[str, int]:
 def parser() -> FlagParser:
     p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a transformers decoder directory or a MetaLM checkpoint")
-    p.add_argument("--data", required=True, nargs="+", help="TASK=PATH for each task: sst2 / rte tsv, boolq jsonl")
+    p.add_argument("--data", default=[], nargs="+", help="TASK=PATH for each task: sst2 / rte tsv, boolq jsonl")
     p.add_argument("--shots", default="0,1,4,8", help="comma-separated numbers of demonstrations")
     p.add_argument("--trials", type=int, default=3, help="seeded demonstration sets per k > 0 (one at k = 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pool split and of the first trial")
@@ -82,6 +82,7 @@ def parser() -> FlagParser:
     p.add_argument("--batch_size", type=int, default=16, help="label words scored per forward")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out_dir", default="results/real/icl", help="icl-TASK.json per task; table and plot of all")
+    p.add_argument("--report", action="store_true", help="only rebuild the table and plot from --out_dir's JSON")
     return p
 
 
@@ -121,8 +122,9 @@ def content_free(template: str) -> list[str]:
     return [template.format(**dict.fromkeys(fields, cf)) for cf in CONTENT_FREE]
 
 
-def run_task(lm, task: str, path: str, args, limit: int, bar) -> dict:
-    """Every k and trial of one task: label log-probabilities, then accuracy under each calibration."""
+def run_task(lm, task: str, path: str, args, limit: int, bar, save=None) -> dict:
+    """Every k and trial of one task: label log-probabilities, then accuracy under each calibration. ``save`` gets
+    the report so far after each k (``complete`` False until the last), so a long sweep leaves what it finished."""
     import numpy as np
 
     from eval.calibration import PrototypicalCalibration, contextual_calibration
@@ -139,6 +141,26 @@ def run_task(lm, task: str, path: str, args, limit: int, bar) -> dict:
     n_labels = len(verbalizers)
     results, runs = [], []
     start = time.time()
+
+    def report(results: list, runs: list, complete: bool) -> dict:
+        return {
+            "task": task,
+            "data": path,
+            "n": len(query_idx),
+            "pool": len(pool_idx),
+            "queries": f"the first {len(query_idx)} rows not in the pool, in file order",
+            "label_prior": np.bincount(gold, minlength=n_labels).tolist(),
+            "template": template,
+            "verbalizers": verbalizers,
+            "content_free": neutral,
+            "demonstration_format": "{prompt}{label word}\\n\\n ... {query}",
+            "results": results,
+            "seconds": round(time.time() - start, 1),
+            "query_ids": [keys[i] for i in query_idx],
+            "runs": runs,
+            "complete": complete,
+        }
+
     for k in args.shots:
         accs: dict[str, list[float]] = {c: [] for c in CALIBRATIONS}
         for trial in range(1 if k == 0 else args.trials):
@@ -180,22 +202,9 @@ def run_task(lm, task: str, path: str, args, limit: int, bar) -> dict:
             m, s = mean_std(values)
             entry[name] = {"trials": values, "mean": m, "std": s}
         results.append(entry)
-    return {
-        "task": task,
-        "data": path,
-        "n": len(query_idx),
-        "pool": len(pool_idx),
-        "queries": f"the first {len(query_idx)} rows not in the pool, in file order",
-        "label_prior": np.bincount(gold, minlength=n_labels).tolist(),
-        "template": template,
-        "verbalizers": verbalizers,
-        "content_free": neutral,
-        "demonstration_format": "{prompt}{label word}\\n\\n ... {query}",
-        "results": results,
-        "seconds": round(time.time() - start, 1),
-        "query_ids": [keys[i] for i in query_idx],
-        "runs": runs,
-    }
+        if save is not None and k != args.shots[-1]:
+            save(report(results, runs, complete=False))
+    return report(results, runs, complete=True)
 
 
 def pct(entry: dict) -> str:
@@ -220,7 +229,8 @@ def write_report(out_dir: Path) -> tuple[Path, Path]:
     for r in reports:
         majority = 100 * max(r["label_prior"]) / sum(r["label_prior"])
         for e in r["results"]:
-            row = [r["task"], f"{r['n']} ({r['pool']})", str(e["shots"]), str(e["trials"])]
+            task = r["task"] if r.get("complete", True) else f"{r['task']} (unfinished)"
+            row = [task, f"{r['n']} ({r['pool']})", str(e["shots"]), str(e["trials"])]
             row += [pct(e[c]) for c in CALIBRATIONS] + [f"{majority:.1f}", f"{r['seconds']:.0f} s (task)"]
             lines.append("| " + " | ".join(row) + " |")
     table = out_dir / "icl.md"
@@ -245,6 +255,11 @@ def write_report(out_dir: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> dict:
     p = parser()
     args = p.parse_args(argv)
+    if args.report:
+        print("wrote", *write_report(Path(args.out_dir)))
+        return {}
+    if not args.data:
+        p.error("--data TASK=PATH is required (or --report)")
     files = task_files(args.data)
     args.shots = shots_list(args.shots)
     limits = task_limits(args.limit, list(files))
@@ -270,9 +285,13 @@ def main(argv: list[str] | None = None) -> dict:
     out: dict = {}
     with tqdm(total=n_runs, desc="icl runs", unit="run") as bar:
         for task, path in files.items():
-            report = run_task(lm, task, path, args, limits[task], bar)
-            report["settings"] = {**settings, "limit": limits[task], "checkpoint": str(args.checkpoint)}
-            atomic_write_text(out_dir / f"icl-{task}.json", json.dumps(report, indent=1) + "\n")
+
+            def save(report: dict, task: str = task) -> None:
+                report["settings"] = {**settings, "limit": limits[task], "checkpoint": str(args.checkpoint)}
+                atomic_write_text(out_dir / f"icl-{task}.json", json.dumps(report, indent=1) + "\n")
+
+            report = run_task(lm, task, path, args, limits[task], bar, save)
+            save(report)
             out[task] = report
             summary = ", ".join(
                 f"k={e['shots']}: " + " / ".join(pct(e[c]) for c in CALIBRATIONS) for e in report["results"]

@@ -210,13 +210,13 @@ def test_select_restart_constructed_case():
 
 def test_restarts_are_chosen_as_the_reference_chooses():
     """On data where EM lands in different optima, the kept restart is the one the reference loop keeps over the
-    same fits, and not always the one with the largest log-likelihood; ``selection='likelihood'`` keeps that."""
-    rng = np.random.default_rng(4)
+    same fits, here not the one with the largest log-likelihood; ``selection='likelihood'`` keeps that."""
+    rng = np.random.default_rng(7)
     # Six blobs for three components: EM has several local optima, so restarts matter.
     centres = np.array([[3, 0, 0], [0, 3, 0], [0, 0, 3], [2, 2, 0], [2, 0, 2], [0, 2, 2]], dtype=float) * 1.5
     estimate, _ = _blobs_logprobs(centres, 40, 0.3, rng)
     features = log_softmax(estimate, axis=1)
-    seed, restarts = 3, 8
+    seed, restarts = 0, 8
     fits = [fit_gaussian_mixture(features, 3, np.random.default_rng([seed, i])) for i in range(restarts)]
     single = [f.log_likelihood for f in fits]
     assert max(single) - min(single) > 1e-3  # the restarts do land in different optima
@@ -224,7 +224,7 @@ def test_restarts_are_chosen_as_the_reference_chooses():
     model = PrototypicalCalibration(3, restarts=restarts, seed=seed).fit(estimate)
     assert model.restart_log_likelihoods_ == pytest.approx(single, abs=0)
     want = _reference_choice([f.means for f in fits])
-    assert model.restart_ == want
+    assert model.restart_ == want != int(np.argmax(single))  # the two rules part here
     np.testing.assert_array_equal(model.mixture_.means, fits[want].means)
     assert model.restart_matching_scores_[want] == max(model.restart_matching_scores_)
     by_likelihood = PrototypicalCalibration(3, restarts=restarts, seed=seed, selection="likelihood").fit(estimate)
