@@ -18,7 +18,10 @@ calibration fits its mixture to the queries' own label log-probabilities (unlabe
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,7 +72,7 @@ def task_limits(text: str, tasks: list[str]) -> dict[str, int]:
 
 def parser() -> FlagParser:
     p = FlagParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a transformers decoder directory or a MetaLM checkpoint")
+    p.add_argument("--checkpoint", default=None, help="a transformers decoder directory or a MetaLM checkpoint")
     p.add_argument("--data", default=[], nargs="+", help="TASK=PATH for each task: sst2 / rte tsv, boolq jsonl")
     p.add_argument("--shots", default="0,1,4,8", help="comma-separated numbers of demonstrations")
     p.add_argument("--trials", type=int, default=3, help="seeded demonstration sets per k > 0 (one at k = 0)")
@@ -255,11 +258,13 @@ def write_report(out_dir: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> dict:
     p = parser()
     args = p.parse_args(argv)
+    if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a long sweep is
     if args.report:
         print("wrote", *write_report(Path(args.out_dir)))
         return {}
-    if not args.data:
-        p.error("--data TASK=PATH is required (or --report)")
+    if not args.data or not args.checkpoint:
+        p.error("--checkpoint and --data TASK=PATH are required (or --report alone)")
     files = task_files(args.data)
     args.shots = shots_list(args.shots)
     limits = task_limits(args.limit, list(files))
