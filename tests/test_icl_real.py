@@ -163,8 +163,41 @@ def test_shared_prefix_scores_as_a_full_forward(model_dir, tmp_path):
     entry = report["results"][1]
     assert entry["shots"] == 2 and entry["trials"] == 2 and len(entry["prototypical"]["trials"]) == 2
     assert entry["none"]["mean"] == pytest.approx(sum(entry["none"]["trials"]) / 2)
-    assert (out / "icl-sst2.json").is_file() and (out / "icl.png").stat().st_size > 0
+    assert (out / "icl-sst2.json").is_file() and (out / "icl.png").stat().st_size > 0 and report["complete"]
     assert "| sst2 | 8 (6) | 2 | 2 |" in (out / "icl.md").read_text()
+    (out / "icl.md").unlink()
+    assert main(["--report", "--out_dir", str(out)]) == {} and "| sst2 | 8 (6) |" in (out / "icl.md").read_text()
+
+
+def test_per_example_demonstrations_end_to_end(model_dir, tmp_path):
+    """``--demos per_example``: each query is scored after its own draw (as ``draw_demos`` gives it), equal to a
+    full forward, and contextual calibration reads the content-free inputs under each query's own set."""
+    from transformers import LlamaForCausalLM
+
+    from data.templates import CLASSIFICATION
+    from eval.icl_real import main
+
+    data = tmp_path / "dev.tsv"
+    rows = write_sst2(data, 12)
+    flags = ["--checkpoint", str(model_dir), "--device", "cpu", "--batch_size", "8", "--data", f"sst2={data}"]
+    flags += ["--shots", "2", "--trials", "1", "--pool_size", "5", "--restarts", "2", "--demos", "per_example"]
+    report = main(flags + ["--dtype", "float32", "--out_dir", str(tmp_path / "icl")])["sst2"]
+    run = report["runs"][0]
+    assert run["demonstrations"] == "per query" and len(run["content_free_logprobs"]) == report["n"] == 7
+    template = CLASSIFICATION["sst2"]
+    _, pool = split_pool(12, 5, 0)
+    demos = [Demo(template.text.format(sentence=rows[i][0]), template.verbalizers[rows[i][1]], i) for i in pool]
+    drawn = draw_demos(demos, 2, report["query_ids"], "per_example", 0, 0)
+    hf = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    encode = hf_encoder(model_dir / "tokenizer.json")
+    for q in (0, 6):
+        key = report["query_ids"][q]
+        context = prompt_text(drawn[q], template.text.format(sentence=rows[key][0]))
+        want = [_full_logprob(hf, encode, context, v) for v in template.verbalizers]
+        assert run["logprobs"][q] == pytest.approx(want, abs=2e-4)
+        cf = prompt_text(drawn[q], template.text.format(sentence="N/A"))
+        want_cf = [_full_logprob(hf, encode, cf, v) for v in template.verbalizers]
+        assert run["content_free_logprobs"][q][0] == pytest.approx(want_cf, abs=2e-4)
 
 
 def _order(report: dict, run: dict) -> list[int]:
