@@ -21,8 +21,22 @@ the labels. Normalising removes how much mass the model puts outside the label w
 input and is not evidence for any one label; log-space keeps the clusters closer to Gaussian than probabilities,
 which are squeezed against 0 and 1.
 
+Choosing among restarts (Han et al. 2022, Section 3.2 "the estimated parameters ... we repeat ... and select"): EM
+is run from several random starts, and the restart kept is the one whose cluster-label matching is strongest: the
+largest summed mean of each cluster on its matched label, ``max over restarts of sum_c mu_c[label(c)]`` (the
+Hungarian matching of that restart). That is what the released code does, not the largest log-likelihood. We
+followed ZihanWangKi/x-TC ``external/prompt_gpt/ProtoCal.py`` at 050444b1e6521604daf552f2efa149f5998b2283 (the
+code the ICLR 2023 paper's listings point to; Han et al.'s own repository, zhixhan/ProCa at 54d1fc1, holds only a
+README): ``for seed in range(100)``: fit, ``linear_sum_assignment(centers.max() - centers)``, keep the seed with the
+strictly larger ``centers[row, col].sum()`` (so the first on ties). A second public copy of Han et al.'s script
+(``prototypical_calibrate_fit``, label probabilities in, ``num_gmm_runs=10``) means the same rule (``cost = -sum``,
+keep the lowest) but never updates its running minimum, so it keeps the last restart; we do not copy that slip.
+``selection="likelihood"`` keeps the restart with the largest log-likelihood instead (what this module did before).
+Prediction uses equal priors by default (the paper's Eq. 6, the density of each label's cluster); ``priors="fitted"``
+weights the densities by the fitted mixing weights, as the reference's ``gmm.predict`` does.
+
 The EM is our own numpy code (greedy k-means++ seeded k-means initialisation, ``reg_covar`` added to each covariance's
-diagonal, several restarts keeping the best log-likelihood) so results do not depend on a scikit-learn version.
+diagonal) so results do not depend on a scikit-learn version.
 """
 
 from __future__ import annotations
@@ -202,12 +216,41 @@ def assign_clusters_to_labels(cluster_means: np.ndarray) -> np.ndarray:
     return cluster_to_label
 
 
+def matching_score(cluster_means: np.ndarray) -> float:
+    """The summed mean of each cluster on the label it is matched to (``assign_clusters_to_labels``): how clearly
+    the clusters line up with the labels. Han et al.'s code keeps the restart where this is largest."""
+    means = np.asarray(cluster_means, dtype=np.float64)
+    cluster_to_label = assign_clusters_to_labels(means)
+    return float(means[np.arange(len(means)), cluster_to_label].sum())
+
+
+SELECTIONS = ("matching", "likelihood")
+PRIORS = ("equal", "fitted")
+
+
+def select_restart(fits: list[GaussianMixtureFit], selection: str = "matching") -> int:
+    """Index of the restart to keep: the largest ``matching_score`` of its means (Han et al.'s released code), or
+    with ``selection="likelihood"`` the largest log-likelihood; the first on ties (a strict ``>`` over restarts in
+    order, as the reference loop)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection {selection!r}: expected one of {SELECTIONS}")
+    if not fits:
+        raise ValueError("no restarts to choose from")
+    values = [matching_score(f.means) if selection == "matching" else f.log_likelihood for f in fits]
+    best = 0
+    for i, v in enumerate(values):
+        if v > values[best]:
+            best = i
+    return best
+
+
 class PrototypicalCalibration:
     """Prototypical calibration (Han et al. 2022): fit on unlabeled estimate outputs, then predict labels.
 
-    ``restarts`` EM runs are made, run ``i`` seeded with ``np.random.default_rng([seed, i])``, and the one with the
-    highest log-likelihood is kept (the first on ties). The default of 100 restarts is Han et al.'s ``n_init``; on
-    2 CPU cores it costs about 2 s for 2,000 inputs and 2 labels, a minute for 5,000 inputs and 14 labels.
+    ``restarts`` EM runs are made, run ``i`` seeded with ``np.random.default_rng([seed, i])``, and the one kept is
+    chosen by ``select_restart`` (``selection``: "matching", the released code's rule, or "likelihood"). The default
+    of 100 restarts is the reference's ``range(100)``; on 2 CPU cores it costs about 2 s for 2,000 inputs and 2
+    labels, a minute for 5,000 inputs and 14 labels. ``priors``: "equal" (the paper) or "fitted" mixing weights.
     """
 
     def __init__(
@@ -218,7 +261,12 @@ class PrototypicalCalibration:
         tol: float = 1e-6,
         reg_covar: float = 1e-6,
         seed: int = 0,
+        selection: str = "matching",
+        priors: str = "equal",
     ) -> None:
+        if selection not in SELECTIONS or priors not in PRIORS:
+            raise ValueError(f"selection {selection!r}, priors {priors!r}: expected one of {SELECTIONS}, {PRIORS}")
+        self.selection, self.priors = selection, priors
         if n_labels < 2 or restarts < 1 or max_iter < 1 or reg_covar < 0 or seed < 0:
             raise ValueError(
                 f"need n_labels >= 2, restarts >= 1, max_iter >= 1, reg_covar >= 0, seed >= 0; got "
@@ -228,6 +276,8 @@ class PrototypicalCalibration:
         self.tol, self.reg_covar, self.seed = tol, reg_covar, seed
         self.mixture_: GaussianMixtureFit | None = None
         self.restart_log_likelihoods_: list[float] = []
+        self.restart_matching_scores_: list[float] = []
+        self.restart_: int | None = None
         self.cluster_to_label_: np.ndarray | None = None
 
     def _features(self, logprobs: Any, name: str) -> np.ndarray:
@@ -248,15 +298,20 @@ class PrototypicalCalibration:
             for i in range(self.restarts)
         ]
         self.restart_log_likelihoods_ = [f.log_likelihood for f in fits]
-        self.mixture_ = fits[int(np.argmax(self.restart_log_likelihoods_))]
+        self.restart_matching_scores_ = [matching_score(f.means) for f in fits]
+        self.restart_ = select_restart(fits, self.selection)
+        self.mixture_ = fits[self.restart_]
         self.cluster_to_label_ = assign_clusters_to_labels(self.mixture_.means)
         return self
 
     def scores(self, logprobs: Any) -> np.ndarray:
-        """``(N, n_labels)`` log-density of each input under the cluster matched to each label (equal priors)."""
+        """``(N, n_labels)`` log-density of each input under the cluster matched to each label (plus the log of its
+        mixing weight with ``priors="fitted"``)."""
         if self.mixture_ is None or self.cluster_to_label_ is None:
             raise RuntimeError("PrototypicalCalibration.fit must be called before scores/predict")
         densities = self.mixture_.component_log_densities(self._features(logprobs, "logprobs"))
+        if self.priors == "fitted":
+            densities = densities + np.log(self.mixture_.weights)
         out = np.empty_like(densities)
         out[:, self.cluster_to_label_] = densities
         return out

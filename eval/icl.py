@@ -7,9 +7,13 @@ A demonstration is an input prompt (text and images) followed by its answer. Two
   bidirectional text encoder and docks at its positions (images are docked as always); only the query is read
   causally. The scored or generated answer of the query is never docked, so the semi-causal rule holds.
 
-Demonstrations are drawn without replacement from a pool (a training split) by a seeded RNG; the scripts use one
-set for all queries of a trial, each trial with its own seed, and report mean and standard deviation over trials
-(eval/runners.py).
+Demonstrations are drawn without replacement from a pool (a training split) by a seeded RNG, in one of two designs
+(``DRAWS``): ``per_trial``, one set for all queries of a trial, each trial with its own seed (the scripts' default;
+the shared demonstrations are a prefix every query reuses, so a scorer runs them once), or ``per_example``, a set
+per query as GPT-3 drew them (Brown et al. 2020, Section 2: "K examples drawn at random from the training set for
+each example in the evaluation set"), never holding the query itself. Scores are reported as mean and standard
+deviation over trials (eval/runners.py, eval/icl_real.py). Where a benchmark file has no training split,
+``split_pool`` sets a seeded part of it aside as the pool, so no query can be shown as a demonstration.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 
 from data.prompts import Prompt, Segment, through_encoder
 from eval.settings import MODES
+
+DRAWS = ("per_trial", "per_example")
 
 
 @dataclass(frozen=True)
@@ -71,3 +77,37 @@ def sample_demos(pool: Sequence[Demo], k: int, rng: random.Random, exclude: Hash
     if len(candidates) < k:
         raise ValueError(f"{k}-shot prompts need {k} demonstrations but the pool has only {len(candidates)}")
     return rng.sample(candidates, k)
+
+
+def split_pool(n_items: int, pool_size: int, seed: int) -> tuple[list[int], list[int]]:
+    """``(queries, pool)``: indices of ``n_items`` items, ``pool_size`` of them drawn by ``random.Random(seed)`` as
+    the demonstration pool (sorted), the rest, in file order, as the queries; disjoint, so no query is ever shown."""
+    if not 0 <= pool_size < n_items:
+        raise ValueError(f"pool_size {pool_size}: expected 0 <= pool_size < {n_items} (the items in the file)")
+    pool = sorted(random.Random(seed).sample(range(n_items), pool_size))
+    chosen = set(pool)
+    return [i for i in range(n_items) if i not in chosen], pool
+
+
+def draw_demos(
+    pool: Sequence[Demo], k: int, query_keys: Sequence[Hashable], draws: str, seed: int, trial: int
+) -> list[list[Demo]]:
+    """The demonstrations of each query in trial ``trial``: ``per_trial``, one set drawn by ``random.Random(seed +
+    trial)`` for every query (as ``eval.runners.classify``); ``per_example``, a set per query drawn by its own RNG
+    (seeded by seed, trial and the query's position) from the pool less the query (``exclude`` its key)."""
+    if draws not in DRAWS:
+        raise ValueError(f"demonstration draws {draws!r}: expected one of {DRAWS}")
+    if draws == "per_trial":
+        shared = sample_demos(pool, k, random.Random(seed + trial))
+        return [shared for _ in query_keys]
+    rngs = [random.Random(f"{seed}/{trial}/{i}") for i in range(len(query_keys))]
+    return [sample_demos(pool, k, rng, exclude=key) for rng, key in zip(rngs, query_keys, strict=True)]
+
+
+def prompt_text(demos: Sequence[Demo], query: str, sep: str = "\n\n") -> str:
+    """A plain-text few-shot prompt: ``demo_1 answer_1 sep ... demo_k answer_k sep query`` (``few_shot_prompt`` in
+    ``causal`` mode, as one string)."""
+    prompt = few_shot_prompt(demos, query, "causal", sep)
+    if not all(isinstance(seg, str) for seg in prompt):
+        raise ValueError("prompt_text takes text demonstrations and queries only (no images or encoded text)")
+    return "".join(prompt)  # type: ignore[arg-type]

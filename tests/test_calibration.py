@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 from scipy.special import log_softmax
 
 from eval.calibration import (
@@ -16,6 +17,8 @@ from eval.calibration import (
     calibrate,
     contextual_calibration,
     fit_gaussian_mixture,
+    matching_score,
+    select_restart,
 )
 
 
@@ -170,23 +173,77 @@ def test_prototypical_is_deterministic_for_a_seed():
     np.testing.assert_array_equal(a.predict(estimate), b.predict(estimate))
 
 
-def test_restarts_keep_the_highest_log_likelihood():
-    rng = np.random.default_rng(4)
+def _reference_choice(all_means: list[np.ndarray]) -> int:
+    """The restart Han et al.'s released code keeps (x-TC ``ProtoCal.py`` ``train``), written out as it is: the
+    Hungarian matching on ``centers.max() - centers``, its summed matched means, kept when strictly larger."""
+    best_score, best = -np.inf, 0
+    for i, centers in enumerate(all_means):
+        rows, cols = linear_sum_assignment(centers.max() - centers)
+        score = centers[rows, cols].sum()
+        if score > best_score:
+            best_score, best = score, i
+    return best
+
+
+def _fit(means, log_likelihood: float) -> GaussianMixtureFit:
+    means = np.asarray(means, dtype=float)
+    k = len(means)
+    return GaussianMixtureFit(np.full(k, 1 / k), means, np.stack([np.eye(k)] * k), log_likelihood, 1, True)
+
+
+def test_select_restart_constructed_case():
+    """Three restarts: the second has the best log-likelihood, the third the strongest cluster-label matching
+    (its clusters sit on the labels in swapped order, which the matching undoes); the reference keeps the third."""
+    fits = [
+        _fit([[-0.4, -1.2], [-1.0, -0.5]], -2.0),  # matched sum -0.9
+        _fit([[-0.6, -0.8], [-0.7, -0.7]], -1.0),  # -1.3: the best likelihood, the weakest matching
+        _fit([[-2.0, -0.1], [-0.2, -1.9]], -3.0),  # swapped: cluster 0 -> label 1, -0.3
+        _fit([[-0.1, -2.0], [-1.9, -0.2]], -3.0),  # -0.3 again: a tie, the first is kept
+    ]
+    assert _reference_choice([f.means for f in fits]) == 2
+    assert select_restart(fits) == 2
+    assert select_restart(fits, "likelihood") == 1
+    assert matching_score(fits[2].means) == pytest.approx(-0.3)
+    with pytest.raises(ValueError, match="selection"):
+        select_restart(fits, "best")
+
+
+def test_restarts_are_chosen_as_the_reference_chooses():
+    """On data where EM lands in different optima, the kept restart is the one the reference loop keeps over the
+    same fits, here not the one with the largest log-likelihood; ``selection='likelihood'`` keeps that."""
+    rng = np.random.default_rng(7)
     # Six blobs for three components: EM has several local optima, so restarts matter.
     centres = np.array([[3, 0, 0], [0, 3, 0], [0, 0, 3], [2, 2, 0], [2, 0, 2], [0, 2, 2]], dtype=float) * 1.5
     estimate, _ = _blobs_logprobs(centres, 40, 0.3, rng)
     features = log_softmax(estimate, axis=1)
-    seed, restarts = 3, 8
-    single = [
-        fit_gaussian_mixture(features, 3, np.random.default_rng([seed, i])).log_likelihood for i in range(restarts)
-    ]
+    seed, restarts = 0, 8
+    fits = [fit_gaussian_mixture(features, 3, np.random.default_rng([seed, i])) for i in range(restarts)]
+    single = [f.log_likelihood for f in fits]
     assert max(single) - min(single) > 1e-3  # the restarts do land in different optima
 
     model = PrototypicalCalibration(3, restarts=restarts, seed=seed).fit(estimate)
     assert model.restart_log_likelihoods_ == pytest.approx(single, abs=0)
-    assert model.mixture_.log_likelihood == max(single)
+    want = _reference_choice([f.means for f in fits])
+    assert model.restart_ == want != int(np.argmax(single))  # the two rules part here
+    np.testing.assert_array_equal(model.mixture_.means, fits[want].means)
+    assert model.restart_matching_scores_[want] == max(model.restart_matching_scores_)
+    by_likelihood = PrototypicalCalibration(3, restarts=restarts, seed=seed, selection="likelihood").fit(estimate)
+    assert by_likelihood.mixture_.log_likelihood == max(single)
     one = PrototypicalCalibration(3, restarts=1, seed=seed).fit(estimate)
-    assert one.mixture_.log_likelihood == single[0] <= model.mixture_.log_likelihood
+    assert one.restart_ == 0 and one.mixture_.log_likelihood == single[0]
+
+
+def test_fitted_priors_weigh_the_densities():
+    rng = np.random.default_rng(1)
+    estimate, _ = _blobs_logprobs(np.eye(2) * 3, 30, 0.5, rng)
+    equal = PrototypicalCalibration(2, restarts=2).fit(estimate)
+    fitted = PrototypicalCalibration(2, restarts=2, priors="fitted").fit(estimate)
+    np.testing.assert_allclose(
+        fitted.scores(estimate)[:, equal.cluster_to_label_],
+        equal.scores(estimate)[:, equal.cluster_to_label_] + np.log(equal.mixture_.weights),
+    )
+    with pytest.raises(ValueError, match="priors"):
+        PrototypicalCalibration(2, priors="uniform")
 
 
 def test_gaussian_mixture_log_likelihood_is_consistent():
