@@ -191,7 +191,7 @@ def test_config_cli_yaml_and_errors(tmp_path, capsys):
         ("beta2", "1", "beta2 = 1.0: expected at least 0 and below 1"),
         ("span_max", "1", "span_max = 1: expected at least the minimum span length 8"),  # 64 scaled to 256/2048
         ("model", "{n_layer: 2}", "model = {'n_layer': 2}: model: unknown field\\(s\\) \\['n_layer'\\]"),
-            ("model", "{decoder: {n_layer: 2}}", "model = .*: model.decoder: unknown field\\(s\\) \\['n_layer'\\]"),
+        ("model", "{decoder: {n_layer: 2}}", "model = .*: model.decoder: unknown field\\(s\\) \\['n_layer'\\]"),
         ("preset", "huge", "preset = 'huge': expected one of tiny"),
     ],
 )
