@@ -3,16 +3,21 @@
     python eval/report.py                       # trains both models, finetunes, evaluates, writes the report
     python eval/report.py --metalm runs/tiny/final   # reuse the main command's checkpoint instead of pretraining
 
-Both models have the ``tiny`` decoder and are pretrained for the same number of steps on batches of the same size
-and length (equal decoder compute): MetaLM on the world's documents (with semi-causal spans through its text
-encoder) and image-caption pairs, the GPT on the same documents read causally. Then, as the paper does:
+Both models have the ``tiny`` decoder and read the same number of text tokens in pretraining, on batches of the
+same size and length: MetaLM on the world's documents (with semi-causal spans through its text encoder) and
+image-caption pairs for its own steps, the GPT on the same documents read causally until it has read as many text
+tokens as MetaLM did (documents and captions; ``count_text_tokens`` rebuilds both runs' batches to count them, so
+the GPT takes fewer steps: MetaLM's image-text rows hold image vectors). Then, as the paper does:
 
 - **finetuning**: both are finetuned on the world's entailment task for the same steps (MetaLM reads the input
-  through its bidirectional encoder, the GPT causally); MetaLM is also finetuned on VQA;
+  through its bidirectional encoder, the GPT causally); MetaLM also with its decoder frozen (the paper's recipe:
+  only the encoders and connectors train), and on VQA;
 - **zero-shot**: held-out colour-shape pairs for captions and (after VQA finetuning) questions; the language tasks
   with no demonstrations;
 - **in-context**: k = 0, 1, 4 demonstrations (several seeded trials), with no, contextual and prototypical
-  calibration; MetaLM also with its demonstrations docked through the encoder.
+  calibration; MetaLM also with its demonstrations docked through the encoder (its in-context customization);
+- **instructions**: MetaLM instruction-tuned with clusters held out, the held-out clusters scored before and after
+  under every instruction template, mean and best over the templates (FLAN's way of reporting them).
 
 The numbers go to ``results/report.md`` (tables and plots) and ``report.json``, whatever they say.
 """

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from data.batch import Batch
-from eval.report import batch_text_tokens, count_text_tokens, pretrain_config, template_summary, write_markdown
+from eval.report import (
+    batch_text_tokens,
+    count_text_tokens,
+    instruction_eval,
+    pretrain_config,
+    template_summary,
+    write_markdown,
+)
 
 
 def entry(shots: int, **means) -> dict:
@@ -115,7 +122,7 @@ def test_batch_text_tokens_leaves_out_image_positions():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def own_world(tmp_path_factory):
     """A small world of this module's own: counting tokens writes a tokenizer and shards into it."""
     from data.world import generate_world
 
@@ -124,8 +131,8 @@ def world(tmp_path_factory):
     return out
 
 
-def test_gpt_reads_as_many_text_tokens_as_metalm(world):
-    args = SimpleNamespace(world=str(world), seed=0)
+def test_gpt_reads_as_many_text_tokens_as_metalm(own_world):
+    args = SimpleNamespace(world=str(own_world), seed=0)
     small = {"seq_len": 64, "batch_size": 4, "vocab_size": 400}
     metalm = count_text_tokens(pretrain_config(args, 3, **small), steps=3)
     # round(4 x 0.3) = 1 of the 4 rows is a full document row; the rest are image-text rows
@@ -140,3 +147,18 @@ def test_gpt_reads_as_many_text_tokens_as_metalm(world):
     assert count_text_tokens(gpt_cfg, steps=gpt["steps"]) == gpt
     with pytest.raises(ValueError, match="give steps or target"):
         count_text_tokens(gpt_cfg)
+
+
+def test_instruction_eval_over_every_template(world, pretrained, tmp_path):
+    from data.templates import INSTRUCTION_TEMPLATES
+
+    args = SimpleNamespace(world=str(world), seed=0, heldout_tasks="yesno,count", instruct_limit=2)
+    table = instruction_eval(args, {"before": pretrained}, tmp_path)
+    for task in ("yesno", "count"):
+        row = table["before"][task]
+        assert len(row["exact_match"]["templates"]) == len(INSTRUCTION_TEMPLATES)
+        rank = row["rank_classification"]
+        assert min(rank["templates"]) <= rank["mean"] <= rank["best"] == max(rank["templates"])
+        assert rank["templates"][rank["best_template"]] == rank["best"]
+        assert 0 < row["chance"] < 1
+    assert len(list(tmp_path.glob("instruct-before-template*.json"))) == len(INSTRUCTION_TEMPLATES)
