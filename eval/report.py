@@ -359,6 +359,16 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def command(settings: dict) -> str:
+    """The report's command line, with the flags that change what it does (others at their defaults)."""
+    flags = [f"--metalm {settings['metalm']}"] if settings.get("metalm") else []
+    flags += [f"--gpt {settings['gpt']}"] if settings.get("gpt") else []
+    flags += ["--reuse"] if settings.get("reuse") else []
+    if settings.get("instruct_steps", 300) != 300:
+        flags.append(f"--instruct_steps {settings['instruct_steps']}")
+    return " ".join(["python eval/report.py", *flags])
+
+
 MODEL_NAMES = {"metalm-frozen": "metalm (decoder frozen)"}
 
 
@@ -420,8 +430,10 @@ def write_markdown(report: dict, results: Path) -> Path:
         "",
         f"{pretraining} Finetuning {s['finetune_steps']} steps at lr {s.get('finetune_lr', 3e-4):g}; up "
         f"to {s['limit']} evaluation examples; {s['trials']} seeded demonstration sets per k > 0 (mean ± std). "
-        f"Produced by `python eval/report.py` "
-        f"in {report['minutes']:.0f} minutes on CPU.",
+        f"Produced by `{command(s)}` in {report['minutes']:.0f} minutes on CPU"
+        + (
+            " (the models trained by earlier runs reused: their training time is not in it)." if s.get("reuse") else "."
+        ),
         "",
     ]
     lines += ["## Finetuning", "", "| model | task | metric | score |", "|---|---|---|---|"]

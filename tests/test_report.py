@@ -90,7 +90,11 @@ def test_report_tables_and_plot(tmp_path):
     assert "| heldout | 2.000 | 0.500 | 0.600 | 0.700 | – |" in text
     assert "MetaLM 1,242,923 in 480 steps" in text and "the GPT 1,245,184 of documents in 304 steps" in text
     assert "| count | after tuning | 0.100 | 0.200 (3) | 0.600 | 0.750 (1) | 0.333 | 0.430 |" in text
+    assert "Produced by `python eval/report.py` in 31 minutes on CPU." in text
     assert (tmp_path / "report-icl.png").stat().st_size > 1000
+    report["settings"].update(metalm="runs/tiny/final", reuse=True, instruct_steps=0)
+    text = write_markdown(report, tmp_path).read_text()
+    assert "`python eval/report.py --metalm runs/tiny/final --reuse --instruct_steps 0` in 31 minutes" in text
 
 
 def test_template_summary_mean_and_best():
