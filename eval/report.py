@@ -213,7 +213,8 @@ def template_summary(per_template: list[dict], key: str) -> dict:
     finite = [(v, i) for i, v in enumerate(values) if v == v]
     if not finite:
         return {"mean": float("nan"), "best": float("nan"), "best_template": None, "templates": values}
-    best, which = max(finite)
+    best = max(v for v, _ in finite)
+    which = next(i for v, i in finite if v == best)  # ties: the first such template
     return {"mean": sum(v for v, _ in finite) / len(finite), "best": best, "best_template": which, "templates": values}
 
 
