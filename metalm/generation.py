@@ -6,6 +6,7 @@ reuses the cache. Batched prompts are left-padded; ``attention_mask`` marks the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -57,6 +58,18 @@ def _step(decoder: Decoder, tokens: torch.Tensor, attention_mask: torch.Tensor |
     return out.logits[:, -1].float()
 
 
+def compiled_step(decoder: Decoder) -> Callable:
+    """``_step`` through ``torch.compile`` (dynamic shapes, so the growing cache compiles once), made on first use
+    and kept on the decoder. On CPU it fuses a step's small operators and removes their Python overhead (about 10%
+    faster decoding on SmolLM2, ``bench/smollm2.py``), after a compilation of tens of seconds that needs a C++
+    compiler; the same tokens as eager decoding."""
+    step = decoder.__dict__.get("_compiled_step")
+    if step is None:
+        step = torch.compile(functools.partial(_step, decoder), dynamic=True)
+        decoder.__dict__["_compiled_step"] = step
+    return step
+
+
 def _grown(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """The mask with one more real position; None (no padding anywhere) stays None."""
     if attention_mask is None:
@@ -82,11 +95,13 @@ def generate(
     pad_token_id: int = 0,
     generator: torch.Generator | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Return ``input_ids`` followed by up to ``max_new_tokens`` new tokens, ``(B, T + new)``.
 
     Finished rows (after ``eos_token_id``) are filled with ``pad_token_id``. ``on_token`` is called with each
     step's new tokens ``(B,)`` for streaming. ``inputs_embeds`` replaces the prompt's embeddings (docking).
+    ``compile=True`` runs each decoding step through ``torch.compile`` (``compiled_step``; greedy and sampling).
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; expected (batch, seq)")
@@ -94,6 +109,8 @@ def generate(
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # no padding: steps need no mask to grow
         if num_beams > 1:
+            if compile:
+                raise ValueError("compile=True covers greedy and sampled decoding, not beam search (num_beams > 1)")
             if do_sample:
                 raise ValueError("beam search with sampling is not supported: use num_beams=1 or do_sample=False")
             return beam_search(
@@ -108,6 +125,7 @@ def generate(
                 pad_token_id,
             )
         logits, cache = _prefill(decoder, input_ids, inputs_embeds, attention_mask, max_new_tokens)
+        step = compiled_step(decoder) if compile else functools.partial(_step, decoder)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         out = [input_ids]
         for _ in range(max_new_tokens):
@@ -125,7 +143,7 @@ def generate(
                 if bool(done.all()):
                     break
             attention_mask = _grown(attention_mask)
-            logits = _step(decoder, tokens, attention_mask, cache)
+            logits = step(tokens, attention_mask, cache)
         return torch.cat(out, dim=1)
 
 

@@ -253,3 +253,15 @@ def test_streaming_callback_sees_every_new_token():
     seen = []
     out = dec.generate(ids(b=1, t=4), max_new_tokens=6, on_token=lambda t: seen.append(int(t[0])))
     assert seen == out[0, 4:].tolist()
+
+
+@pytest.mark.slow  # compiling takes tens of seconds and needs a C++ compiler
+def test_compiled_decoding_gives_the_eager_tokens():
+    dec = make(positions="rotary", norm="rmsnorm", mlp="swiglu")
+    x, mask = ids(b=2, t=6), torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0  # left padding: the mask grows each step, inside the compiled step
+    for m in (None, mask):
+        eager = dec.generate(x, attention_mask=m, max_new_tokens=10)
+        assert torch.equal(dec.generate(x, attention_mask=m, max_new_tokens=10, compile=True), eager)
+    with pytest.raises(ValueError, match="not beam search"):
+        dec.generate(x, max_new_tokens=2, num_beams=2, compile=True)
