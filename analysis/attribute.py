@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
             p.error(f"--{flag} {getattr(args, flag)}: must be {'at least 1' if flag == 'steps' else 'non-negative'}")
     import torch
 
-    from analysis.attribution import load_decoder, read_items, run_study, write_results
+    from analysis.attribution import read_items, run_study, write_results
+    from eval.scoring import load_decoder
 
     torch.manual_seed(0)
     start = time.perf_counter()

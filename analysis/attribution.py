@@ -373,24 +373,6 @@ def plot_pruning(curves: dict[str, dict], out: str | Path, title: str = "") -> P
     return _save(fig, out)
 
 
-def load_decoder(checkpoint: str | Path, device: str = "cpu"):
-    """``(decoder, tokenizer)`` from a MetaLM checkpoint (its decoder) or a transformers GPT-2 / Llama directory."""
-    import json
-
-    from data.tokenizer import Tokenizer
-    from metalm import Decoder, MetaLM
-
-    path = Path(checkpoint)
-    config = path / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{path}: no config.json; expected a MetaLM checkpoint or a transformers directory")
-    if json.loads(config.read_text()).get("model_type", "metalm") == "metalm":
-        decoder = MetaLM.from_pretrained(path).decoder
-    else:
-        decoder = Decoder.from_hf(path)
-    return decoder.to(device).eval(), Tokenizer.load(path)
-
-
 def read_items(task: str, data: str | Path, encode: Encode, split: str = "val", limit: int = 0) -> tuple[list, list]:
     """``(items, verbalizers)`` of a classification task scored by label words: ``world-entail`` or
     ``world-choice`` from a world directory's ``split``, or a GLUE task (``sst2``, ``rte``, ...) from its tsv;

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--share and --prompt_share must lie in (0, 1]")
     import torch
 
-    from analysis.knowledge_neurons import load_decoder, load_facts, study, world_facts, write_results
+    from analysis.knowledge_neurons import load_facts, study, world_facts, write_results
+    from eval.scoring import load_decoder
 
     torch.manual_seed(args.seed)
     start = time.perf_counter()

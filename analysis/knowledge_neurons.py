@@ -130,24 +130,6 @@ class Attribution:
     activations: torch.Tensor
 
 
-def load_decoder(path: str | Path, device: str = "cpu"):
-    """The decoder and tokenizer of a MetaLM checkpoint (``config.json`` with ``model_type: metalm``) or of a
-    transformers GPT-2 / Llama directory (``Decoder.from_hf``), in eval mode on ``device``."""
-    from data.tokenizer import Tokenizer
-    from metalm import Decoder, MetaLM
-
-    path = Path(path)
-    config = path / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{path}: expected a MetaLM checkpoint or a transformers model directory (config.json)")
-    try:
-        kind = json.loads(config.read_text()).get("model_type")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config} is not valid JSON: {e}") from e
-    decoder = MetaLM.from_pretrained(path).decoder if kind == "metalm" else Decoder.from_hf(str(path))
-    return decoder.to(device).eval(), Tokenizer.load(path)
-
-
 def _prefix(decoder, ids: Sequence[int]):
     """The KV cache of all but the last token (``None`` for a one-token prompt) and the last token's id tensor."""
     device = decoder.tok_emb.weight.device

@@ -20,7 +20,6 @@ its tasks are huggingface/smollm ``text/evaluation/tasks.py``):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,10 +31,10 @@ from data.tasks import ChoiceExample, TaskData
 from data.templates import chat_template, render_chat
 from data.tokenizer import FILENAME, Tokenizer
 from eval.runners import Outcome, device_of, finish, limited
-from eval.scoring import OptionScore, option_batches, score_after_prefix
+from eval.scoring import OptionScore, load_decoder, option_batches, score_after_prefix
 from eval.settings import EvalSettings
 from metalm.decoder import Decoder
-from metalm.model import MetaLM, read_tokenizer_files
+from metalm.model import read_tokenizer_files
 
 SOURCE = "huggingface/lighteval c173871 (2024-11-19); huggingface/smollm text/evaluation/tasks.py"
 
@@ -124,15 +123,8 @@ class DecoderLM:
         """The decoder of a MetaLM checkpoint (its encoders left out: the model card measures the decoder) or of a
         transformers GPT-2 / Llama directory, with the tokenizer and chat template beside it."""
         path = Path(path)
-        config = path / "config.json"
-        if not config.is_file():
-            raise FileNotFoundError(f"{path}: no config.json; expected a MetaLM checkpoint or a transformers directory")
-        if "decoder" in json.loads(config.read_text(encoding="utf-8")):
-            model = MetaLM.from_pretrained(path)
-            template = chat_template(model.tokenizer_files)
-            return cls(model.decoder, Tokenizer.load(path), template, encode=hf_encoder(path / FILENAME), **kwargs)
-        decoder, tokenizer = Decoder.from_hf(str(path)), Tokenizer.load(path)
-        template = chat_template(read_tokenizer_files(path))
+        decoder, tokenizer = load_decoder(path)
+        template = chat_template(read_tokenizer_files(path))  # what MetaLM.from_pretrained reads as tokenizer_files
         return cls(decoder, tokenizer, template, encode=hf_encoder(path / FILENAME), **kwargs)
 
     def context(self, query: str, use_chat_template: bool) -> str:

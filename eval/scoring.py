@@ -20,6 +20,7 @@ continuation is never docked, so no scored token is ever seen by an encoder (the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,21 @@ class OptionScore:
     @property
     def mean(self) -> float:
         return self.logprob / max(self.n_tokens, 1)
+
+
+def load_decoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[Decoder, Tokenizer]:
+    """The decoder (in eval mode on ``device``) and tokenizer of a MetaLM checkpoint (``config.json`` with
+    ``model_type: metalm``; its encoders left out) or of a transformers GPT-2 / Llama directory."""
+    path = Path(path)
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{path}: no config.json; expected a MetaLM checkpoint or a transformers directory")
+    try:
+        kind = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config} is not valid JSON: {e}") from e
+    decoder = MetaLM.from_pretrained(path).decoder if kind == "metalm" else Decoder.from_hf(str(path))
+    return decoder.to(device).eval(), Tokenizer.load(path)
 
 
 class Scorer:
