@@ -71,10 +71,9 @@ def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> t
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` ``(B, T, heads, head_dim)``: ``x * cos + rotate_half(x) * sin``, where ``rotate_half(x)`` is
     ``[-x2, x1]``, written as ``roll(x) * signed_sin`` (the same products, so the same rounding)."""
-    if x.dtype == torch.float32:
-        return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
-    xf = x.float()
-    return (xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * signed_sin).to(x.dtype)
+    xf = x.float()  # x itself in fp32
+    out = xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
 class RotaryTable:
