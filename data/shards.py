@@ -254,11 +254,15 @@ def is_remote(url: str) -> bool:
     return _URL_SCHEME.match(url) is not None
 
 
-def existing(path: StrPath, what: str) -> Path:
-    """``path`` as a Path; a missing one is a FileNotFoundError that says what it was meant to be."""
+def existing(path: StrPath, what: str, directory: bool = False) -> Path:
+    """``path`` as a Path; a missing one, or a directory where a file is meant (a file where a ``directory`` is), is
+    an error that says what it was meant to be."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}")
+    if path.is_dir() != directory:
+        kind = "a directory" if path.is_dir() else "a file"
+        raise (NotADirectoryError if directory else IsADirectoryError)(f"{what} expected, but {path} is {kind}")
     return path
 
 
@@ -338,7 +342,7 @@ def write_coco_captions(
     """COCO captions (``images`` with id and file_name relative to ``image_root``, ``annotations`` with image_id and
     caption): one sample per caption, its image's bytes repeated, so every caption is a training pair. Samples of one
     image are consecutive; ``caption_id`` is the annotation id when it has one."""
-    path, root = Path(captions_json), existing(image_root, "image root")
+    path, root = Path(captions_json), existing(image_root, "image root", directory=True)
     data = read_json(path, "a COCO captions json")
     files = {}
     for i, im in enumerate(_json_list(data, "images", path)):
@@ -415,7 +419,7 @@ def write_cc3m(
     header row) or a ``.parquet`` (``caption`` and ``image``, ``path`` or ``url`` columns). Images must be local
     files, relative to ``image_root`` (default: the table's directory); ``image_id`` is the path as written."""
     path = existing(table, "CC3M table")
-    root = existing(image_root, "image root") if image_root is not None else path.parent
+    root = existing(image_root, "image root", directory=True) if image_root is not None else path.parent
     if path.suffix not in (".tsv", ".parquet"):
         raise ValueError(f"{path}: a CC3M table must be .tsv or .parquet")
 
@@ -490,7 +494,7 @@ def write_vqa(
     ``{data_subtype}/COCO_{data_subtype}_{image_id:012d}.jpg`` with the questions file's ``data_subtype``. Paths are
     relative to ``image_root``. A question without an annotation is skipped and reported."""
     qpath, apath = Path(questions_json), Path(annotations_json)
-    root = existing(image_root, "image root")
+    root = existing(image_root, "image root", directory=True)
     qdata, adata = read_json(qpath, "a VQA questions json"), read_json(apath, "a VQA annotations json")
     questions, annotations = _json_list(qdata, "questions", qpath), _json_list(adata, "annotations", apath)
     image_of = _vqa_images(image_pattern, qdata, qpath)

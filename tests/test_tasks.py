@@ -692,6 +692,8 @@ def test_other_malformed_input(tmp_path):
         read_coco_captions(broken, tmp_path)
     with pytest.raises(FileNotFoundError, match="COCO captions json not found"):
         read_coco_captions(tmp_path / "nope.json", tmp_path)
+    with pytest.raises(IsADirectoryError, match=f"sst2 tsv expected, but {tmp_path} is a directory"):
+        read_glue(tmp_path, "sst2")
     with pytest.raises(ValueError, match="unknown GLUE task 'sst-2'"):
         read_glue(tsv, "sst-2")
     with pytest.raises(ValueError, match="on_error must be 'error' or 'skip'"):
