@@ -313,10 +313,9 @@ def attribution_graph(attr: torch.Tensor, threshold: float = 0.4) -> list[dict]:
 
 
 def _pyplot():
-    import matplotlib
+    from metalm.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     return plt
 

@@ -440,10 +440,9 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, out_png: str | Path) -> None:
     """JS heatmaps (layers x heads), one per seed and their mean, beside the per-layer SVCCA curves."""
-    import matplotlib
+    from metalm.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = result["runs"]
     maps = [np.array(r["js"]) for r in runs] + [np.array(result["js_mean"])]

@@ -485,10 +485,9 @@ def seed_means(results: Sequence[dict]) -> list[str]:
 
 def plot(result: dict, path: str) -> None:
     """Per-layer SimAOU, SimAM and Kendall with their baselines, side by side."""
-    import matplotlib
+    from metalm.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     per = result["per_layer"]

@@ -556,10 +556,9 @@ def markdown(result: dict, title: str) -> str:
 def plot(result: dict, path: Path, title: str) -> None:
     """Four panels: suppress / amplify / erase effects against random neurons, neurons per layer, the update, and
     the integrated gradients' completeness gap against m."""
-    import matplotlib
+    from metalm.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     s = result["summary"]
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))

@@ -286,10 +286,9 @@ def markdown(result: dict) -> str:
 def plot(result: dict, out_dir: str | Path) -> list[Path]:
     """``interpolation.png`` (1-D paths), ``surface.png`` (2-D contours around each solution) and
     ``trajectory.png`` (each trajectory over its PCA-plane contour), one panel per initialisation."""
-    import matplotlib
+    from metalm.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
     inits = result["inits"]

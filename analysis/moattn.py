@@ -240,10 +240,9 @@ def markdown_table(results: dict[str, Any]) -> str:
 def plot(results: dict[str, Any], path: Path) -> None:
     """One panel of validation perplexity per arm (seeds as dots, mean ± std as a bar), then one per task of
     accuracy against k (mean ± std over seeds)."""
-    import matplotlib  # heavy, and needed only here
+    from metalm.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     s = results["summary"]
     shots = results["settings"]["shots"]

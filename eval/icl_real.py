@@ -218,10 +218,9 @@ def write_report(out_dir: Path) -> tuple[Path, Path]:
     """The markdown table and the plot (accuracy vs k per task, a line per calibration) of every icl-*.json."""
     import json
 
-    import matplotlib
+    from metalm.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     reports = [json.loads(p.read_text()) for p in sorted(out_dir.glob("icl-*.json"))]
     reports.sort(key=lambda r: TASKS.index(r["task"]) if r["task"] in TASKS else len(TASKS))

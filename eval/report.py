@@ -406,10 +406,9 @@ def instruction_lines(table: dict, settings: dict) -> list[str]:
 
 
 def write_markdown(report: dict, results: Path) -> Path:
-    import matplotlib  # heavy, and needed only to draw the report's plot
+    from metalm.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     s = report["settings"]
     tokens = report.get("text_tokens", {})

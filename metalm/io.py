@@ -124,3 +124,14 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def pyplot():
+    """matplotlib's ``pyplot`` on the Agg backend (plots go to files; no display is needed), imported on first use:
+    it is heavy, and only the jobs that draw a plot need it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

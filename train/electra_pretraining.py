@@ -618,10 +618,9 @@ def _table_markdown(result: dict[str, Any]) -> str:
 
 
 def _plot(result: dict[str, Any], runs_dir: Path, out: Path) -> None:
-    import matplotlib
+    from metalm.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     comp = result["comparison"]
     variants = list(comp["table"])

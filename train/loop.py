@@ -526,10 +526,9 @@ class Metrics:
 
 def plot_losses(metrics_path: Path, out_png: Path) -> None:
     """Training (and validation) loss against step, from metrics.jsonl."""
-    import matplotlib
+    from metalm.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = read_jsonl(metrics_path, "the run's metrics")
     fig, ax = plt.subplots(figsize=(6, 4))
