@@ -141,6 +141,14 @@ def test_resume_with_another_number_of_workers_warns(tmp_path, caplog):
     assert "saved with num_workers = 2 but this run has 0" in caplog.text
 
 
+def test_the_old_form_model_is_read_as_decoder_fields_and_said_once(caplog, monkeypatch):
+    monkeypatch.setattr(pretraining, "_OLD_FORM_WARNED", set())
+    cfg = PretrainConfig(model={"dim": 48, "n_layers": 2})
+    specs = [cfg.spec() for _ in range(3)]
+    assert all(s["decoder"]["dim"] == 48 and s["decoder"]["n_layers"] == 2 for s in specs)
+    assert caplog.text.count("decoder fields belong under model.decoder") == 1
+
+
 def test_the_gpt_baseline_preset_pretrains_on_text_alone(world, tmp_path):
     """``--preset tiny-gpt``: the same decoder with no encoders, trained causally on the documents (the report's
     baseline); no spans, no images, no captions to score."""
@@ -202,3 +210,25 @@ def test_a_run_stopped_by_sigterm_writes_its_summary_and_exits_143(world, tmp_pa
     with pytest.raises(FileExistsError, match="holds an unfinished run"):
         pretraining.pretrain(pretraining.parse_pretrain_config(argv))
     assert not calls[2:]  # refused before reading any data
+
+
+def test_freeze_decoder_trains_the_encoders_and_connectors_and_leaves_the_decoder(world, tmp_path):
+    """``--freeze_decoder``: a warm-up that docks encoders into a decoder without changing it."""
+    from safetensors.torch import load_file
+
+    base = ["--world", str(world), "--max_steps", "1", *SMALL, "--text_weight", "0.5", "--lr", "1e-2"]
+    pretraining.pretrain(pretraining.parse_pretrain_config([*base, "--out", str(tmp_path / "a")]))
+    start = tmp_path / "a" / "final"
+    argv = [*base, "--out", str(tmp_path / "b"), "--init_from", str(start), "--freeze_decoder", "true"]
+    argv[argv.index("--max_steps") + 1] = "2"
+    pretraining.pretrain(pretraining.parse_pretrain_config(argv))
+    before, after = (
+        load_file(str(start / "model.safetensors")),
+        load_file(str(tmp_path / "b" / "final" / "model.safetensors")),
+    )
+    decoder = [k for k in before if k.startswith("decoder.")]
+    assert decoder and all(torch.equal(before[k], after[k]) for k in decoder)
+    moved = [
+        k for k in before if k.startswith(("connectors.", "encoders.text.")) and not torch.equal(before[k], after[k])
+    ]
+    assert any(k.startswith("connectors.") for k in moved) and any(k.startswith("encoders.text.") for k in moved)

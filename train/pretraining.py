@@ -54,6 +54,7 @@ log = logging.getLogger("metalm.pretrain")
 PIPELINE_FIELDS = ("seq_len", "batch_size", "text_weight", "span_ratio", "span_min", "span_max", "prefix_max", "seed")
 """The fields of this job's config that set ``data.pipeline.PipelineConfig``'s data fields."""
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # a trained tokenizer's specials and 256 bytes
+_OLD_FORM_WARNED: set[str] = set()  # the old-form ``model`` values already warned about
 
 
 @dataclass
@@ -89,6 +90,11 @@ class PretrainConfig(LoopConfig):
         0.0, "MoAttn decay eta in (0, 1) in place of the spec's (0: the spec's, 0.9 unless set)", min=0, below=1
     )
     init_from: str = option("", "start from this MetaLM checkpoint directory instead of the spec's weights")
+    freeze_decoder: bool = option(
+        False,
+        "train only the encoders and connectors, the decoder fixed: a warm-up that docks new encoders into a "
+        "pretrained language model without changing it",
+    )
     # data
     world: str = option("data/world", "bundled world directory; generated there if missing")
     text_shards: str = option("", "text shards (brace pattern, glob or directory); default: built from the world")
@@ -167,7 +173,9 @@ class PretrainConfig(LoopConfig):
         model = dict(self.model)
         decoder_fields = {f.name for f in fields(DecoderConfig)}
         if model and set(model) <= decoder_fields:
-            log.warning("model = %r: decoder fields belong under model.decoder now; read them as that", model)
+            if repr(model) not in _OLD_FORM_WARNED:  # spec() runs several times a job: say it once
+                _OLD_FORM_WARNED.add(repr(model))
+                log.warning("model = %r: decoder fields belong under model.decoder now; read them as that", model)
             model = {"decoder": model}
         spec = merge({"preset": self.preset}, model)
         if self.from_hf or self.from_gguf:
@@ -207,6 +215,8 @@ def build_model(cfg: PretrainConfig, tokenizer: Tokenizer) -> MetaLM:
     else:
         torch.manual_seed(cfg.seed)
         model, _ = MetaLM.from_spec(cfg.spec(), vocab_size=tokenizer.vocab_size, max_seq_len=cfg.seq_len)
+    if cfg.freeze_decoder:
+        model.decoder.requires_grad_(False)
     model.decoder_tokenizer = tokenizer.backend
     return model
 
