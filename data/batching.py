@@ -43,8 +43,9 @@ class IndexedBatches:
 
 
 class ExampleBatcher(IndexedBatches):
-    """Seeded, epoch-wise shuffled batches of examples, each ``prompt + answer + </s>`` with labels on the answer
-    and ``</s>`` only. Batch ``i`` is the same whether or not earlier ones were skipped (exact resume)."""
+    """Seeded, epoch-wise shuffled batches of examples, each ``prompt + answer + </s>`` (without ``</s>`` when
+    ``answer_eos`` is False) with labels on the answer and ``</s>`` only. Batch ``i`` is the same whether or not
+    earlier ones were skipped (exact resume)."""
 
     def __init__(
         self,
@@ -57,8 +58,9 @@ class ExampleBatcher(IndexedBatches):
         encode_input: bool,
         rank: int = 0,
         world_size: int = 1,
+        answer_eos: bool = True,
     ) -> None:
-        self.examples, self.prompts, self.tok = examples, prompts, tokenizer
+        self.examples, self.prompts, self.tok, self.answer_eos = examples, prompts, tokenizer, answer_eos
         self.batch_size, self.max_len, self.seed = batch_size, max_len, seed
         self.encode_input, self.rank, self.world_size = encode_input, rank, world_size
         self.per_epoch = max(1, len(examples) // (batch_size * world_size))
@@ -82,7 +84,7 @@ class ExampleBatcher(IndexedBatches):
         for ex in examples:
             prompt = through_encoder(ex.prompt) if self.encode_input else ex.prompt
             enc = self.prompts.encode(prompt)
-            answer = self.tok.encode(ex.answer) + [self.tok.eos_id]
+            answer = self.tok.encode(ex.answer) + [self.tok.eos_id] * self.answer_eos
             if len(enc.ids) + len(answer) > self.max_len:
                 raise ValueError(
                     f"an example is {len(enc.ids) + len(answer)} tokens long; the decoder takes {self.max_len} "

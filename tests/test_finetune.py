@@ -43,6 +43,18 @@ def test_labels_cover_the_answer_only_and_never_a_docked_position(world, pretrai
         assert batch.labels[r][batch.labels[r] != IGNORE_INDEX].tolist() == want
 
 
+def test_without_answer_eos_the_label_word_alone_is_the_target(world, pretrained):
+    """``--answer_eos false``: a classifier's label word, no ``</s>`` after it in the input or the targets."""
+    c = cfg(world, pretrained, "--task", "world-entail", "--answer_eos", "false")
+    model, tok = MetaLM.from_pretrained(pretrained), Tokenizer.load(pretrained)
+    examples = read_examples(c, "train")
+    batcher = ExampleBatcher(examples, PromptEncoder(model, tok), tok, 4, 256, 0, False, answer_eos=c.answer_eos)
+    batch = batcher.batch(0)
+    assert not (batch.input_ids == tok.eos_id).any()
+    for r, i in enumerate(batcher.indices(0)):
+        assert batch.labels[r][batch.labels[r] != IGNORE_INDEX].tolist() == tok.encode(examples[i].answer)
+
+
 def test_batches_are_a_pure_function_of_their_index(world, pretrained):
     c = cfg(world, pretrained, "--task", "world-vqa")
     model, tok = MetaLM.from_pretrained(pretrained), Tokenizer.load(pretrained)

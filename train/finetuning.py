@@ -45,6 +45,12 @@ class FinetuneConfig(
         "send the prompt's text through the text encoder (auto: when the model has one)",
         choices=("auto", "true", "false"),
     )
+    answer_eos: bool = option(
+        True,
+        "end each answer with </s> as a target (needed where answers are generated; a classifier's label word is "
+        "ranked and needs none: with a pretrained decoder </s> is a new row, and with --freeze_decoder a row that "
+        "can never be learned)",
+    )
 
 
 def parse_finetune_config(argv: list[str] | None = None, description: str = "") -> FinetuneConfig:
@@ -121,9 +127,20 @@ def finetune(cfg: FinetuneConfig) -> dict:
     val_examples = read_examples(cfg, "val")
     max_len = model.config.decoder.max_seq_len
     batcher = ExampleBatcher(
-        train_examples, prompts, tokenizer, cfg.batch_size, max_len, cfg.seed, encode, env.rank, env.world_size
+        train_examples,
+        prompts,
+        tokenizer,
+        cfg.batch_size,
+        max_len,
+        cfg.seed,
+        encode,
+        env.rank,
+        env.world_size,
+        answer_eos=cfg.answer_eos,
     )
-    val_batcher = ExampleBatcher(val_examples, prompts, tokenizer, cfg.batch_size, max_len, cfg.seed + 1, encode)
+    val_batcher = ExampleBatcher(
+        val_examples, prompts, tokenizer, cfg.batch_size, max_len, cfg.seed + 1, encode, answer_eos=cfg.answer_eos
+    )
     if env.main:
         trainable = model.num_params(trainable_only=True)
         log.info(
