@@ -31,7 +31,8 @@ def base_parser(description: str, generative: bool = False, classification: bool
         choices=MODES,
         default="causal",
         help="causal: demonstrations as plain text; encoder: demonstrations read by the text encoder "
-        "(MetaLM's in-context customization)",
+        "(MetaLM's in-context customization); encoder_inputs: their inputs read by the encoder, their answers "
+        "causally",
     )
     p.add_argument(
         "--encode_input",

@@ -6,6 +6,9 @@ A demonstration is an input prompt (text and images) followed by its answer. Two
 - ``encoder``: MetaLM's in-context customization: each demonstration's text, answer included, goes through the
   bidirectional text encoder and docks at its positions (images are docked as always); only the query is read
   causally. The scored or generated answer of the query is never docked, so the semi-causal rule holds.
+- ``encoder_inputs``: each demonstration's input goes through the encoder and its answer is read causally, so the
+  decoder sees every label word as it will produce the query's; with ``encode_query`` the query's input is
+  encoded too, the layout of a model finetuned with its inputs read by the encoder.
 
 Demonstrations are drawn without replacement from a pool (a training split) by a seeded RNG, in one of two designs
 (``DRAWS``): ``per_trial``, one set for all queries of a trial, each trial with its own seed (the scripts' default;
@@ -45,14 +48,19 @@ def few_shot_prompt(
     demos: Sequence[Demo], query: Prompt | str, mode: str = "causal", sep: str = "\n\n", encode_query: bool = False
 ) -> Prompt:
     """``demo_1 answer_1 sep ... demo_k answer_k sep query``; in ``encoder`` mode each demonstration (input and
-    answer) is docked through the text encoder; ``encode_query`` sends the query's text through it too (the layout
-    of a model finetuned with its inputs encoded), while the answer that follows stays causal."""
+    answer) is docked through the text encoder, in ``encoder_inputs`` mode its input only; ``encode_query`` sends
+    the query's text through it too (the layout of a model finetuned with its inputs encoded), while the answer
+    that follows stays causal."""
     if mode not in MODES:
         raise ValueError(f"in-context mode {mode!r}: expected one of {MODES}")
     prompt: list[Segment] = []
     for demo in demos:
         shown = as_segments(demo.prompt) + [demo.answer]
-        prompt += through_encoder(shown) if mode == "encoder" else shown
+        if mode == "encoder":
+            shown = through_encoder(shown)
+        elif mode == "encoder_inputs":
+            shown = through_encoder(as_segments(demo.prompt)) + [demo.answer]
+        prompt += shown
         prompt.append(sep)
     query = through_encoder(as_segments(query)) if encode_query else as_segments(query)
     return _merge_text(prompt + query)

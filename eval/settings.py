@@ -10,7 +10,9 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-MODES = ("causal", "encoder")
+MODES = ("causal", "encoder", "encoder_inputs")
+"""How in-context demonstrations are read (``eval.icl.few_shot_prompt``): as plain text, wholly by the text encoder,
+or their inputs by the encoder and their answers causally."""
 CALIBRATIONS = ("none", "contextual", "prototypical")
 ON_ERROR = ("error", "skip")
 DTYPES = ("float32", "bfloat16")  # weights and activations of --scoring lighteval (the model card used bf16)

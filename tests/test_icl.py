@@ -39,6 +39,20 @@ def test_encoder_mode_docks_each_demonstration_and_keeps_images():
     assert not isinstance(prompt[-1], EncodedSeg)
 
 
+def test_encoder_inputs_mode_docks_inputs_and_keeps_every_answer_causal():
+    prompt = few_shot_prompt(POOL[:2], "Question: q? Answer:", mode="encoder_inputs", encode_query=True)
+    assert prompt == [
+        EncodedSeg("Question: q0? Answer:"),
+        " a0\n\n",
+        EncodedSeg("Question: q1? Answer:"),
+        " a1\n\n",
+        EncodedSeg("Question: q? Answer:"),
+    ]
+    # without encode_query the query is plain text after the last causal answer
+    plain = few_shot_prompt(POOL[:1], "Question: q? Answer:", mode="encoder_inputs")
+    assert plain == [EncodedSeg("Question: q0? Answer:"), " a0\n\nQuestion: q? Answer:"]
+
+
 def test_through_encoder_joins_text_runs():
     assert through_encoder(["a", "b", ImageSeg("i"), "c"]) == [EncodedSeg("ab"), ImageSeg("i"), EncodedSeg("c")]
 
