@@ -113,7 +113,8 @@ def seed_consistency(curves: np.ndarray) -> float:
     """Mean Pearson correlation over seed pairs of ``curves`` (seeds x values: per-layer curves or flattened
     maps); NaN with fewer than two seeds or a constant curve."""
     curves = np.asarray(curves, dtype=np.float64).reshape(len(curves), -1)
-    rs = [np.corrcoef(a, b)[0, 1] for a, b in combinations(curves, 2)]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant curve: NaN, as documented
+        rs = [np.corrcoef(a, b)[0, 1] for a, b in combinations(curves, 2)]
     return float(np.mean(rs)) if rs else float("nan")
 
 
@@ -364,6 +365,56 @@ def dynamics_experiment(
     }
 
 
+@torch.no_grad()
+def checkpoint_dynamics(
+    before: str | Path, after: list[str | Path], prompts: list, n_probe: int = 64, keep: float = 0.99
+) -> dict:
+    """The same measures between checkpoints a finetuning job already wrote: ``before`` (the model it started from)
+    and each of ``after`` (one finetuning run per seed, e.g. ``train/finetune.py``'s ``RUN/final``), read on the
+    first ``n_probe`` of ``prompts`` (the task's held-out inputs, answers left out). Accuracy is taken from each
+    run's ``eval.json`` (the finetuning job's own evaluation, beside ``final``) where there is one."""
+    model = MetaLM.from_pretrained(before).eval()
+    tokenizer = Tokenizer.load(before)
+    encoder = PromptEncoder(model, tokenizer)
+    rows = [encoder.encode(p) for p in prompts[:n_probe]]
+    ids, mask, docks = encoder.collate(rows)
+    batch = Batch(ids, torch.full_like(ids, -100), mask, docks)
+    first = read_layers(model, batch)
+    runs = []
+    for seed, path in enumerate(after):
+        start = time.time()
+        tuned = MetaLM.from_pretrained(path).eval()
+        cmp = compare(first, read_layers(tuned, batch), mask, keep)
+        scored = Path(path).parent / "eval.json"
+        acc = json.loads(scored.read_text())["results"][0]["none"]["mean"] if scored.is_file() else None
+        runs.append(
+            {
+                "seed": seed,
+                "checkpoint": str(path),
+                "js": cmp["js"].tolist(),
+                "svcca": cmp["svcca"].tolist(),
+                "accuracy": acc,
+                "seconds": round(time.time() - start, 1),
+            }
+        )
+        print(f"{path}: SVCCA distance per layer {np.round(cmp['svcca'], 3).tolist()} ({runs[-1]['seconds']} s)")
+        del tuned
+    js = np.array([r["js"] for r in runs])
+    svcca = np.array([r["svcca"] for r in runs])
+    consistency = {"svcca_per_layer_r": seed_consistency(svcca), "js_map_r": seed_consistency(js)}
+    return {
+        "before": str(before),
+        "n_probe": len(rows),
+        "pretrained_accuracy": None,
+        "runs": runs,
+        "js_mean": js.mean(0).tolist(),
+        "js_std": js.std(0).tolist(),
+        "svcca_mean": svcca.mean(0).tolist(),
+        "svcca_std": svcca.std(0).tolist(),
+        "consistency": consistency,
+    }
+
+
 def seeded(seed: int) -> None:
     """Seed Python, NumPy and torch (the experiment's reproducibility)."""
     random.seed(seed)
@@ -415,9 +466,12 @@ def write_report(out: str | Path, stem: str, result: dict, table: str) -> Path:
 def markdown(result: dict) -> str:
     """The per-layer table (SVCCA distance and mean JS over heads, mean ± std over seeds) and the consistency."""
     js_mean, js_std = np.array(result["js_mean"]), np.array(result["js_std"])
+    start = result["pretrained_accuracy"]
+    tuned = [f"seed {r['seed']} {r['accuracy']:.3f}" for r in result["runs"] if r["accuracy"] is not None]
     lines = [
-        f"Finetuning dynamics on {TASK}: pretrained accuracy {result['pretrained_accuracy']:.3f}; finetuned "
-        + ", ".join(f"seed {r['seed']} {r['accuracy']:.3f}" for r in result["runs"]),
+        f"Finetuning dynamics on {result.get('task', TASK)}: "
+        + (f"pretrained accuracy {start:.3f}; " if start is not None else "")
+        + (f"finetuned {', '.join(tuned)}" if tuned else f"{len(result['runs'])} finetuning runs"),
         "",
         "| layer | SVCCA distance | JS divergence (mean over heads) | most-changed head (JS) |",
         "|---|---|---|---|",
@@ -451,12 +505,14 @@ def plot(result: dict, out_png: str | Path) -> None:
     fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.4))
     for ax, m, title in zip(axes, maps, titles, strict=False):
         im = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, origin="lower", aspect="auto")
-        ax.set(title=title, xlabel="head", ylabel="layer", xticks=range(m.shape[1]), yticks=range(m.shape[0]))
+        step = max(1, m.shape[0] // 8)
+        ax.set(title=title, xlabel="head", ylabel="layer", xticks=range(m.shape[1]), yticks=range(0, m.shape[0], step))
     fig.colorbar(im, ax=axes[: len(maps)], shrink=0.8, label="JS divergence (nats)")
     ax = axes[-1]
     for r in runs:
         ax.plot(r["svcca"], marker="o", label=f"seed {r['seed']}")
-    ax.set(title="SVCCA distance", xlabel="layer", ylabel="1 - mean CCA", xticks=range(len(runs[0]["svcca"])))
+    layers = len(runs[0]["svcca"])
+    ax.set(title="SVCCA distance", xlabel="layer", ylabel="1 - mean CCA", xticks=range(0, layers, max(1, layers // 8)))
     ax.legend(fontsize=7)
     fig.savefig(out_png, dpi=120, bbox_inches="tight")
     plt.close(fig)

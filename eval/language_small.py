@@ -1,13 +1,15 @@
 """The language-small MetaLM (SmolLM2-135M-Instruct + MiniLM-L6) against SmolLM2 alone, on real text and a real
 task: the helpers that the commands in ``results/real/language-small/README.md`` run around the training scripts.
 
+    python eval/language_small.py documents --text PTB/ptb.valid.txt --lines 40 --out runs/claims/ptb-valid.jsonl
     python eval/language_small.py split --data SST-2/dev.tsv --train 600 --seed 0 --out_dir runs/claims/sst2
     python eval/language_small.py perplexity --checkpoint runs/claims/warmup/final --text PTB/ptb.test.txt \\
         --out results/real/language-small/ppl-warmed.json
     python eval/language_small.py report --dir results/real/language-small
 
-``split`` cuts a labeled GLUE tsv (a dev file, the only labeled one at hand) into a seeded training part and a
-held-out part, header kept, so finetuning trains on one and is scored on the other.
+``documents`` turns a text file of lines (the Penn Treebank's) into JSONL documents of ``--lines`` lines each, for
+``python -m data.shards text``. ``split`` cuts a labeled GLUE tsv (a dev file, the only labeled one at hand) into a
+seeded training part and a held-out part, header kept, so finetuning trains on one and is scored on the other.
 
 ``perplexity`` measures how well the decoder predicts text after a span it has *read through the encoder*: the
 text is tokenized by the decoder's tokenizer and cut into windows; in each, a seeded span (start in the first
@@ -58,6 +60,21 @@ def split_tsv(data: str | Path, train: int, seed: int, out_dir: str | Path) -> d
     for name, index in parts.items():
         (out / f"{name}.tsv").write_text(header + "".join(rows[i] for i in index), encoding="utf-8")
     return {"source": str(path), "seed": seed, **{name: len(index) for name, index in parts.items()}}
+
+
+def line_documents(text: str | Path, lines: int, out: str | Path) -> int:
+    """Write the non-empty lines of text file ``text`` as JSONL documents (``{"text": ...}``) of ``lines`` lines each
+    (the last may be shorter), the input ``python -m data.shards text`` turns into pretraining shards; returns the
+    number of documents."""
+    if lines < 1:
+        raise ValueError(f"--lines {lines}: expected at least 1")
+    rows = [line.strip() for line in Path(text).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{text}: no text lines")
+    docs = ["\n".join(rows[i : i + lines]) for i in range(0, len(rows), lines)]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    return len(docs)
 
 
 def windows(ids: list[int], window: int, limit: int) -> list[list[int]]:
@@ -157,6 +174,10 @@ def parser() -> FlagParser:
     s.add_argument("--train", type=int, required=True, help="rows in the training part; the rest are held out")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out_dir", required=True)
+    d = sub.add_parser("documents", help="a text file's lines -> JSONL documents of --lines lines (for shards)")
+    d.add_argument("--text", required=True)
+    d.add_argument("--lines", type=int, default=40)
+    d.add_argument("--out", required=True)
     q = sub.add_parser("perplexity", help="perplexity after spans read causally, by the encoder, or dropped")
     q.add_argument("--checkpoint", required=True, help="a MetaLM checkpoint directory")
     q.add_argument("--text", required=True, help="a plain text file (e.g. the Penn Treebank test text)")
@@ -176,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "split":
         print(json.dumps(split_tsv(args.data, args.train, args.seed, args.out_dir)))
+        return
+    if args.command == "documents":
+        print(f"{line_documents(args.text, args.lines, args.out)} documents -> {args.out}")
         return
     if args.command == "report":
         print(report(Path(args.dir)))

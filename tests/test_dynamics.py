@@ -151,3 +151,35 @@ def test_command_writes_its_results(world, tmp_path):
     assert len(result["runs"]) == 2 and np.array(result["js_mean"]).shape == (4, 4)
     assert len(result["svcca_mean"]) == 4 and (out / "dynamics.png").stat().st_size > 0
     assert "| layer |" in (out / "dynamics.md").read_text()
+
+
+def test_checkpoints_written_by_finetuning_are_compared_on_the_tasks_inputs(world, pretrained, tmp_path):
+    """``--before/--after``: an unchanged copy does not move; a copy with one head of the last layer changed
+    moves that head only, and no layer below it; the command writes its table and plot."""
+    import json
+    import shutil
+
+    from analysis.finetuning_dynamics import main
+    from data.tokenizer import Tokenizer
+
+    same = shutil.copytree(pretrained, tmp_path / "same" / "final")
+    model = MetaLM.from_pretrained(pretrained)
+    last = len(model.decoder.blocks) - 1
+    head = model.decoder.cfg.dim // model.decoder.cfg.n_heads
+    with torch.no_grad():
+        model.decoder.blocks[last].attn.qkv.weight[head : 2 * head] *= 3.0  # head 1's queries
+    model.save_pretrained(tmp_path / "moved" / "final")
+    Tokenizer.load(pretrained).save(tmp_path / "moved" / "final")
+    (tmp_path / "moved" / "eval.json").write_text(json.dumps({"results": [{"none": {"mean": 0.75}}]}))
+    data = world / "text" / "entail_val.tsv"
+    argv = ["--before", str(pretrained), "--task", "world-entail", "--data", str(data), "--n_probe", "6"]
+    result = main([*argv, "--after", str(same), str(tmp_path / "moved" / "final"), "--out", str(tmp_path / "out")])
+    unchanged, moved = result["runs"]
+    assert max(max(row) for row in unchanged["js"]) < 1e-9 and max(unchanged["svcca"]) < 1e-6
+    js = np.array(moved["js"])
+    assert js[:last].max() < 1e-9 and max(moved["svcca"][:last]) < 1e-6
+    assert js[last].argmax() == 1 and np.delete(js[last], 1).max() < 1e-9
+    assert (unchanged["accuracy"], moved["accuracy"]) == (None, 0.75) and result["n_probe"] == 6
+    table = (tmp_path / "out" / "dynamics.md").read_text()
+    assert "Finetuning dynamics on world-entail: finetuned seed 1 0.750" in table
+    assert (tmp_path / "out" / "dynamics.png").stat().st_size > 0

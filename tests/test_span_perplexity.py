@@ -13,7 +13,15 @@ from test_own_tokenizer import own_model, wordpiece
 from test_pipeline import documents
 
 from data.tokenizer import Tokenizer
-from eval.language_small import CALIBRATION_COLUMNS, draw_span, report, span_perplexity, split_tsv, windows
+from eval.language_small import (
+    CALIBRATION_COLUMNS,
+    draw_span,
+    line_documents,
+    report,
+    span_perplexity,
+    split_tsv,
+    windows,
+)
 
 
 def test_split_is_seeded_disjoint_and_keeps_every_row_and_the_header(tmp_path):
@@ -32,6 +40,16 @@ def test_split_is_seeded_disjoint_and_keeps_every_row_and_the_header(tmp_path):
     assert (tmp_path / "c" / "train.tsv").read_text() != "".join(train)
     with pytest.raises(ValueError, match="--train 50: expected between 1 and 49"):
         split_tsv(data, 50, seed=0, out_dir=tmp_path / "d")
+
+
+def test_line_documents_keep_every_nonempty_line_in_order(tmp_path):
+    text = tmp_path / "ptb.txt"
+    text.write_text("".join(f" line {i} \n" + ("\n" if i % 3 == 0 else "") for i in range(7)))
+    assert line_documents(text, 3, tmp_path / "docs.jsonl") == 3
+    docs = [json.loads(line)["text"] for line in (tmp_path / "docs.jsonl").read_text().splitlines()]
+    assert docs == ["line 0\nline 1\nline 2", "line 3\nline 4\nline 5", "line 6"]
+    with pytest.raises(ValueError, match="--lines 0"):
+        line_documents(text, 0, tmp_path / "x.jsonl")
 
 
 def test_spans_start_in_the_first_quarter_and_leave_text_after_them():

@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch_size", type=int, default=32, help="rows per pretraining step")
     p.add_argument("--seq_len", type=int, default=64, help="tokens per pretraining row")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (linear warm-up and decay)")
+    p.add_argument("--dim", type=int, default=128, help="the encoder's (discriminator's) width")
+    p.add_argument("--n_layers", type=int, default=2, help="the encoder's layers")
+    p.add_argument("--n_heads", type=int, default=4, help="the encoder's attention heads")
+    p.add_argument("--gen_dim", type=int, default=64, help="the generator's width (ELECTRA: a fraction of the encoder's)")
+    p.add_argument("--gen_layers", type=int, default=1, help="the generator's layers")
     p.add_argument("--seed", type=int, default=0, help="seed of one run")
     p.add_argument("--compare", action="store_true", help="run the comparison and write results into --out")
     p.add_argument("--variants", default="electra,hardness,focal,scratch", help="comparison arms")
@@ -66,6 +71,11 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args.batch_size,
         seq_len=args.seq_len,
         lr=args.lr,
+        dim=args.dim,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        gen_dim=args.gen_dim,
+        gen_layers=args.gen_layers,
         seed=args.seed,
     )
     if args.dock:
