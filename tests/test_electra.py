@@ -15,6 +15,7 @@ from train.electra_pretraining import (
     Discriminator,
     ElectraConfig,
     Generator,
+    detection_check,
     docked_text_encoder,
     electra_step,
     focal_loss,
@@ -111,6 +112,43 @@ def test_only_masked_positions_are_replaced_and_labels_mark_exactly_the_changed_
     assert torch.equal(labels, (corrupted != ids).float())
     assert torch.all(labels[masked][::2] == 0)  # a sample equal to the original is labelled "original"
     assert labels[masked].sum() > 0 and torch.all(weights[~masked] == 1)
+
+
+class Saying(torch.nn.Module):
+    """A discriminator that calls every position replaced (``always``) or none."""
+
+    def __init__(self, always: bool):
+        super().__init__()
+        self.logit = 1.0 if always else -1.0
+
+    def forward(self, ids, attention):
+        return torch.full(ids.shape, self.logit)
+
+
+class Oracle(torch.nn.Module):
+    """A discriminator that knows the original ids: exactly right everywhere."""
+
+    def __init__(self, originals):
+        super().__init__()
+        self.originals = originals
+
+    def forward(self, ids, attention):
+        return (ids != self.originals).float() * 2 - 1
+
+
+def test_detection_check_counts_recall_and_false_alarms_per_kind_of_replacement():
+    torch.manual_seed(0)
+    vocab, length = 50, 24
+    ids = torch.randint(vocab, (16, length))
+    gen, cfg = Generator(vocab, 16, 1, 2, length), ElectraConfig(mask_prob=0.3)
+    yes, no = detection_check(gen, Saying(True), ids, cfg), detection_check(gen, Saying(False), ids, cfg)
+    for kind in ("generator", "random"):
+        assert (yes[f"{kind}_recall"], yes[f"{kind}_false_alarm"]) == (1.0, 1.0)
+        assert (no[f"{kind}_recall"], no[f"{kind}_false_alarm"]) == (0.0, 0.0)
+        assert 0.9 < yes[f"{kind}_replaced_share"] <= 1.0  # 50 ids: a sample rarely equals the original
+    exact = detection_check(gen, Oracle(ids), ids, cfg)
+    assert exact["generator_recall"] == exact["random_recall"] == 1.0
+    assert exact["generator_false_alarm"] == exact["random_false_alarm"] == 0.0
 
 
 @pytest.mark.parametrize("sampling,generator_loss", [("plain", "ce"), ("hardness", "focal")])

@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dim", type=int, default=128, help="the encoder's (discriminator's) width")
     p.add_argument("--n_layers", type=int, default=2, help="the encoder's layers")
     p.add_argument("--n_heads", type=int, default=4, help="the encoder's attention heads")
-    p.add_argument("--gen_dim", type=int, default=64, help="the generator's width (ELECTRA: a fraction of the encoder's)")
+    p.add_argument(
+        "--gen_dim", type=int, default=64, help="the generator's width (ELECTRA: a fraction of the encoder's)"
+    )
     p.add_argument("--gen_layers", type=int, default=1, help="the generator's layers")
     p.add_argument("--seed", type=int, default=0, help="seed of one run")
     p.add_argument("--compare", action="store_true", help="run the comparison and write results into --out")
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.compare:
         summary = pretrain_electra(cfg)
         print(f"encoder: {summary['encoder']}  ({summary['seconds']:.0f}s)  last tenth: {summary['last_tenth']}")
+        print(f"held-out detection: {summary['held_out_detection']}")
         return summary
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     return run_comparison(

@@ -272,6 +272,36 @@ def corpus_chunks(world: Path, split: str, tokenizer: Tokenizer, seq_len: int) -
     return torch.tensor(stream[: n * seq_len]).view(n, seq_len)
 
 
+@torch.no_grad()
+def detection_check(
+    gen: Generator, disc: Discriminator, ids: torch.Tensor, cfg: ElectraConfig, seed: int = 1234
+) -> dict[str, float]:
+    """How the trained discriminator tells replaced tokens on held-out rows ``ids``, for two kinds of replacement
+    at the same masked positions: the generator's samples (what it trained on) and uniformly random ids (tokens
+    that rarely fit their context). ``recall``: share of the replaced positions it calls replaced; ``false_alarm``:
+    share of the untouched positions it calls replaced. A discriminator near its base rate on the generator's
+    samples but with a high recall on random ids has learned what fits a context, and meets replacements the
+    context cannot rule out (a colour for a colour in a sentence of independent facts)."""
+    rng = torch.Generator().manual_seed(seed)
+    attention = torch.ones_like(ids, dtype=torch.bool)
+    masked = mask_positions(attention, cfg.mask_prob, rng)
+    gen_logits, _ = gen(ids, attention, masked)
+    out = {}
+    for kind in ("generator", "random"):
+        if kind == "generator":
+            corrupted, labels, _ = sample_replacements(ids, masked, gen_logits, None, rng)
+        else:
+            corrupted = ids.clone()
+            corrupted[masked] = torch.randint(gen.vocab_size, (int(masked.sum()),), generator=rng)
+            labels = (corrupted != ids).float()
+        said = disc(corrupted, attention) > 0
+        replaced, kept = labels.bool(), ~labels.bool()
+        out[f"{kind}_recall"] = float(said[replaced].float().mean()) if replaced.any() else float("nan")
+        out[f"{kind}_false_alarm"] = float(said[kept].float().mean())
+        out[f"{kind}_replaced_share"] = float(labels[masked].mean())
+    return out
+
+
 def _lr_at(step: int, cfg_steps: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -308,6 +338,9 @@ def pretrain_electra(cfg: ElectraConfig) -> dict[str, Any]:
         opt.step()
         sched.step()
         history.append({"step": step, **parts})
+    gen.eval(), disc.eval()
+    held_out = corpus_chunks(world, "val", tokenizer, cfg.seq_len)[:256]
+    detection = detection_check(gen, disc, held_out, cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(encoder.state_dict(), out / ENCODER_FILE)
@@ -320,6 +353,7 @@ def pretrain_electra(cfg: ElectraConfig) -> dict[str, Any]:
         "encoder_args": encoder.config,
         "first": history[0],
         "last_tenth": {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if k != "step"},
+        "held_out_detection": detection,
         "seconds": time.perf_counter() - start,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
