@@ -19,7 +19,9 @@ of three ways, and only the tokens after the span are scored, the same tokens in
 - ``causal``: the decoder reads the span as ordinary text (SmolLM2 alone; the best the span's content can help);
 - ``encoder``: the text encoder reads the span with its own tokenizer and the connector docks its vectors at one
   placeholder position per encoder id (MetaLM's semi-causal layout, as pretraining builds it);
-- ``dropped``: the span is removed (no information from it at all).
+- ``dropped``: the span is removed (no information from it at all);
+- ``encoder_other``: the encoder reads *the next window's* span in its place (a control: what the docked vectors
+  give beyond the span's content, e.g. the style of the text the connector was trained on).
 
 A model without a text encoder has the ``causal`` and ``dropped`` arms only. What the encoder arm recovers of the
 gap between ``dropped`` and ``causal`` is what the docked encoder conveys to the decoder.
@@ -39,7 +41,8 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
 
 from eval.flags import FlagParser  # noqa: E402
 
-ARMS = ("causal", "encoder", "dropped")
+ARMS = ("causal", "encoder", "dropped", "encoder_other")
+ENCODER_ARMS = ("encoder", "encoder_other")
 
 
 def split_tsv(data: str | Path, train: int, seed: int, out_dir: str | Path) -> dict:
@@ -117,7 +120,7 @@ def span_perplexity(
     from data.prompts import Encoded, PromptEncoder
 
     enc = PromptEncoder(model, tokenizer)
-    if "encoder" in arms and enc.text_tokenizer is None:
+    if set(arms) & set(ENCODER_ARMS) and enc.text_tokenizer is None:
         raise ValueError("the encoder arm needs a text encoder with its own tokenizer (hf_text); this model has none")
     pieces = windows(tokenizer.encode(text), window, limit)
     if not pieces:
@@ -129,13 +132,15 @@ def span_perplexity(
     for arm in arms:
         for b in range(0, len(pieces), batch_size):
             rows, labels = [], []
-            for ids, (s, e) in zip(pieces[b : b + batch_size], spans[b : b + batch_size], strict=True):
+            for i in range(b, min(b + batch_size, len(pieces))):
+                ids, (s, e) = pieces[i], spans[i]
                 if arm == "causal":
                     row, first = Encoded(list(ids)), e
                 elif arm == "dropped":
                     row, first = Encoded(ids[:s] + ids[e:]), s
                 else:
-                    own = enc.own_ids(ids[s:e])
+                    j = i if arm == "encoder" else (i + 1) % len(pieces)
+                    own = enc.own_ids(pieces[j][spans[j][0] : spans[j][1]])
                     row = Encoded(ids[:s] + placeholder_ids(tokenizer, len(own)) + ids[e:], own_spans=[(s, own)])
                     first = s + len(own)
                 target = [-100] * first + row.ids[first:]
@@ -187,6 +192,7 @@ def parser() -> FlagParser:
     q.add_argument("--seed", type=int, default=0, help="seed of the spans")
     q.add_argument("--limit", type=int, default=0, help="windows scored (0: all)")
     q.add_argument("--batch_size", type=int, default=8)
+    q.add_argument("--arms", default="", help=f"comma-separated arms (default: all of {', '.join(ARMS)})")
     q.add_argument("--out", required=True, help="results JSON")
     r = sub.add_parser("report", help="the markdown table of the JSON files in --dir")
     r.add_argument("--dir", required=True)
@@ -213,7 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = MetaLM.from_pretrained(args.checkpoint).eval()
     tokenizer = Tokenizer.load(args.checkpoint)
-    arms = ARMS if "text" in model.encoders else ("causal", "dropped")
+    arms = tuple(args.arms.split(",")) if args.arms else ARMS
+    if "text" not in model.encoders:
+        arms = tuple(a for a in arms if a not in ENCODER_ARMS)
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise SystemExit(f"--arms {args.arms!r}: unknown {sorted(unknown)}; expected some of {', '.join(ARMS)}")
     text = Path(args.text).read_text(encoding="utf-8")
     result = span_perplexity(
         model,
@@ -266,8 +277,8 @@ def report(folder: Path) -> str:
             f"({first['windows']} windows of {first['window']} tokens, spans of "
             f"{first['span_min']}-{first['span_max']} tokens, seed {first['seed']})",
             "",
-            "| model | span read causally | span read by MiniLM | span dropped |",
-            "|---|---|---|---|",
+            "| model | span read causally | span read by MiniLM | span dropped | MiniLM reads another window's span |",
+            "|---|---|---|---|---|",
         ]
         for label, r in ppl:
             cells = [f"{r['perplexity'][arm]:.2f}" if arm in r["perplexity"] else "—" for arm in ARMS]

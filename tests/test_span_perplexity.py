@@ -112,6 +112,17 @@ def test_only_the_encoder_arm_reads_the_encoder(parts):
     assert after["nll"]["causal"] == before["nll"]["causal"]
     assert after["nll"]["dropped"] == before["nll"]["dropped"]
     assert abs(after["nll"]["encoder"] - before["nll"]["encoder"]) > 1e-3
+    assert abs(after["nll"]["encoder_other"] - before["nll"]["encoder_other"]) > 1e-3
+
+
+def test_the_control_arm_reads_another_windows_span(parts):
+    """``encoder_other`` reads window i + 1's span in window i: with one window that is its own span."""
+    model, tokenizer, text = parts
+    kw = dict(window=32, span_min=4, span_max=8, seed=0, batch_size=4)
+    one = span_perplexity(model, tokenizer, text, limit=1, **kw)
+    assert one["nll"]["encoder_other"] == pytest.approx(one["nll"]["encoder"], abs=1e-6)
+    many = span_perplexity(model, tokenizer, text, limit=4, **kw)
+    assert abs(many["nll"]["encoder_other"] - many["nll"]["encoder"]) > 1e-4
 
 
 def test_a_model_without_a_text_encoder_has_no_encoder_arm(parts):
