@@ -252,10 +252,21 @@ PPL_ROWS = (
 )
 FT_ARMS = {
     "smollm2-unfrozen": "SmolLM2 alone, finetuned (input read causally)",
+    "metalm-unfrozen": "language-small, finetuned, decoder too (input read by MiniLM)",
     "metalm-frozen": "language-small, decoder frozen (input read by MiniLM)",
-    "metalm-unfrozen": "language-small, decoder finetuned too (input read by MiniLM)",
+    "metalm-frozen-lr1e-3": "language-small, decoder frozen, lr 1e-3 (input read by MiniLM)",
 }
+ZERO_SHOT = {
+    "smollm2": "SmolLM2 alone, zero-shot",
+    "metalm-warmed": "language-small after the warm-up, zero-shot (input read by MiniLM)",
+}
+ICL = {"smollm2-causal": "SmolLM2 (causal)", "metalm-encoder_inputs": "language-small (inputs read by MiniLM)"}
 CALIBRATION_COLUMNS = ("none", "contextual", "prototypical")
+
+
+def _rank(known: dict, name: str) -> tuple[int, str]:
+    """Known names in their table order, then the others by name."""
+    return (list(known).index(name), "") if name in known else (len(known), name)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -288,13 +299,17 @@ def report(folder: Path) -> str:
     for path in sorted(folder.glob("ft-*-s*.json")):
         runs.setdefault(path.stem.rsplit("-s", 1)[0].removeprefix("ft-"), []).append(json.loads(path.read_text()))
     zero = {p.stem.removeprefix("zeroshot-"): json.loads(p.read_text()) for p in sorted(folder.glob("zeroshot-*.json"))}
+    zero = dict(sorted(zero.items(), key=lambda kv: _rank(ZERO_SHOT, kv[0])))
+    runs = dict(sorted(runs.items(), key=lambda kv: _rank(FT_ARMS, kv[0])))
     if runs or zero:
         out += ["SST-2 held-out accuracy (%), label words ranked, mean ± std over seeds", ""]
         out += ["| model | seeds | no calibration | contextual | prototypical |", "|---|---|---|---|---|"]
         for name, r in zero.items():
             row = r["results"][0]
             cells = [f"{100 * row[c]['mean']:.1f}" for c in CALIBRATION_COLUMNS]
-            out.append(f"| {name}, zero-shot (n = {r['n']}) | — | " + " | ".join(cells) + " |")
+            out.append(
+                f"| {ZERO_SHOT.get(name, name + ', zero-shot')} (n = {r['n']}) | — | " + " | ".join(cells) + " |"
+            )
         for arm, results in runs.items():
             cells = [_mean_std([r["results"][0][c]["mean"] for r in results]) for c in CALIBRATION_COLUMNS]
             out.append(
@@ -302,12 +317,13 @@ def report(folder: Path) -> str:
             )
         out.append("")
     icl = {p.stem.removeprefix("icl-"): json.loads(p.read_text()) for p in sorted(folder.glob("icl-*.json"))}
+    icl = dict(sorted(icl.items(), key=lambda kv: _rank(ICL, kv[0])))
     if icl:
         names = list(icl)
         out += [
             "SST-2 in-context accuracy (%), demonstrations drawn from the training part, mean ± std over trials",
             "",
-            "| k | " + " | ".join(f"{n}: {c}" for n in names for c in CALIBRATION_COLUMNS) + " |",
+            "| k | " + " | ".join(f"{ICL.get(n, n)}: {c}" for n in names for c in CALIBRATION_COLUMNS) + " |",
             "|---|" + "---|" * (len(names) * len(CALIBRATION_COLUMNS)),
         ]
         shots = sorted({row["shots"] for r in icl.values() for row in r["results"]})
