@@ -141,9 +141,17 @@ def read_layers(model: MetaLM, batch: Batch) -> Probed:
     return Probed([w.cpu() for w in seen.attn_weights], [h.float().cpu() for h in seen.hidden])
 
 
-def compare(before: Probed, after: Probed, mask: torch.Tensor, keep: float = 0.99) -> dict[str, np.ndarray]:
-    """``js`` (layers x heads) and ``svcca`` (layers) between two reads of the same probe batch."""
+def compare(
+    before: Probed, after: Probed, mask: torch.Tensor, keep: float = 0.99, skip_first: bool = False
+) -> dict[str, np.ndarray]:
+    """``js`` (layers x heads) and ``svcca`` (layers) between two reads of the same probe batch. ``skip_first``
+    leaves each row's first real position out of SVCCA: a pretrained LLM puts massive activations there (Sun et
+    al. 2024; SmolLM2's first position has norm 23,000 at layer 15 against 170 elsewhere), so its few dimensions
+    hold all the variance SVCCA keeps and the distance reads 0 whatever the other positions do."""
     rows = mask.bool()
+    if skip_first:
+        rows = rows.clone()
+        rows[torch.arange(len(rows)), rows.float().argmax(1)] = False
     svcca = [svcca_distance(a[rows], b[rows], keep) for a, b in zip(before.hidden, after.hidden, strict=True)]
     return {"js": attention_js(before.attention, after.attention, mask), "svcca": np.array(svcca)}
 
@@ -367,12 +375,18 @@ def dynamics_experiment(
 
 @torch.no_grad()
 def checkpoint_dynamics(
-    before: str | Path, after: list[str | Path], prompts: list, n_probe: int = 64, keep: float = 0.99
+    before: str | Path,
+    after: list[str | Path],
+    prompts: list,
+    n_probe: int = 64,
+    keep: float = 0.99,
+    skip_first: bool = True,
 ) -> dict:
     """The same measures between checkpoints a finetuning job already wrote: ``before`` (the model it started from)
     and each of ``after`` (one finetuning run per seed, e.g. ``train/finetune.py``'s ``RUN/final``), read on the
     first ``n_probe`` of ``prompts`` (the task's held-out inputs, answers left out). Accuracy is taken from each
-    run's ``eval.json`` (the finetuning job's own evaluation, beside ``final``) where there is one."""
+    run's ``eval.json`` (the finetuning job's own evaluation, beside ``final``) where there is one. SVCCA leaves
+    out each probe's first position (``compare``'s ``skip_first``), as pretrained decoders need."""
     model = MetaLM.from_pretrained(before).eval()
     tokenizer = Tokenizer.load(before)
     encoder = PromptEncoder(model, tokenizer)
@@ -384,7 +398,7 @@ def checkpoint_dynamics(
     for seed, path in enumerate(after):
         start = time.time()
         tuned = MetaLM.from_pretrained(path).eval()
-        cmp = compare(first, read_layers(tuned, batch), mask, keep)
+        cmp = compare(first, read_layers(tuned, batch), mask, keep, skip_first)
         scored = Path(path).parent / "eval.json"
         acc = json.loads(scored.read_text())["results"][0]["none"]["mean"] if scored.is_file() else None
         runs.append(
@@ -405,6 +419,7 @@ def checkpoint_dynamics(
     return {
         "before": str(before),
         "n_probe": len(rows),
+        "svcca_skips_first_position": skip_first,
         "pretrained_accuracy": None,
         "runs": runs,
         "js_mean": js.mean(0).tolist(),

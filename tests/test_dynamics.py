@@ -183,3 +183,27 @@ def test_checkpoints_written_by_finetuning_are_compared_on_the_tasks_inputs(worl
     table = (tmp_path / "out" / "dynamics.md").read_text()
     assert "Finetuning dynamics on world-entail: finetuned seed 1 0.750" in table
     assert (tmp_path / "out" / "dynamics.png").stat().st_size > 0
+
+
+def test_skip_first_leaves_the_first_real_position_out_of_svcca():
+    """A massive activation at each row's first real position (as pretrained LLMs have) holds all the variance
+    SVCCA keeps without ``skip_first``; with it, only the other positions count."""
+    from analysis.dynamics import Probed
+
+    g = torch.Generator().manual_seed(0)
+    b, t, d = 6, 10, 12
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[1, :2] = 0  # a left-padded row: its first real position is column 2
+    attn = [torch.full((b, 1, t, t), 1.0 / t)]
+    x = torch.randn(b, t, d, generator=g)
+    y = x + 0.5 * torch.randn(b, t, d, generator=g)  # the other positions move
+    first = mask.float().argmax(1)
+    for h in (x, y):
+        h[torch.arange(b), first, 0] = 1e4  # one huge dimension at the first real position
+    before, after = Probed(attn, [x]), Probed(attn, [y])
+    plain = compare(before, after, mask)["svcca"][0]
+    skipped = compare(before, after, mask, skip_first=True)["svcca"][0]
+    rows = mask.bool().clone()
+    rows[torch.arange(b), first] = False
+    assert skipped == pytest.approx(svcca_distance(x[rows], y[rows]))
+    assert skipped > plain + 0.05
