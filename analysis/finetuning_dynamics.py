@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--before", default="", help="compare checkpoints: the one finetuning started from")
     p.add_argument("--after", default=[], nargs="+", help="with --before: the finetuned checkpoints, one per seed")
     p.add_argument("--task", default="sst2", help="with --before: the task whose template renders --data")
-    p.add_argument("--data", default="", help="with --before: the task's held-out file (the probe inputs)")
+    p.add_argument(
+        "--data", default="", help="with --before: the task's held-out file (the probe inputs; world tasks: --world's)"
+    )
     # the shared flags live in the library, so --help waits for torch to load (seconds)
     from analysis import dynamics
 
@@ -64,12 +66,12 @@ def compare_checkpoints(args, dynamics) -> dict:
     """``--before`` against each of ``--after`` on ``--data``'s first ``--n_probe`` inputs."""
     import time
 
-    from train.finetuning import FinetuneConfig, read_examples
+    from train.finetuning import WORLD_TASKS, FinetuneConfig, read_examples
 
-    if not args.after or not args.data:
+    if not args.after or not (args.data or args.task in WORLD_TASKS):
         raise SystemExit("--before needs --after (the finetuned checkpoints) and --data (the probe inputs)")
     start = time.time()
-    examples = read_examples(FinetuneConfig(task=args.task, val_data=args.data), "val")
+    examples = read_examples(FinetuneConfig(task=args.task, val_data=args.data, world=args.world), "val")
     prompts = [ex.prompt for ex in examples]
     result = dynamics.checkpoint_dynamics(args.before, args.after, prompts, args.n_probe, args.keep)
     result |= {"task": args.task, "config": vars(args), "seconds": round(time.time() - start, 1)}

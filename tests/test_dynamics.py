@@ -171,8 +171,7 @@ def test_checkpoints_written_by_finetuning_are_compared_on_the_tasks_inputs(worl
     model.save_pretrained(tmp_path / "moved" / "final")
     Tokenizer.load(pretrained).save(tmp_path / "moved" / "final")
     (tmp_path / "moved" / "eval.json").write_text(json.dumps({"results": [{"none": {"mean": 0.75}}]}))
-    data = world / "text" / "entail_val.tsv"
-    argv = ["--before", str(pretrained), "--task", "world-entail", "--data", str(data), "--n_probe", "6"]
+    argv = ["--before", str(pretrained), "--task", "world-entail", "--world", str(world), "--n_probe", "6"]
     result = main([*argv, "--after", str(same), str(tmp_path / "moved" / "final"), "--out", str(tmp_path / "out")])
     unchanged, moved = result["runs"]
     assert max(max(row) for row in unchanged["js"]) < 1e-9 and max(unchanged["svcca"]) < 1e-6
