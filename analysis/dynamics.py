@@ -47,6 +47,7 @@ from data.prompts import PromptEncoder
 from data.tokenizer import Tokenizer
 from metalm import DecoderConfig, MetaLM, MetaLMConfig
 from metalm.io import read_jsonl
+from metalm.loss import IGNORE_INDEX
 from metalm.probes import probe
 
 TASK = "world-entail"
@@ -322,7 +323,7 @@ def accuracy(model: MetaLM, batch: Batch, label_ids: tuple[int, int]) -> float:
     position that predicts the answer (rank classification over the two label words)."""
     model.eval()
     logits = model(batch.input_ids, batch.docks, attention_mask=batch.attention_mask, return_logits=True).logits
-    first = (batch.labels != -100).float().argmax(1)  # the first answer position of each row
+    first = (batch.labels != IGNORE_INDEX).float().argmax(1)  # the first answer position of each row
     rows = torch.arange(len(first))
     scores = logits[rows, first - 1][:, list(label_ids)]
     gold = batch.input_ids[rows, first]
@@ -392,7 +393,7 @@ def checkpoint_dynamics(
     encoder = PromptEncoder(model, tokenizer)
     rows = [encoder.encode(p) for p in prompts[:n_probe]]
     ids, mask, docks = encoder.collate(rows)
-    batch = Batch(ids, torch.full_like(ids, -100), mask, docks)
+    batch = Batch(ids, torch.full_like(ids, IGNORE_INDEX), mask, docks)
     first = read_layers(model, batch)
     runs = []
     for seed, path in enumerate(after):

@@ -118,20 +118,23 @@ def span_perplexity(
 
     from data.layout import placeholder_ids
     from data.prompts import Encoded, PromptEncoder
+    from metalm.loss import IGNORE_INDEX
 
     enc = PromptEncoder(model, tokenizer)
-    if set(arms) & set(ENCODER_ARMS) and enc.text_tokenizer is None:
+    encoded = bool(set(arms) & set(ENCODER_ARMS))
+    if encoded and enc.text_tokenizer is None:
         raise ValueError("the encoder arm needs a text encoder with its own tokenizer (hf_text); this model has none")
     pieces = windows(tokenizer.encode(text), window, limit)
     if not pieces:
         raise ValueError(f"the text has fewer than {window} tokens: no window to score")
     spans = [draw_span(window, span_min, span_max, random.Random(seed * 100_003 + i)) for i in range(len(pieces))]
+    own = [enc.own_ids(ids[s:e]) for ids, (s, e) in zip(pieces, spans, strict=True)] if encoded else []
     totals = {arm: 0.0 for arm in arms}
     counts = {arm: 0 for arm in arms}
     started = time.time()
     for arm in arms:
         for b in range(0, len(pieces), batch_size):
-            rows, labels = [], []
+            rows, firsts = [], []
             for i in range(b, min(b + batch_size, len(pieces))):
                 ids, (s, e) = pieces[i], spans[i]
                 if arm == "causal":
@@ -139,19 +142,16 @@ def span_perplexity(
                 elif arm == "dropped":
                     row, first = Encoded(ids[:s] + ids[e:]), s
                 else:
-                    j = i if arm == "encoder" else (i + 1) % len(pieces)
-                    own = enc.own_ids(pieces[j][spans[j][0] : spans[j][1]])
-                    row = Encoded(ids[:s] + placeholder_ids(tokenizer, len(own)) + ids[e:], own_spans=[(s, own)])
-                    first = s + len(own)
-                target = [-100] * first + row.ids[first:]
+                    read = own[i if arm == "encoder" else (i + 1) % len(pieces)]
+                    row = Encoded(ids[:s] + placeholder_ids(tokenizer, len(read)) + ids[e:], own_spans=[(s, read)])
+                    first = s + len(read)
                 rows.append(row)
-                labels.append(target)
-            input_ids, mask, docks = enc.collate(rows)
-            label_t = torch.full_like(input_ids, -100)
-            for r, target in enumerate(labels):
-                label_t[r, : len(target)] = torch.tensor(target)
+                firsts.append(first)
+            input_ids, mask, docks = enc.collate(rows)  # right-padded: padding is no target (attention_mask)
+            before = torch.arange(input_ids.shape[1]) < torch.tensor(firsts)[:, None]
+            labels = input_ids.masked_fill(before, IGNORE_INDEX)
             with torch.no_grad():
-                out = model(input_ids, docks=docks, attention_mask=mask, labels=label_t)
+                out = model(input_ids, docks=docks, attention_mask=mask, labels=labels)
             totals[arm] += float(out.loss) * int(out.n_targets)
             counts[arm] += int(out.n_targets)
             if progress:
