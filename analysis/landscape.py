@@ -21,7 +21,8 @@ Definitions, for parameters ``theta`` (one tensor per named parameter) and a fix
   from a random initialisation of the same shape, each drawn the three ways; the summary gives the loss barrier
   of the 1-D path (its maximum above the straight line between the endpoints), the distance travelled
   ``||theta_1 - theta_0|| / ||theta_0||``, the share of the trajectory's variance its plane explains, and the
-  surface's flatness (mean rise of ``L`` over the grid points within radius ``r`` of the centre).
+  surface's flatness (mean rise of ``L`` over the grid points within radius ``r`` of the centre, half the grid's
+  span).
 
 Following Li et al.'s released code (tomgoldstein/loss-landscape, ``net_plotter.py`` for the filter
 normalisation and its ``biasbn`` rule, ``projection.py`` for the PCA plane); our own code.
@@ -30,9 +31,11 @@ normalisation and its ``biasbn`` rule, ``projection.py`` for the PCA plane); our
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,8 @@ import torch
 
 from analysis.dynamics import Finetuned, Schedule, Setup, accuracy, finetune, new_decoder
 from data.batch import Batch
+from data.batching import ExampleBatcher
+from data.prompts import PromptEncoder
 from metalm import MetaLM
 
 Params = dict[str, torch.Tensor]
@@ -155,33 +160,39 @@ def surface(
     return grid
 
 
-def flat(params: Params, names: Sequence[str]) -> torch.Tensor:
-    return torch.cat([params[n].double().flatten() for n in names])
-
-
-def unflat(vector: torch.Tensor, like: Params) -> Params:
-    out, i = {}, 0
-    for n, t in like.items():
-        out[n] = vector[i : i + t.numel()].view_as(t).to(t.dtype)
-        i += t.numel()
-    return out
-
-
 def trajectory_plane(snapshots: Sequence[Params]) -> tuple[Params, Params, np.ndarray, list[float]]:
     """The top two principal directions (unit norm) of ``snapshot - final`` over the snapshots before the last,
-    each snapshot's coordinates ``(K, 2)`` on them (the last is the origin), and their explained-variance ratios."""
+    each snapshot's coordinates ``(K, 2)`` on them (the last is the origin), and their explained-variance ratios.
+
+    The PCA runs on the ``(K-1) x (K-1)`` Gram matrix of the differences, built one parameter tensor at a time,
+    so a 135M-parameter model's trajectory never needs its snapshots flattened side by side: with ``D`` the
+    differences, ``P`` the centring matrix and ``P D D^T P = V diag(s^2) V^T``, the directions are
+    ``u_i = D^T P v_i / s_i`` (the right singular vectors of ``P D``) and the coordinates ``D u_i``."""
     if len(snapshots) < 3:
         raise ValueError(f"trajectory_plane: {len(snapshots)} snapshots; the PCA plane needs at least 3")
     final = snapshots[-1]
-    names = list(final)
-    diffs = torch.stack([flat(s, names) - flat(final, names) for s in snapshots[:-1]])
-    centred = diffs - diffs.mean(0)
-    _, s, vt = torch.linalg.svd(centred, full_matrices=False)
-    ratios = (s**2 / (s**2).sum())[:2].tolist()
-    u1, u2 = vt[0], vt[1]
-    all_diffs = torch.cat([diffs, torch.zeros(1, diffs.shape[1], dtype=diffs.dtype)])
-    coords = torch.stack([all_diffs @ u1, all_diffs @ u2], 1).numpy()
-    return unflat(u1, final), unflat(u2, final), coords, ratios
+    n = len(snapshots) - 1
+
+    def diffs(name: str) -> torch.Tensor:
+        last = final[name].double().flatten()
+        return torch.stack([s[name].double().flatten() - last for s in snapshots[:-1]])
+
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    for name in final:
+        d = diffs(name)
+        gram += d @ d.T
+    centre = torch.eye(n, dtype=torch.float64) - 1.0 / n
+    values, vectors = torch.linalg.eigh(centre @ gram @ centre)  # ascending
+    values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+    ratios = (values / values.sum())[:2].tolist()
+    weights = centre @ vectors[:, :2] / values[:2].sqrt().clamp(min=1e-30)  # (n, 2): u_i = D^T weights[:, i]
+    directions: tuple[Params, Params] = ({}, {})
+    for name, t in final.items():
+        d = diffs(name)
+        for i in range(2):
+            directions[i][name] = (weights[:, i] @ d).view_as(t).to(t.dtype)
+    coords = torch.cat([gram @ weights, torch.zeros(1, 2, dtype=torch.float64)]).numpy()
+    return directions[0], directions[1], coords, ratios
 
 
 def flatness(grid: np.ndarray, xs: Sequence[float], ys: Sequence[float], radius: float) -> float:
@@ -204,6 +215,61 @@ def barrier(alphas: Sequence[float], losses: Sequence[float]) -> float:
 # --- the experiment: pretrained vs from-scratch finetuning --------------------------------------------------------
 
 
+def views(
+    model: MetaLM,
+    snapshots: Sequence[Params],
+    train_loss: LossFn,
+    val_loss: LossFn,
+    alphas: Sequence[float],
+    xs: Sequence[float],
+    grid: int,
+) -> dict:
+    """The three views of one finetuning, ``snapshots`` running from its initialisation to its final weights:
+    the 1-D path init -> final (training and held-out loss), the 2-D surface around the final weights on two
+    filter-normalised directions (grid ``xs`` on both axes), and the trajectory on its PCA plane over the
+    training loss's contour (``grid`` points a side), with the summary numbers of the module docstring."""
+    alphas, xs = list(alphas), list(xs)
+    init, final = snapshots[0], snapshots[-1]
+    path_train = interpolate(model, init, final, alphas, train_loss)
+    path_val = interpolate(model, init, final, alphas, val_loss)
+    d1, d2 = filter_normalized_direction(final, 1), filter_normalized_direction(final, 2)
+    around = surface(model, final, d1, d2, xs, xs, train_loss)
+    u1, u2, coords, ratios = trajectory_plane(snapshots)
+    reach = float(np.abs(coords).max()) * 1.2
+    txs = np.round(np.linspace(-reach, reach, grid), 5).tolist()
+    plane = surface(model, final, u1, u2, txs, txs, train_loss)
+    radius = max(abs(x) for x in xs) / 2
+    return {
+        "train_loss_init": path_train[alphas.index(0.0)],
+        "train_loss_final": path_train[alphas.index(1.0)],
+        "val_loss_final": path_val[alphas.index(1.0)],
+        "path_train": path_train,
+        "path_val": path_val,
+        "barrier": barrier(alphas, path_train),
+        "relative_distance": norm(combine(final, [(-1.0, init)])) / norm(init),
+        "flatness": flatness(around, xs, xs, radius),
+        "flatness_radius": radius,
+        "surface": around.tolist(),
+        "trajectory": {"coords": coords.tolist(), "explained": ratios, "grid": txs},
+        "trajectory_surface": plane.tolist(),
+    }
+
+
+def axes(n_alphas: int, span: float, grid: int) -> tuple[list[float], list[float]]:
+    """The 1-D path's points (``n_alphas`` from -0.5 to 1.5, 0 and 1 among them) and the 2-D grid's."""
+    alphas = np.round(np.linspace(-0.5, 1.5, n_alphas), 3).tolist()
+    if 0.0 not in alphas or 1.0 not in alphas:
+        raise ValueError(f"{n_alphas} points from -0.5 to 1.5 miss 0 or 1; give 4k + 1 of them (e.g. 9, 21)")
+    return alphas, np.round(np.linspace(-span, span, grid), 4).tolist()
+
+
+def _report(name: str, r: dict) -> None:
+    print(
+        f"{name}: accuracy {r['accuracy']}, train loss {r['train_loss_init']:.3f} -> {r['train_loss_final']:.3f}, "
+        f"flatness {r['flatness']:.3f} ({r['seconds']} s)"
+    )
+
+
 def landscape_experiment(
     setup: Setup,
     pretrained: MetaLM,
@@ -212,51 +278,119 @@ def landscape_experiment(
     grid: int = 13,
     span: float = 1.0,
     n_loss: int = 64,
+    n_alphas: int = 21,
 ) -> dict:
     """Finetune the pretrained model and a random one of the same shape with the same data, seed and schedule;
-    for each: the 1-D path init -> finetuned (training and held-out loss), the 2-D surface around the finetuned
-    weights on two filter-normalised directions, and the trajectory on its PCA plane with the loss contour."""
+    for each, the three ``views``."""
     train_loss = batch_loss([setup.batch(setup.train[i : i + 32], pretrained) for i in range(0, n_loss, 32)])
     val_loss = batch_loss([setup.batch(setup.val[i : i + 32], pretrained) for i in range(0, n_loss, 32)])
     eval_batch = setup.batch(setup.val, pretrained)
-    alphas = np.round(np.linspace(-0.5, 1.5, 21), 3).tolist()
-    xs = ys = np.round(np.linspace(-span, span, grid), 4).tolist()
+    alphas, xs = axes(n_alphas, span, grid)
     sch = schedule or Schedule()
-    out: dict = {"alphas": alphas, "grid": xs, "steps": sch.steps, "lr": sch.lr, "seed": seed, "inits": {}}
+    out: dict = {"task": "world-entail", "alphas": alphas, "grid": xs, "steps": sch.steps, "lr": sch.lr}
+    out |= {"seed": seed, "inits": {}}
     starts = {"pretrained": copy.deepcopy(pretrained), "scratch": new_decoder(setup, seed=1000 + seed)}
     for name, model in starts.items():
         start = time.time()
         run: Finetuned = finetune(model, setup, seed, sch)
-        init, final = run.snapshots[0], run.snapshots[-1]
-        path_train = interpolate(model, init, final, alphas, train_loss)
-        path_val = interpolate(model, init, final, alphas, val_loss)
-        d1, d2 = filter_normalized_direction(final, 1), filter_normalized_direction(final, 2)
-        around = surface(model, final, d1, d2, xs, ys, train_loss)
-        u1, u2, coords, ratios = trajectory_plane(run.snapshots)
-        reach = float(np.abs(coords).max()) * 1.2
-        txs = np.round(np.linspace(-reach, reach, grid), 5).tolist()
-        plane = surface(model, final, u1, u2, txs, txs, train_loss)
-        out["inits"][name] = {
-            "accuracy": accuracy(model, eval_batch, setup.label_ids),
-            "train_loss_init": path_train[alphas.index(0.0)],
-            "train_loss_final": path_train[alphas.index(1.0)],
-            "val_loss_final": path_val[alphas.index(1.0)],
-            "path_train": path_train,
-            "path_val": path_val,
-            "barrier": barrier(alphas, path_train),
-            "relative_distance": norm(combine(final, [(-1.0, init)])) / norm(init),
-            "flatness_r0.5": flatness(around, xs, ys, 0.5),
-            "surface": around.tolist(),
-            "trajectory": {"coords": coords.tolist(), "steps": run.steps, "explained": ratios, "grid": txs},
-            "trajectory_surface": plane.tolist(),
-            "losses": run.losses,
-            "seconds": round(time.time() - start, 1),
-        }
-        r = out["inits"][name]
-        print(
-            f"{name}: accuracy {r['accuracy']:.3f}, train loss {r['train_loss_init']:.3f} -> "
-            f"{r['train_loss_final']:.3f}, flatness {r['flatness_r0.5']:.3f} ({r['seconds']} s)"
+        r = views(model, run.snapshots, train_loss, val_loss, alphas, xs, grid)
+        r["trajectory"]["steps"] = run.steps
+        r |= {"accuracy": accuracy(model, eval_batch, setup.label_ids), "losses": run.losses}
+        r["seconds"] = round(time.time() - start, 1)
+        out["inits"][name] = r
+        _report(name, r)
+    return out
+
+
+# --- checkpoints a finetuning job already wrote (train/finetune.py) -----------------------------------------------
+
+
+def run_snapshots(run: str | Path) -> tuple[list[int], list[Path]]:
+    """The steps and weight files of a ``train/finetune.py`` run's trajectory: its ``checkpoints/step_*`` written
+    before the final step (``--ckpt_every``; ``--keep_last`` must keep them all), then ``final``."""
+    run = Path(run)
+    summary = run / "summary.json"
+    needed = (run / "final" / "model.safetensors", summary, run / "config.json")
+    if not all(f.is_file() for f in needed):
+        raise FileNotFoundError(
+            f"{run}: expected a finished train/finetune.py run (final/model.safetensors, summary.json, config.json)"
         )
+    last = int(json.loads(summary.read_text())["steps"])
+    steps, files = [], []
+    for d in sorted((run / "checkpoints").glob("step_*")):
+        step = int(d.name.removeprefix("step_"))
+        if step < last and (d / "model.safetensors").is_file():
+            steps.append(step)
+            files.append(d / "model.safetensors")
+    return [*steps, last], [*files, run / "final" / "model.safetensors"]
+
+
+def read_params(weights: str | Path, like: Params) -> Params:
+    """The parameters named in ``like`` from a safetensors file, shapes checked."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    missing = sorted(set(like) - set(state))
+    if missing:
+        raise KeyError(f"{weights}: lacks parameters {missing[:3]} of the model the run started from")
+    for n, t in like.items():
+        if state[n].shape != t.shape:
+            raise ValueError(f"{weights}: {n} is {tuple(state[n].shape)}; the model's is {tuple(t.shape)}")
+    return {n: state[n].to(t.dtype) for n, t in like.items()}
+
+
+def run_losses(cfg, model: MetaLM, tokenizer, encode: bool, n_loss: int, batch_size: int = 16) -> tuple:
+    """The run's finetuning loss (answer tokens, as it trained) on the first ``n_loss`` training and held-out
+    examples of its own data, as two ``LossFn``s."""
+    from train.finetuning import read_examples
+
+    prompts = PromptEncoder(model, tokenizer)
+    max_len = model.config.decoder.max_seq_len
+    losses = []
+    for split in ("train", "val"):
+        examples = read_examples(cfg, split)[:n_loss]
+        batcher = ExampleBatcher(
+            examples, prompts, tokenizer, batch_size, max_len, 0, encode, answer_eos=cfg.answer_eos
+        )
+        chunks = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+        losses.append(batch_loss([batcher.build(chunk) for chunk in chunks]))
+    return tuple(losses)
+
+
+def checkpoint_landscape(
+    runs: Sequence[str | Path], grid: int = 7, span: float = 0.2, n_loss: int = 32, n_alphas: int = 9
+) -> dict:
+    """The three ``views`` of finetuning runs ``train/finetune.py`` already wrote (e.g. one from the pretrained
+    weights and one with ``--init_weights random``, same data and schedule), each named by its directory: the
+    start rebuilt from the run's own config (``train.tuning.initial_model``), its checkpoints as the trajectory,
+    the losses on its own training and held-out data; accuracy from the run's ``eval.json``."""
+    from train.finetuning import FinetuneConfig
+    from train.tuning import initial_model
+
+    alphas, xs = axes(n_alphas, span, grid)
+    out: dict = {"alphas": alphas, "grid": xs, "n_loss": n_loss, "inits": {}}
+    names = [f.name for f in fields(FinetuneConfig)]
+    listed = {Path(run): run_snapshots(run) for run in runs}  # every run checked before any work
+    for run, (steps, files) in listed.items():
+        start = time.time()
+        saved = json.loads((run / "config.json").read_text())
+        cfg = FinetuneConfig(**{k: v for k, v in saved.items() if k in names})
+        summary = json.loads((run / "summary.json").read_text())
+        model, tokenizer = initial_model(cfg)
+        model.eval()
+        init = params_of(model)
+        snapshots = [init, *(read_params(f, init) for f in files)]
+        train_loss, val_loss = run_losses(cfg, model, tokenizer, bool(summary.get("encode_input")), n_loss)
+        r = views(model, snapshots, train_loss, val_loss, alphas, xs, grid)
+        r["trajectory"]["steps"] = [0, *steps]
+        scored = run / "eval.json"
+        acc = json.loads(scored.read_text())["results"][0]["none"]["mean"] if scored.is_file() else None
+        r |= {"accuracy": acc, "run": str(run), "init_from": cfg.init_from, "init_weights": cfg.init_weights}
+        r["seconds"] = round(time.time() - start, 1)
+        out |= {"task": cfg.task, "steps": cfg.max_steps, "lr": cfg.lr, "seed": cfg.seed}
+        out["inits"][run.name] = r
+        _report(run.name, r)
+        del snapshots, model
     return out
 
 
@@ -265,20 +399,24 @@ def landscape_experiment(
 
 def markdown(result: dict) -> str:
     """One row per initialisation: accuracy, losses, barrier, distance travelled, flatness, PCA share."""
+    inits = result["inits"]
+    radius = next(iter(inits.values()))["flatness_radius"]
     lines = [
-        f"Finetuning world-entail for {result['steps']} steps (lr {result['lr']}, seed {result['seed']}) from "
-        "pretrained vs random weights; losses on fixed training examples, accuracy on held-out ones.",
+        f"Finetuning {result['task']} for {result['steps']} steps (lr {result['lr']}, seed {result['seed']}) from "
+        f"{' vs '.join(inits)}; losses on {result.get('n_loss', 64)} fixed training examples (held-out for the "
+        "final), accuracy on the held-out set.",
         "",
-        "| init | accuracy | train loss at init | train loss finetuned | 1-D barrier | ‖Δθ‖/‖θ₀‖ "
-        "| flatness (r=0.5) | PCA variance (2 dirs) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| init | accuracy | train loss at init | train loss finetuned | held-out loss finetuned | 1-D barrier "
+        f"| ‖Δθ‖/‖θ₀‖ | flatness (r={radius:g}) | PCA variance (2 dirs) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in result["inits"].items():
+    for name, r in inits.items():
         ex = r["trajectory"]["explained"]
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         lines.append(
-            f"| {name} | {r['accuracy']:.3f} | {r['train_loss_init']:.3f} | {r['train_loss_final']:.3f} "
-            f"| {r['barrier']:.3f} | {r['relative_distance']:.3f} | {r['flatness_r0.5']:.3f} "
-            f"| {ex[0]:.2f} + {ex[1]:.2f} |"
+            f"| {name} | {acc} | {r['train_loss_init']:.3f} | {r['train_loss_final']:.3f} "
+            f"| {r['val_loss_final']:.3f} | {r['barrier']:.3f} | {r['relative_distance']:.3f} "
+            f"| {r['flatness']:.3f} | {ex[0]:.2f} + {ex[1]:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

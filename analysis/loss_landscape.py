@@ -9,6 +9,13 @@ Without ``--init_from`` a small decoder is first pretrained on the bundled world
 ``--pretrained_dir`` and reused from there); both starts are finetuned on world-entail. Writes ``landscape.json``,
 ``landscape.md``, ``interpolation.png``, ``surface.png`` and ``trajectory.png`` under ``--out``. The library is
 ``analysis.landscape``.
+
+With ``--runs`` it finetunes nothing and draws runs ``train/finetune.py`` already wrote, one per directory (named
+by it), each with checkpoints every few steps (``--ckpt_every 5 --keep_last 10``) for the trajectory; a
+from-scratch control is the same command with ``--init_weights random``. The real SmolLM2 on SST-2:
+
+    python analysis/loss_landscape.py --runs runs/landscape/pretrained runs/landscape/scratch \
+        --grid 7 --span 0.2 --n_loss 32 --n_alphas 9 --out results/landscape/smollm2-sst2
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n_loss", type=int, default=64, help="examples the landscape's loss is measured on")
     p.add_argument("--grid", type=int, default=13, help="points per axis of the 2-D surfaces")
     p.add_argument("--span", type=float, default=1.0, help="the 2-D surface covers [-span, span] on each direction")
+    p.add_argument("--n_alphas", type=int, default=21, help="points of the 1-D path from -0.5 to 1.5 (4k + 1)")
+    p.add_argument("--runs", nargs="+", default=[], help="draw these train/finetune.py runs instead (see above)")
     p.add_argument("--out", default="results/landscape", help="output directory")
     # the shared flags live in the library, so --help waits for torch to load (seconds)
     from analysis import dynamics, landscape
@@ -38,8 +47,13 @@ def main(argv: list[str] | None = None) -> dict:
     import time
 
     start = time.time()
-    setup, model, schedule = dynamics.from_flags(args, every=args.every)
-    result = landscape.landscape_experiment(setup, model, args.seed, schedule, args.grid, args.span, args.n_loss)
+    if args.runs:
+        result = landscape.checkpoint_landscape(args.runs, args.grid, args.span, args.n_loss, args.n_alphas)
+    else:
+        setup, model, schedule = dynamics.from_flags(args, every=args.every)
+        result = landscape.landscape_experiment(
+            setup, model, args.seed, schedule, args.grid, args.span, args.n_loss, args.n_alphas
+        )
     result |= {"config": vars(args), "seconds": round(time.time() - start, 1)}
     out = dynamics.write_report(args.out, "landscape", result, landscape.markdown(result))
     landscape.plot(result, out)

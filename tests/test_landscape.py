@@ -145,3 +145,69 @@ def test_command_writes_its_results(world, tmp_path):
         assert np.array(r["surface"]).shape == (3, 3) and len(r["trajectory"]["coords"]) == 4
         assert r["path_train"][result["alphas"].index(0.0)] == pytest.approx(r["train_loss_init"])
     assert all((out / f).stat().st_size > 0 for f in ("interpolation.png", "surface.png", "trajectory.png"))
+
+
+def test_runs_written_by_finetuning_are_drawn_from_their_own_start(world, pretrained, tmp_path):
+    """``--runs``: each run is drawn from the start its own config names (the checkpoint, or with
+    ``--init_weights random`` a seeded fresh model the job really trained from), through its checkpoints, on its
+    own data: the path's ends are the start's and the final checkpoint's losses, the surface's centre the final's."""
+    import json
+
+    from analysis.landscape import checkpoint_landscape, run_losses
+    from analysis.loss_landscape import main
+    from data.tokenizer import Tokenizer
+    from train.finetuning import finetune, parse_finetune_config
+    from train.tuning import initial_model
+
+    base = ["--init_from", str(pretrained), "--world", str(world), "--task", "world-entail", "--max_steps", "4"]
+    base += "--batch_size 4 --eval_batches 1 --eval_every 0 --log_every 1 --ckpt_every 1 --keep_last 4".split()
+    base += ["--final_eval", "false", "--lr", "1e-3"]
+    runs = {name: tmp_path / name for name in ("pretrained", "scratch")}
+    cfgs = {}
+    for name, out in runs.items():
+        extra = ["--init_weights", "random"] if name == "scratch" else []
+        cfgs[name] = parse_finetune_config([*base, *extra, "--out", str(out)])
+        finetune(cfgs[name])
+
+    fresh, again = initial_model(cfgs["scratch"])[0], initial_model(cfgs["scratch"])[0]
+    checkpoint = MetaLM.from_pretrained(pretrained)
+    step1 = MetaLM.from_pretrained(runs["scratch"] / "checkpoints" / "step_0000001")
+    gap = {"fresh": 0.0, "checkpoint": 0.0}
+    for (n, p), q, c, s in zip(
+        fresh.named_parameters(), again.parameters(), checkpoint.parameters(), step1.parameters(), strict=True
+    ):
+        assert torch.equal(p, q), f"{n}: the random start is not reproducible"
+        gap["fresh"] += float((s - p).detach().double().pow(2).sum())
+        gap["checkpoint"] += float((s - c).detach().double().pow(2).sum())
+    assert gap["fresh"] < 0.01 * gap["checkpoint"]  # the job's first step is one step away from the fresh start
+
+    result = checkpoint_landscape(list(runs.values()), grid=3, span=0.5, n_loss=8, n_alphas=5)
+    assert list(result["inits"]) == ["pretrained", "scratch"] and result["task"] == "world-entail"
+    tok = Tokenizer.load(pretrained)
+    ends = {
+        "pretrained": (checkpoint, MetaLM.from_pretrained(runs["pretrained"] / "final")),
+        "scratch": (fresh, MetaLM.from_pretrained(runs["scratch"] / "final")),
+    }
+    a0, a1 = result["alphas"].index(0.0), result["alphas"].index(1.0)
+    for name, r in result["inits"].items():
+        start, final = ends[name]
+        encode = json.loads((runs[name] / "summary.json").read_text())["encode_input"]  # auto: the text encoder
+        train_start, _ = run_losses(cfgs[name], start.eval(), tok, encode, 8)
+        train_final, val_final = run_losses(cfgs[name], final.eval(), tok, encode, 8)
+        assert r["path_train"][a0] == pytest.approx(train_start(start), abs=1e-5)
+        assert r["path_train"][a1] == pytest.approx(train_final(final), abs=1e-5)
+        assert r["path_val"][a1] == pytest.approx(val_final(final), abs=1e-5)
+        assert np.array(r["surface"])[1, 1] == pytest.approx(r["train_loss_final"], abs=1e-5)
+        assert r["trajectory"]["steps"] == [0, 1, 2, 3, 4] and len(r["trajectory"]["coords"]) == 5
+        assert r["init_weights"] == ("random" if name == "scratch" else "checkpoint")
+    pre, scratch = result["inits"]["pretrained"], result["inits"]["scratch"]
+    assert abs(pre["train_loss_init"] - scratch["train_loss_init"]) > 0.1
+
+    out = tmp_path / "out"
+    main(["--runs", *map(str, runs.values()), "--grid", "3", "--span", "0.5", "--n_loss", "8", "--n_alphas", "5",
+          "--out", str(out)])  # fmt: skip
+    table = (out / "landscape.md").read_text()
+    assert "| pretrained |" in table and "| scratch |" in table and "world-entail" in table
+    assert json.loads((out / "landscape.json").read_text())["inits"]["scratch"]["accuracy"] is None
+    with pytest.raises(FileNotFoundError, match="finished train/finetune.py run"):
+        checkpoint_landscape([tmp_path / "nothing"])

@@ -21,6 +21,12 @@ class TuneConfig(LoopConfig, defaults={"lr": 3e-4, "warmup_steps": 30}):
     learning rate and warm-up than pretraining's."""
 
     init_from: str = option("", "the pretrained MetaLM checkpoint directory to start from (required)")
+    init_weights: str = option(
+        "checkpoint",
+        "checkpoint: start from --init_from's weights; random: its architecture and tokenizer with every weight "
+        "freshly initialised (seeded by --seed), the from-scratch control of a pretrained finetuning",
+        choices=("checkpoint", "random"),
+    )
     world: str = option("data/world", "bundled world directory (world tasks and the default data)")
     batch_size: int = option(16, "sequences per micro-batch on each process", min=1)
     freeze_decoder: bool = option(False, "train only encoders and connectors (the paper's MNLI recipe)")
@@ -63,6 +69,23 @@ def configure_freeze(model: MetaLM, cfg: TuneConfig) -> None:
         model.decoder.requires_grad_(False)
 
 
+def initial_model(cfg: TuneConfig) -> tuple[MetaLM, Tokenizer]:
+    """The model a tuning job starts from (``--init_from``'s weights, or fresh ones of its shape with
+    ``--init_weights random``), freeze policies applied, and its tokenizer. The RNG is seeded with ``--seed``
+    first, so a random start is the same every time: analyses that compare against the start (the loss
+    landscape's path from the initialisation) rebuild it here."""
+    torch.manual_seed(cfg.seed)
+    model = MetaLM.from_pretrained(cfg.init_from)
+    if cfg.init_weights == "random":
+        fresh = MetaLM(model.config)  # every part built with random weights, from the seeded RNG
+        model.load_state_dict(fresh.state_dict())
+        del fresh
+    tokenizer = Tokenizer.load(cfg.init_from)
+    model.decoder_tokenizer = tokenizer.backend  # its checkpoints carry the tokenizer it was tuned with
+    configure_freeze(model, cfg)
+    return model, tokenizer
+
+
 def load_pretrained(cfg: TuneConfig, encode_flag: str, flag: str) -> tuple[Env, MetaLM, Tokenizer, PromptEncoder, bool]:
     """The process environment, the ``--init_from`` model (freeze policies applied) and tokenizer, its prompt
     encoder, and whether prompts go through the text encoder (``encode_flag``: auto / true / false); the config is
@@ -72,11 +95,7 @@ def load_pretrained(cfg: TuneConfig, encode_flag: str, flag: str) -> tuple[Env, 
         raise ValueError("this script starts from a pretrained checkpoint: give --init_from, e.g. runs/tiny/final")
     check_fresh_out(cfg)  # before loading: an --out holding an unfinished run is refused at once
     env = setup_env()
-    torch.manual_seed(cfg.seed)
-    model = MetaLM.from_pretrained(cfg.init_from)
-    tokenizer = Tokenizer.load(cfg.init_from)
-    model.decoder_tokenizer = tokenizer.backend  # its checkpoints carry the tokenizer it was tuned with
-    configure_freeze(model, cfg)
+    model, tokenizer = initial_model(cfg)
     prompts = PromptEncoder(model, tokenizer)
     encode = {"auto": prompts.text is not None, "true": True, "false": False}[encode_flag]
     if encode and prompts.text is None:
