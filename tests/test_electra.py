@@ -14,6 +14,7 @@ from metalm.io import save_safetensors_atomic
 from train.electra_pretraining import (
     Discriminator,
     ElectraConfig,
+    FinetuneSettings,
     Generator,
     detection_check,
     docked_text_encoder,
@@ -204,3 +205,67 @@ def test_bad_settings_name_the_field():
         ElectraConfig(generator_loss="mse").check()
     with pytest.raises(ValueError, match="seq_len = 300"):
         ElectraConfig(seq_len=300).check()
+
+
+def _text_file(path, paragraphs=True):
+    """A small English-like text: paragraphs separated by blank lines (or one sentence a line)."""
+    names, things = ["anna", "ben", "cara", "dan"], ["apple", "book", "cup", "drum"]
+    lines = [f"{names[i % 4]} gave {names[(i + 1) % 4]} the {things[i % 4]} and {names[(i + 1) % 4]} kept it ."
+             for i in range(60)]  # fmt: skip
+    path.write_text(("\n\n" if paragraphs else "\n").join(lines) + "\n")
+    return path
+
+
+def test_text_documents_and_the_held_out_split(tmp_path):
+    from train.electra_pretraining import corpus, text_documents
+
+    para = text_documents(_text_file(tmp_path / "para.txt"))
+    lines = text_documents(_text_file(tmp_path / "lines.txt", paragraphs=False))
+    assert para == lines and len(para) == 60 and para[0] == "anna gave ben the apple and ben kept it ."
+    two = tmp_path / "two.txt"
+    two.write_text("first line\nsecond line\n\nand a paragraph\nof two lines\n\n" * 12)  # paragraphs: 24 of them
+    assert text_documents(two)[:2] == ["first line second line", "and a paragraph of two lines"]
+    cfg = ElectraConfig(text=str(tmp_path / "lines.txt"), vocab_size=300, seq_len=8, max_len=8)
+    tokenizer, train, held_out = corpus(cfg)
+    stream = []
+    for ids in tokenizer.encode_batch(lines[-3:]):  # 5% of 60 documents, held out
+        stream += ids + [tokenizer.eos_id]
+    assert held_out.flatten().tolist() == stream[: held_out.numel()]
+    assert train.numel() + held_out.numel() > 0.9 * len(tokenizer.encode(" ".join(lines)))
+    with pytest.raises(FileNotFoundError, match="nothing.txt"):
+        text_documents(tmp_path / "nothing.txt")
+    (tmp_path / "short.txt").write_text("one\ntwo\n")
+    with pytest.raises(ValueError, match="short.txt: 2 non-empty documents"):
+        text_documents(tmp_path / "short.txt")
+
+
+def test_a_comparison_on_a_text_file_with_a_glue_task_downstream(tmp_path):
+    """``--text`` with ``--tasks sst2``: the runs pretrain on the file with its own tokenizer (saved), finetune
+    on the tsv task, report held-out detection; such an encoder is refused for docking into the world's model."""
+    import json
+
+    from train.electra_pretraining import run_comparison, run_dock_comparison
+
+    text = _text_file(tmp_path / "corpus.txt")
+    for split, n in (("train", 24), ("val", 12)):
+        rows = ["sentence\tlabel"] + [
+            f"{'a fine film' if i % 2 else 'a dull film'} number {i}\t{i % 2}" for i in range(n)
+        ]
+        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    base = ElectraConfig(text=str(text), vocab_size=300, steps=4, batch_size=4, seq_len=16, max_len=32, dim=16)
+    base.n_heads, base.gen_dim = 2, 16
+    ft = FinetuneSettings(batch_size=4, task_train=str(tmp_path / "train.tsv"), task_val=str(tmp_path / "val.tsv"))
+    out = tmp_path / "out"
+    result = run_comparison(base, ["electra", "scratch"], [0], 3, tmp_path / "runs", out, tasks=["sst2"], finetune=ft)
+    runs = {r["variant"]: r for r in result["comparison"]["runs"]}
+    assert runs["electra"]["sst2"]["n_val"] == runs["scratch"]["sst2"]["n_val"] == 12
+    assert set(runs["electra"]["held_out_detection"]) >= {"generator_recall", "random_recall"}
+    run = tmp_path / "runs" / "runs" / "electra-seed0"
+    assert json.loads((run / "encoder.json").read_text())["text"] == str(text)
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+    table = (out / "electra.md").read_text()
+    assert "| sst2 acc |" in table and "corpus.txt" in table
+    with pytest.raises(ValueError, match="its own tokenizer"):
+        run_dock_comparison(run / "encoder.safetensors", "data/world", 1, [0], tmp_path / "dock", tmp_path / "d")
+    with pytest.raises(ValueError, match="--task_train"):
+        run_comparison(base, ["scratch"], [0], 1, tmp_path / "runs2", out, tasks=["sst2"])

@@ -46,13 +46,14 @@ embedding. The pretrained encoder is saved as a safetensors state dict that a mo
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from data.prepare import prepare_tokenizer, prepare_world
+from data.tasks.classification import read_glue
 from data.tasks.world import read_world_choice, read_world_entail
+from data.templates import CLASSIFICATION
 from data.tokenizer import Tokenizer
 from encoders import NativeTextEncoder
 from metalm.io import atomic_write_text, read_jsonl, save_safetensors_atomic
@@ -76,9 +79,10 @@ MIN_HARDNESS = 1e-3  # floor of the predicted loss, so an importance weight Z / 
 
 @dataclass
 class ElectraConfig:
-    """One ELECTRA pretraining run on the bundled world's text corpus."""
+    """One ELECTRA pretraining run on the bundled world's text corpus, or on the plain text of ``text``."""
 
     world: str = "data/world"
+    text: str = ""  # a plain-text file to pretrain on instead (``text_documents``), with a BPE trained on it
     out: str = "runs/electra"
     sampling: str = "plain"
     generator_loss: str = "ce"
@@ -260,16 +264,64 @@ def electra_step(
 # --- data ---------------------------------------------------------------------------------------------------
 
 
-def corpus_chunks(world: Path, split: str, tokenizer: Tokenizer, seq_len: int) -> torch.Tensor:
-    """The world's ``split`` corpus as one stream (documents joined by ``</s>``) cut into rows of ``seq_len`` ids."""
-    docs = [row["text"] for row in read_jsonl(world / "text" / f"corpus_{split}.jsonl", "the world's text corpus")]
+def chunk_stream(docs: list[str], tokenizer: Tokenizer, seq_len: int, source: str) -> torch.Tensor:
+    """``docs`` as one stream of ids (documents joined by ``</s>``) cut into rows of ``seq_len`` ids."""
     stream: list[int] = []
     for ids in tokenizer.encode_batch(docs):
         stream += ids + [tokenizer.eos_id]
     n = len(stream) // seq_len
     if n == 0:
-        raise ValueError(f"{world}/text/corpus_{split}.jsonl: fewer than seq_len = {seq_len} tokens")
+        raise ValueError(f"{source}: fewer than seq_len = {seq_len} tokens")
     return torch.tensor(stream[: n * seq_len]).view(n, seq_len)
+
+
+def corpus_chunks(world: Path, split: str, tokenizer: Tokenizer, seq_len: int) -> torch.Tensor:
+    """The world's ``split`` corpus as rows of ``seq_len`` ids (``chunk_stream``)."""
+    path = world / "text" / f"corpus_{split}.jsonl"
+    docs = [row["text"] for row in read_jsonl(path, "the world's text corpus")]
+    return chunk_stream(docs, tokenizer, seq_len, str(path))
+
+
+def text_documents(path: str | Path) -> list[str]:
+    """A plain-text file's documents: its blank-line-separated paragraphs (lines joined by spaces), or, in a file
+    without blank lines (one sentence a line, as the Penn Treebank), its lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such text file (ELECTRA's --text: plain UTF-8 text)")
+    raw = path.read_text(encoding="utf-8")
+    paragraphs = [" ".join(p.split()) for p in raw.split("\n\n")]
+    docs = [d for d in paragraphs if d]
+    if len(docs) < 20:  # no paragraph breaks to speak of: a document per line
+        docs = [" ".join(line.split()) for line in raw.splitlines() if line.strip()]
+    if len(docs) < 20:
+        raise ValueError(f"{path}: {len(docs)} non-empty documents; ELECTRA needs at least 20 (5% are held out)")
+    return docs
+
+
+@functools.lru_cache(maxsize=4)
+def text_tokenizer(path: str, vocab_size: int) -> Tokenizer:
+    """A byte-level BPE of ``vocab_size`` trained on ``path``'s training documents (the same one every call)."""
+    docs = text_documents(path)
+    return Tokenizer.train(docs[: len(docs) - held_out_count(docs)], vocab_size)
+
+
+def held_out_count(docs: list[str]) -> int:
+    return max(1, len(docs) // 20)
+
+
+def corpus(cfg: ElectraConfig) -> tuple[Tokenizer, torch.Tensor, torch.Tensor]:
+    """The tokenizer and the training / held-out rows: the world's corpus and tokenizer, or with ``cfg.text`` that
+    file's documents (the last 5% held out) and a BPE trained on the rest."""
+    if cfg.text:
+        docs = text_documents(cfg.text)
+        tokenizer = text_tokenizer(str(cfg.text), cfg.vocab_size)
+        cut = len(docs) - held_out_count(docs)
+        train = chunk_stream(docs[:cut], tokenizer, cfg.seq_len, cfg.text)
+        return tokenizer, train, chunk_stream(docs[cut:], tokenizer, cfg.seq_len, f"{cfg.text} (held-out 5%)")
+    world = prepare_world(cfg.world, 0)
+    tokenizer = prepare_tokenizer(world, "", cfg.vocab_size)
+    train = corpus_chunks(world, "train", tokenizer, cfg.seq_len)
+    return tokenizer, train, corpus_chunks(world, "val", tokenizer, cfg.seq_len)
 
 
 @torch.no_grad()
@@ -313,9 +365,7 @@ def pretrain_electra(cfg: ElectraConfig) -> dict[str, Any]:
     + ``encoder.json``), the per-step ``metrics.jsonl`` and ``summary.json`` into ``cfg.out``; return the summary."""
     cfg.check()
     start = time.perf_counter()
-    world = prepare_world(cfg.world, 0)
-    tokenizer = prepare_tokenizer(world, "", cfg.vocab_size)
-    data = corpus_chunks(world, "train", tokenizer, cfg.seq_len)
+    tokenizer, data, held_out = corpus(cfg)
     torch.manual_seed(cfg.seed)
     rng = torch.Generator().manual_seed(cfg.seed)
     vocab = tokenizer.vocab_size
@@ -339,12 +389,14 @@ def pretrain_electra(cfg: ElectraConfig) -> dict[str, Any]:
         sched.step()
         history.append({"step": step, **parts})
     gen.eval(), disc.eval()
-    held_out = corpus_chunks(world, "val", tokenizer, cfg.seq_len)[:256]
-    detection = detection_check(gen, disc, held_out, cfg)
+    detection = detection_check(gen, disc, held_out[:256], cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(encoder.state_dict(), out / ENCODER_FILE)
-    atomic_write_text(out / "encoder.json", json.dumps({"kind": "native_text", "args": encoder.config}, indent=1))
+    meta = {"kind": "native_text", "args": encoder.config, "text": cfg.text}
+    atomic_write_text(out / "encoder.json", json.dumps(meta, indent=1))
+    if cfg.text:  # the encoder reads this tokenizer's ids, not the world's
+        tokenizer.save(out / "tokenizer")
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     tail = history[-max(1, len(history) // 10) :]
     summary = {
@@ -373,6 +425,8 @@ class FinetuneSettings:
     n_train: int = 2000
     n_eval: int = 300
     seed: int = 0
+    task_train: str = ""  # a GLUE task's (e.g. sst2) training tsv, for a task that is not the world's
+    task_val: str = ""  # and its held-out tsv
 
 
 def _pair_ids(tokenizer: Tokenizer, first: str, second: str, max_len: int) -> list[int]:
@@ -393,6 +447,38 @@ def world_task(world: Path, task: str, split: str, tokenizer: Tokenizer, max_len
     else:
         raise ValueError(f"task = {task!r}: expected entail or choice")
     return rows[:limit]
+
+
+def file_task(task: str, path: str, tokenizer: Tokenizer, max_len: int, limit: int) -> list[tuple]:
+    """A GLUE classification task's tsv (``data.tasks.read_glue``) as ``([ids], label index)`` rows: the text
+    fields joined by ``</p>``, the label's index among the task's labels (``data.templates``)."""
+    if not path:
+        raise ValueError(f"task {task}: give its tsv files (--task_train and --task_val)")
+    template = CLASSIFICATION[task]
+    rows = []
+    for ex in read_glue(path, task).examples[: limit or None]:
+        ids: list[int] = []
+        for text in ex.texts.values():
+            ids += ([tokenizer.par_id] if ids else []) + tokenizer.encode(text)
+        rows.append(([ids[:max_len]], template.index(ex.label, f"{path}: example {ex.id}")))
+    return rows
+
+
+def task_rows(world: Path | None, task: str, split: str, tokenizer: Tokenizer, max_len: int, ft) -> list[tuple]:
+    """A downstream task's rows: the world's ``entail`` / ``choice``, or a GLUE task read from ``ft``'s files."""
+    limit = ft.n_train if split == "train" else ft.n_eval
+    if task in TASKS:
+        if world is None:
+            raise ValueError(f"task {task} is the world's; this run has no world")
+        return world_task(world, task, split, tokenizer, max_len, limit)
+    return file_task(task, ft.task_train if split == "train" else ft.task_val, tokenizer, max_len, limit)
+
+
+def n_outputs(task: str) -> int:
+    """Logits per example (``choice``: one score per candidate)."""
+    if task == "choice":
+        return 1
+    return 2 if task == "entail" else len(CLASSIFICATION[task].verbalizers)
 
 
 class TaskModel(nn.Module):
@@ -418,27 +504,27 @@ def _task_logits(model: TaskModel, batch: list[tuple], pad: int, task: str) -> t
         ids[i, : len(s)] = torch.tensor(s)
     attention = torch.arange(ids.shape[1])[None] < torch.tensor(lengths)[:, None]
     out = model(ids, attention)
-    return out if task == "entail" else out.view(len(batch), -1)
+    return out.view(len(batch), -1) if task == "choice" else out
 
 
 def finetune_encoder(
     encoder_state: dict[str, torch.Tensor] | None,
     encoder_args: dict[str, Any],
-    world: Path,
+    world: Path | None,
     tokenizer: Tokenizer,
     task: str,
     settings: FinetuneSettings,
 ) -> dict[str, float]:
-    """Finetune a NativeTextEncoder (``encoder_state`` loaded, or random when None) on a world task's train split;
-    accuracy on its val split."""
+    """Finetune a NativeTextEncoder (``encoder_state`` loaded, or random when None) on a task's training rows
+    (``task_rows``); accuracy on its held-out rows."""
     torch.manual_seed(settings.seed)
     encoder = NativeTextEncoder(**encoder_args)
     if encoder_state is not None:
         encoder.load_state_dict(encoder_state)
     max_len = encoder_args["max_len"]
-    train = world_task(world, task, "train", tokenizer, max_len, settings.n_train)
-    val = world_task(world, task, "val", tokenizer, max_len, settings.n_eval)
-    model = TaskModel(encoder, 2 if task == "entail" else 1)
+    train = task_rows(world, task, "train", tokenizer, max_len, settings)
+    val = task_rows(world, task, "val", tokenizer, max_len, settings)
+    model = TaskModel(encoder, n_outputs(task))
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_at(s, settings.steps, settings.steps // 10))
     rng = random.Random(settings.seed)
@@ -458,7 +544,7 @@ def finetune_encoder(
             batch = val[i : i + 64]
             pred = _task_logits(model, batch, pad, task).argmax(-1)
             correct += int((pred == torch.tensor([y for _, y in batch])).sum())
-    return {"accuracy": correct / len(val), "final_train_loss": float(loss), "n_val": len(val)}
+    return {"accuracy": correct / len(val), "final_train_loss": float(loss.detach()), "n_val": len(val)}
 
 
 # --- the comparison -----------------------------------------------------------------------------------------
@@ -489,9 +575,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def _one_run(base: ElectraConfig, finetune: FinetuneSettings, variant: str, seed: int, tasks: list[str], out: Path):
     """One (variant, seed) of the comparison: ELECTRA pretraining (none for ``scratch``), then each task."""
-    world = prepare_world(base.world, 0)
-    tokenizer = prepare_tokenizer(world, "", base.vocab_size)
+    world = prepare_world(base.world, 0) if any(t in TASKS for t in tasks) else None
     cfg = ElectraConfig(**{**asdict(base), **VARIANTS.get(variant, {}), "seed": seed})
+    tokenizer = corpus(cfg)[0]
     cfg.out = str(out / "runs" / f"{variant}-seed{seed}")
     row: dict[str, Any] = {"variant": variant, "seed": seed}
     args: dict[str, Any] = {
@@ -505,6 +591,7 @@ def _one_run(base: ElectraConfig, finetune: FinetuneSettings, variant: str, seed
     if variant != "scratch":
         summary = pretrain_electra(cfg)
         row["pretrain"] = {"seconds": summary["seconds"], **summary["last_tenth"]}
+        row["held_out_detection"] = summary["held_out_detection"]
         state = load_file(summary["encoder"])
         args = dict(summary["encoder_args"])
     for task in tasks:
@@ -523,7 +610,8 @@ def compare(
     for variant in settings.variants:
         if variant not in VARIANTS and variant != "scratch":
             raise ValueError(f"variant {variant!r}: expected one of {', '.join([*VARIANTS, 'scratch'])}")
-    prepare_tokenizer(prepare_world(base.world, 0), "", base.vocab_size)  # once, before any worker needs it
+    if not base.text:
+        prepare_tokenizer(prepare_world(base.world, 0), "", base.vocab_size)  # once, before any worker needs it
     todo = [(base, finetune, v, seed, settings.tasks, out) for v in settings.variants for seed in settings.seeds]
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -617,18 +705,23 @@ def dock_comparison(
 # --- the report ---------------------------------------------------------------------------------------------
 
 
+def task_label(task: str) -> str:
+    return f"world-{task}" if task in TASKS else task
+
+
 def _table_markdown(result: dict[str, Any]) -> str:
     comp = result["comparison"]
     tasks = list(next(iter(comp["table"].values())))
     seeds = sorted({r["seed"] for r in comp["runs"]})
+    text = result["pretrain_config"].get("text")
     lines = [
-        f"Downstream accuracy (world val, mean ± std over seeds {seeds}) of the text encoder after ELECTRA "
-        "pretraining, finetuned per task:",
+        f"Downstream accuracy (held-out, mean ± std over seeds {seeds}) of the text encoder after ELECTRA "
+        f"pretraining on {text or 'the world corpus'}, finetuned per task:",
         "",
         "| pretraining | "
-        + " | ".join(f"world-{t} acc" for t in tasks)
-        + " | replaced share | RTD acc | RTD base rate | pretrain s |",
-        "|---|" + "---|" * (len(tasks) + 4),
+        + " | ".join(f"{task_label(t)} acc" for t in tasks)
+        + " | replaced share | RTD acc | RTD base rate | held-out recall: generator / random | pretrain s |",
+        "|---|" + "---|" * (len(tasks) + 5),
     ]
     for variant, row in comp["table"].items():
         runs = [r for r in comp["runs"] if r["variant"] == variant and "pretrain" in r]
@@ -638,15 +731,23 @@ def _table_markdown(result: dict[str, Any]) -> str:
             acc = mean_std([r["pretrain"]["rtd_acc"] for r in runs])[0]
             base = 1 - result["pretrain_config"]["mask_prob"] * replaced
             secs = mean_std([r["pretrain"]["seconds"] for r in runs])[0]
-            extra = [f"{replaced:.3f}", f"{acc:.3f}", f"{base:.3f}", f"{secs:.0f}"]
+            checked = [r["held_out_detection"] for r in runs if "held_out_detection" in r]
+            recall = (
+                " / ".join(f"{mean_std([c[f'{k}_recall'] for c in checked])[0]:.3f}" for k in ("generator", "random"))
+                if checked
+                else "-"
+            )
+            extra = [f"{replaced:.3f}", f"{acc:.3f}", f"{base:.3f}", recall, f"{secs:.0f}"]
         else:
-            extra = ["-"] * 4
+            extra = ["-"] * 5
         lines.append(f"| {variant} | " + " | ".join(cells + extra) + " |")
     lines += [
         "",
         "replaced share: share of masked positions whose sample differs from the original (last tenth of training); "
         "RTD acc: the discriminator's accuracy over all tokens then; RTD base rate: the accuracy of always answering "
-        "'original' (1 - mask_prob x replaced share). scratch: a random encoder finetuned the same way.",
+        "'original' (1 - mask_prob x replaced share); held-out recall: the share of replaced tokens the final "
+        "discriminator calls replaced on held-out rows, for the generator's samples and for uniformly random ids "
+        "(``detection_check``). scratch: a random encoder finetuned the same way.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -665,7 +766,7 @@ def _plot(result: dict[str, Any], runs_dir: Path, out: Path) -> None:
         means = [comp["table"][v][task][0] for v in variants]
         stds = [comp["table"][v][task][1] for v in variants]
         xs = [j + i * width for j in range(len(variants))]
-        axes[0].bar(xs, means, width, yerr=stds, capsize=3, label=f"world-{task}")
+        axes[0].bar(xs, means, width, yerr=stds, capsize=3, label=task_label(task))
     axes[0].set_xticks([j + width * (len(tasks) - 1) / 2 for j in range(len(variants))], variants)
     axes[0].set_ylabel("val accuracy")
     axes[0].set_title("finetuned encoder (mean ± std over seeds)")
@@ -697,16 +798,19 @@ def run_comparison(
     runs_dir: Path,
     out: Path,
     jobs: int = 1,
+    tasks: list[str] | None = None,
+    finetune: FinetuneSettings | None = None,
 ) -> dict[str, Any]:
-    """The comparison (``compare``, each run's files under ``runs_dir``); writes ``electra.json``, ``electra.md``
-    and ``electra.png`` into ``out``."""
+    """The comparison (``compare``, each run's files under ``runs_dir``) on ``tasks`` (the world's by default);
+    writes ``electra.json``, ``electra.md`` and ``electra.png`` into ``out``."""
     start = time.perf_counter()
-    finetune = FinetuneSettings(steps=finetune_steps)
+    finetune = replace(finetune or FinetuneSettings(), steps=finetune_steps)
+    settings = CompareSettings(variants, seeds, list(tasks or TASKS))
     result: dict[str, Any] = {
         "command": "python " + " ".join(sys.argv),
         "pretrain_config": asdict(base),
         "finetune": asdict(finetune),
-        "comparison": compare(base, finetune, CompareSettings(variants, seeds), runs_dir, jobs),
+        "comparison": compare(base, finetune, settings, runs_dir, jobs),
     }
     result["seconds"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -748,7 +852,13 @@ def run_dock_comparison(
     meta = encoder_file.parent / "encoder.json"
     if not encoder_file.is_file() or not meta.is_file():
         raise FileNotFoundError(f"{encoder_file}: expected an ELECTRA run's encoder.safetensors with encoder.json")
-    args = json.loads(meta.read_text())["args"]
+    meta = json.loads(meta.read_text())
+    if meta.get("text"):
+        raise ValueError(
+            f"{encoder_file}: pretrained on {meta['text']} with its own tokenizer; docking into the world's MetaLM "
+            "needs an encoder that reads the world tokenizer's ids (pretrained without --text)"
+        )
+    args = meta["args"]
     result = {
         "encoder": str(encoder_file),
         "seq_len": args["max_len"],
