@@ -182,6 +182,50 @@ def completeness_gap(decoder, ids: Sequence[int], layer: int, target: int, label
     return float(attr.sum() - (ends[0] - ends[1]))
 
 
+def completeness_by_steps(
+    decoder,
+    item: Item,
+    label_ids: Sequence[int] | None,
+    layers: Sequence[int],
+    steps: Sequence[int],
+    rule: str = "midpoint",
+    batch: int = 32,
+) -> dict:
+    """How many Riemann steps a model needs: for one example (the gold label as target) and each of ``layers``,
+    ``F(A) - F(0)`` and the completeness gap at each m of ``steps``. The gap is the Riemann error; where the
+    path from the zero map is sharply curved (a pretrained LLM's first layers) it shrinks only at large m."""
+    cands = item.candidates(label_ids)
+    maps = attention_maps(decoder, item.ids)
+    rows = []
+    for layer in layers:
+        if not 0 <= layer < len(maps):
+            raise ValueError(f"layer {layer}: the model has layers 0..{len(maps) - 1}")
+        gaps = {}
+        for m in steps:
+            attr = layer_attribution(decoder, item.ids, layer, item.label, cands, m, rule, batch, maps[layer])
+            gaps[m] = completeness_gap(decoder, item.ids, layer, item.label, cands, attr)
+        change = float(attr.sum()) - gaps[steps[-1]]
+        rows.append({"layer": layer, "f_change": change, "gaps": {str(m): g for m, g in gaps.items()}})
+    return {"text": item.text, "rule": rule, "steps": list(steps), "layers": rows}
+
+
+def completeness_markdown(result: dict, title: str) -> str:
+    """The gap per layer (rows) and m (columns)."""
+    steps = result["steps"]
+    lines = [
+        f"## {title}: completeness gap by Riemann steps m ({result['rule']} rule)",
+        "",
+        "Sum of the attributions minus F(A) - F(0), for one example, the gold label as target:",
+        "",
+        "| layer | F(A) - F(0) | " + " | ".join(f"m = {m}" for m in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    for row in result["layers"]:
+        gaps = " | ".join(f"{row['gaps'][str(m)]:+.2e}" for m in steps)
+        lines.append(f"| {row['layer']} | {row['f_change']:+.4f} | {gaps} |")
+    return "\n".join(lines) + "\n"
+
+
 def head_scores(attr: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head ``(L, H)`` scores of one example: the largest attribution entry, and the largest attention weight
     outside query row 0 (row 0 of a causal map is 1 on itself in every head)."""

@@ -161,3 +161,30 @@ def test_the_command_writes_json_table_and_plots(pretrained, world, tmp_path):
     assert result["shape"]["layers"] == len(saved["importance"]["attribution"])
     with pytest.raises(SystemExit):
         main(args + ["--steps", "0"])
+
+
+def test_completeness_by_steps_matches_the_single_layer_gap_and_the_command_writes_it(pretrained, world, tmp_path):
+    from analysis.attribute import main
+    from analysis.attribution import completeness_by_steps
+
+    dec, ids = _decoder(), _ids()
+    item = Item(ids, 1, "text")
+    result = completeness_by_steps(dec, item, LABELS, [0, 2], [4, 64], "right", batch=16)
+    assert [r["layer"] for r in result["layers"]] == [0, 2] and result["steps"] == [4, 64]
+    for row in result["layers"]:
+        layer = row["layer"]
+        for m in (4, 64):
+            attr = layer_attribution(dec, ids, layer, 1, LABELS, m, "right")
+            assert row["gaps"][str(m)] == pytest.approx(completeness_gap(dec, ids, layer, 1, LABELS, attr), abs=1e-5)
+        assert abs(row["gaps"]["64"]) < abs(row["gaps"]["4"])  # the Riemann error shrinks with m
+    with pytest.raises(ValueError, match="layers 0..2"):
+        completeness_by_steps(dec, item, LABELS, [3], [4])
+
+    out = tmp_path / "check"
+    args = ["--checkpoint", str(pretrained), "--data", str(world), "--limit", "2", "--out_dir", str(out)]
+    written = main(args + ["--completeness", "2,8", "--layers", "1", "--name", "c"])
+    saved = json.loads((out / "c-completeness.json").read_text())
+    assert saved["steps"] == [2, 8] and saved["layers"][0]["layer"] == 1 and written["layers"] == saved["layers"]
+    assert "| 1 |" in (out / "c-completeness.md").read_text() and not (out / "c.json").exists()
+    with pytest.raises(SystemExit, match="integers"):
+        main(args + ["--completeness", "8,x"])
