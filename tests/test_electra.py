@@ -4,6 +4,8 @@ exactly the changed ids, a tiny run learns, and the saved encoder docks through 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -232,6 +234,10 @@ def test_text_documents_and_the_held_out_split(tmp_path):
         stream += ids + [tokenizer.eos_id]
     assert held_out.flatten().tolist() == stream[: held_out.numel()]
     assert train.numel() + held_out.numel() > 0.9 * len(tokenizer.encode(" ".join(lines)))
+    from train.electra_pretraining import unigram_entropy
+
+    assert unigram_entropy(torch.arange(8).repeat(3, 1)) == pytest.approx(math.log(8))
+    assert unigram_entropy(torch.tensor([[5, 5, 5, 5]])) == 0
     with pytest.raises(FileNotFoundError, match="nothing.txt"):
         text_documents(tmp_path / "nothing.txt")
     (tmp_path / "short.txt").write_text("one\ntwo\n")

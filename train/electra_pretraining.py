@@ -309,6 +309,14 @@ def held_out_count(docs: list[str]) -> int:
     return max(1, len(docs) // 20)
 
 
+def unigram_entropy(rows: torch.Tensor) -> float:
+    """The entropy (nats) of the ids' frequencies in ``rows``: the loss of a generator that has learned which
+    tokens are frequent and nothing of their context (the plateau a masked LM sits on before attention works)."""
+    counts = torch.bincount(rows.flatten()).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
 def corpus(cfg: ElectraConfig) -> tuple[Tokenizer, torch.Tensor, torch.Tensor]:
     """The tokenizer and the training / held-out rows: the world's corpus and tokenizer, or with ``cfg.text`` that
     file's documents (the last 5% held out) and a BPE trained on the rest."""
@@ -406,6 +414,7 @@ def pretrain_electra(cfg: ElectraConfig) -> dict[str, Any]:
         "first": history[0],
         "last_tenth": {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if k != "step"},
         "held_out_detection": detection,
+        "unigram_entropy": unigram_entropy(data),
         "seconds": time.perf_counter() - start,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
