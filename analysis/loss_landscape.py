@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--grid", type=int, default=13, help="points per axis of the 2-D surfaces")
     p.add_argument("--span", type=float, default=1.0, help="the 2-D surface covers [-span, span] on each direction")
     p.add_argument("--n_alphas", type=int, default=21, help="points of the 1-D path from -0.5 to 1.5 (4k + 1)")
-    p.add_argument("--runs", nargs="+", default=[], help="draw these train/finetune.py runs instead (see above)")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=[],
+        help="draw these train/finetune.py run directories (checkpoints every few steps) instead of finetuning here",
+    )
     p.add_argument("--out", default="results/landscape", help="output directory")
     # the shared flags live in the library, so --help waits for torch to load (seconds)
     from analysis import dynamics, landscape
