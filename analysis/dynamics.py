@@ -375,6 +375,12 @@ def dynamics_experiment(
 
 
 @torch.no_grad()
+def run_accuracy(run: str | Path) -> float | None:
+    """The accuracy a ``train/finetune.py`` run's final evaluation wrote (``run/eval.json``), None without one."""
+    scored = Path(run) / "eval.json"
+    return json.loads(scored.read_text())["results"][0]["none"]["mean"] if scored.is_file() else None
+
+
 def checkpoint_dynamics(
     before: str | Path,
     after: list[str | Path],
@@ -400,8 +406,7 @@ def checkpoint_dynamics(
         start = time.time()
         tuned = MetaLM.from_pretrained(path).eval()
         cmp = compare(first, read_layers(tuned, batch), mask, keep, skip_first)
-        scored = Path(path).parent / "eval.json"
-        acc = json.loads(scored.read_text())["results"][0]["none"]["mean"] if scored.is_file() else None
+        acc = run_accuracy(Path(path).parent)
         runs.append(
             {
                 "seed": seed,

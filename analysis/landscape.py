@@ -35,13 +35,13 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from analysis.dynamics import Finetuned, Schedule, Setup, accuracy, finetune, new_decoder
+from analysis.dynamics import Finetuned, Schedule, Setup, accuracy, finetune, new_decoder, run_accuracy
 from data.batch import Batch
 from data.batching import ExampleBatcher
 from data.prompts import PromptEncoder
@@ -305,9 +305,21 @@ def landscape_experiment(
 # --- checkpoints a finetuning job already wrote (train/finetune.py) -----------------------------------------------
 
 
-def run_snapshots(run: str | Path) -> tuple[list[int], list[Path]]:
-    """The steps and weight files of a ``train/finetune.py`` run's trajectory: its ``checkpoints/step_*`` written
-    before the final step (``--ckpt_every``; ``--keep_last`` must keep them all), then ``final``."""
+def run_config(run: str | Path):
+    """The ``FinetuneConfig`` a ``train/finetune.py`` run saved (``run/config.json``), read by the config loader's
+    rules (an unknown field or a value of the wrong type is an error naming the file)."""
+    from train.config import load_config_source
+    from train.finetuning import FinetuneConfig
+
+    return FinetuneConfig(**load_config_source(str(Path(run) / "config.json"), FinetuneConfig))
+
+
+def read_run(run: str | Path) -> tuple:
+    """A finished ``train/finetune.py`` run: its config (``run_config``), and the steps and weight files of its
+    trajectory, its ``checkpoints/step_*`` written before the final step (``--ckpt_every``; ``--keep_last`` must
+    keep them all), then ``final``."""
+    from train.loop import checkpoint_step, step_dirs
+
     run = Path(run)
     summary = run / "summary.json"
     needed = (run / "final" / "model.safetensors", summary, run / "config.json")
@@ -316,13 +328,11 @@ def run_snapshots(run: str | Path) -> tuple[list[int], list[Path]]:
             f"{run}: expected a finished train/finetune.py run (final/model.safetensors, summary.json, config.json)"
         )
     last = int(json.loads(summary.read_text())["steps"])
-    steps, files = [], []
-    for d in sorted((run / "checkpoints").glob("step_*")):
-        step = int(d.name.removeprefix("step_"))
-        if step < last and (d / "model.safetensors").is_file():
-            steps.append(step)
-            files.append(d / "model.safetensors")
-    return [*steps, last], [*files, run / "final" / "model.safetensors"]
+    cfg = run_config(run)
+    here = replace(cfg, out=str(run))  # the run's directory, wherever it has moved since
+    saved = [d for d in reversed(step_dirs(here)) if checkpoint_step(d) < last and (d / "model.safetensors").is_file()]
+    steps = [*(checkpoint_step(d) for d in saved), last]
+    return cfg, steps, [*(d / "model.safetensors" for d in saved), run / "final" / "model.safetensors"]
 
 
 def read_params(weights: str | Path, like: Params) -> Params:
@@ -364,17 +374,13 @@ def checkpoint_landscape(
     weights and one with ``--init_weights random``, same data and schedule), each named by its directory: the
     start rebuilt from the run's own config (``train.tuning.initial_model``), its checkpoints as the trajectory,
     the losses on its own training and held-out data; accuracy from the run's ``eval.json``."""
-    from train.finetuning import FinetuneConfig
     from train.tuning import initial_model
 
     alphas, xs = axes(n_alphas, span, grid)
     out: dict = {"alphas": alphas, "grid": xs, "n_loss": n_loss, "inits": {}}
-    names = [f.name for f in fields(FinetuneConfig)]
-    listed = {Path(run): run_snapshots(run) for run in runs}  # every run checked before any work
-    for run, (steps, files) in listed.items():
+    listed = {Path(run): read_run(run) for run in runs}  # every run checked before any work
+    for run, (cfg, steps, files) in listed.items():
         start = time.time()
-        saved = json.loads((run / "config.json").read_text())
-        cfg = FinetuneConfig(**{k: v for k, v in saved.items() if k in names})
         summary = json.loads((run / "summary.json").read_text())
         model, tokenizer = initial_model(cfg)
         model.eval()
@@ -383,9 +389,8 @@ def checkpoint_landscape(
         train_loss, val_loss = run_losses(cfg, model, tokenizer, bool(summary.get("encode_input")), n_loss)
         r = views(model, snapshots, train_loss, val_loss, alphas, xs, grid)
         r["trajectory"]["steps"] = [0, *steps]
-        scored = run / "eval.json"
-        acc = json.loads(scored.read_text())["results"][0]["none"]["mean"] if scored.is_file() else None
-        r |= {"accuracy": acc, "run": str(run), "init_from": cfg.init_from, "init_weights": cfg.init_weights}
+        r |= {"accuracy": run_accuracy(run), "run": str(run), "init_from": cfg.init_from}
+        r["init_weights"] = cfg.init_weights
         r["seconds"] = round(time.time() - start, 1)
         out |= {"task": cfg.task, "steps": cfg.max_steps, "lr": cfg.lr, "seed": cfg.seed}
         out["inits"][run.name] = r
