@@ -317,17 +317,23 @@ def unigram_entropy(rows: torch.Tensor) -> float:
     return float(-(p * p.log()).sum())
 
 
+def corpus_tokenizer(cfg: ElectraConfig) -> Tokenizer:
+    """The tokenizer a run's encoder reads: the world's, or with ``cfg.text`` a BPE trained on that file."""
+    if cfg.text:
+        return text_tokenizer(str(cfg.text), cfg.vocab_size)
+    return prepare_tokenizer(prepare_world(cfg.world, 0), "", cfg.vocab_size)
+
+
 def corpus(cfg: ElectraConfig) -> tuple[Tokenizer, torch.Tensor, torch.Tensor]:
     """The tokenizer and the training / held-out rows: the world's corpus and tokenizer, or with ``cfg.text`` that
     file's documents (the last 5% held out) and a BPE trained on the rest."""
+    tokenizer = corpus_tokenizer(cfg)
     if cfg.text:
         docs = text_documents(cfg.text)
-        tokenizer = text_tokenizer(str(cfg.text), cfg.vocab_size)
         cut = len(docs) - held_out_count(docs)
         train = chunk_stream(docs[:cut], tokenizer, cfg.seq_len, cfg.text)
         return tokenizer, train, chunk_stream(docs[cut:], tokenizer, cfg.seq_len, f"{cfg.text} (held-out 5%)")
     world = prepare_world(cfg.world, 0)
-    tokenizer = prepare_tokenizer(world, "", cfg.vocab_size)
     train = corpus_chunks(world, "train", tokenizer, cfg.seq_len)
     return tokenizer, train, corpus_chunks(world, "val", tokenizer, cfg.seq_len)
 
@@ -586,7 +592,7 @@ def _one_run(base: ElectraConfig, finetune: FinetuneSettings, variant: str, seed
     """One (variant, seed) of the comparison: ELECTRA pretraining (none for ``scratch``), then each task."""
     world = prepare_world(base.world, 0) if any(t in TASKS for t in tasks) else None
     cfg = ElectraConfig(**{**asdict(base), **VARIANTS.get(variant, {}), "seed": seed})
-    tokenizer = corpus(cfg)[0]
+    tokenizer = corpus_tokenizer(cfg)  # pretraining builds its rows itself; the tasks need only this
     cfg.out = str(out / "runs" / f"{variant}-seed{seed}")
     row: dict[str, Any] = {"variant": variant, "seed": seed}
     args: dict[str, Any] = {
@@ -619,8 +625,8 @@ def compare(
     for variant in settings.variants:
         if variant not in VARIANTS and variant != "scratch":
             raise ValueError(f"variant {variant!r}: expected one of {', '.join([*VARIANTS, 'scratch'])}")
-    if not base.text:
-        prepare_tokenizer(prepare_world(base.world, 0), "", base.vocab_size)  # once, before any worker needs it
+    if not base.text:  # the world's tokenizer is cached on disk: made once here, before any worker needs it
+        corpus_tokenizer(base)
     todo = [(base, finetune, v, seed, settings.tasks, out) for v in settings.variants for seed in settings.seeds]
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
