@@ -258,7 +258,13 @@ def test_a_comparison_on_a_text_file_with_a_glue_task_downstream(tmp_path):
             f"{'a fine film' if i % 2 else 'a dull film'} number {i}\t{i % 2}" for i in range(n)
         ]
         (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    from train.electra_pretraining import corpus_tokenizer, file_task
+
     base = ElectraConfig(text=str(text), vocab_size=300, steps=4, batch_size=4, seq_len=16, max_len=32, dim=16)
+    tok = corpus_tokenizer(base)
+    rows = file_task("sst2", str(tmp_path / "val.tsv"), tok, 32, 0)
+    assert [label for _, label in rows] == [i % 2 for i in range(12)]  # the tsv's labels, as indices
+    assert rows[3][0] == [tok.encode("a fine film number 3")]
     base.n_heads, base.gen_dim = 2, 16
     ft = FinetuneSettings(batch_size=4, task_train=str(tmp_path / "train.tsv"), task_val=str(tmp_path / "val.tsv"))
     out = tmp_path / "out"
