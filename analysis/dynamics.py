@@ -374,13 +374,13 @@ def dynamics_experiment(
     }
 
 
-@torch.no_grad()
 def run_accuracy(run: str | Path) -> float | None:
     """The accuracy a ``train/finetune.py`` run's final evaluation wrote (``run/eval.json``), None without one."""
     scored = Path(run) / "eval.json"
     return json.loads(scored.read_text())["results"][0]["none"]["mean"] if scored.is_file() else None
 
 
+@torch.no_grad()
 def checkpoint_dynamics(
     before: str | Path,
     after: list[str | Path],
